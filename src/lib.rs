@@ -1,0 +1,34 @@
+//! napalloc — a page-reserving arena/region allocator with a side table of embedded pointers,
+//! for servers that build and drop many small linked structures per request.
+//!
+//! # Layers
+//! Each layer depends only on the ones below it:
+//!
+//! ```text
+//!  ffi (C ABI: CoTaskMem*, IMalloc, NapUtil)        pool (ArenaPool, trimmer, stats)
+//!        |                                              |
+//!  nap (NAP structs, Alloc*/Free*)                      |
+//!        |                                              |
+//!  com (task heap: per-thread regions, remote frees, request scopes)
+//!        |
+//!  region (Region: tracked blocks, alloc_child, cascading free, realloc, reset)
+//!        |
+//!  table (side table: block records, embedded-pointer tree, address lookup)
+//!        |
+//!  arena (PageArena: reserve, commit on demand, bump, reset, trim)
+//!        |
+//!  host (Pages: OS or host page source, budget, critical levels)
+//!        |
+//!  os (Reservation: mmap / VirtualAlloc / heap under Miri)
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
+
+mod error;
+pub mod os;
+pub mod host;
+pub mod arena;
+
+pub use arena::{ArenaBuilder, ArenaStats, PageArena};
+pub use error::{hr, Error};
+pub use host::CriticalLevel;

@@ -1,0 +1,105 @@
+//! Unix backend of the page layer (see `os/mod.rs` for the contract).
+//!
+//! The reservation is an anonymous private mapping created by memmap2 with `MAP_NORESERVE`
+//! (`no_reserve_swap`) and immediately turned `PROT_NONE`, so it is neither charged to the commit
+//! limit (even under `vm.overcommit_memory = 2`) nor accessible until committed: a stray access
+//! beyond the committed part faults instead of silently creating pages. memmap2 owns the mapping
+//! (munmap on drop) and issues `MADV_DONTNEED`; it has no call for the protection of a sub-range,
+//! so `mprotect` comes from rustix.
+//!
+//! # References
+//! * mmap(2), mprotect(2), madvise(2) (`MADV_DONTNEED`: "subsequent accesses of pages in the range
+//!   will succeed, but will result in ... zero-fill-on-demand pages for anonymous private mappings").
+
+use super::{debug_check_range, reservation_size, OsConfig};
+use crate::Error;
+use core::ptr::NonNull;
+use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
+use rustix::mm::{mprotect, MprotectFlags};
+
+pub(super) fn query_config() -> OsConfig {
+    let page = rustix::param::page_size();
+    OsConfig { page_size: page, granularity: page, has_virtual_reserve: true, backend: "mmap" }
+}
+
+/// A reserved range of address space (see the module contract in `os/mod.rs`).
+#[derive(Debug)]
+pub struct Reservation {
+    // Invariant: `map` spans exactly `len()` bytes starting at `base()`, page-aligned; every page
+    // is PROT_NONE unless committed by `commit` and not decommitted since.
+    map: MmapRaw,
+}
+
+// SAFETY: the reservation is plain address space; the methods take `&self` and only issue system
+// calls, which the kernel serializes. Access to committed bytes is the owner's business.
+unsafe impl Send for Reservation {}
+// SAFETY: as above; no method touches the mapped bytes through `&self`.
+unsafe impl Sync for Reservation {}
+
+fn os_err(e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::NOMEM.raw_os_error() => Error::OutOfMemory,
+        Some(code) => Error::Os(code),
+        None => Error::OutOfMemory,
+    }
+}
+
+impl Reservation {
+    /// Reserve at least `len` bytes of address space (rounded up to the granularity).
+    pub fn new(len: usize) -> Result<Self, Error> {
+        let len = reservation_size(len)?;
+        let map = MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(os_err)?;
+        let map = MmapRaw::from(map);
+        // SAFETY: the mapping was just created, spans `len` bytes, and nothing refers into it.
+        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }
+            .map_err(|e| os_err(e.into()))?;
+        Ok(Reservation { map })
+    }
+
+    /// The first byte of the reservation (aligned to the granularity).
+    #[inline]
+    pub fn base(&self) -> NonNull<u8> {
+        // SAFETY: a successful mmap never returns NULL for a non-fixed mapping.
+        unsafe { NonNull::new_unchecked(self.map.as_mut_ptr()) }
+    }
+
+    /// The reserved length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Make `[offset, offset + len)` readable and writable.
+    ///
+    /// # Safety
+    /// `offset` and `len` are page-aligned and the range lies inside the reservation.
+    pub unsafe fn commit(&self, offset: usize, len: usize) -> Result<(), Error> {
+        debug_check_range(self.len(), offset, len);
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller guarantees the range is inside our mapping; raising protection does
+        // not invalidate any existing reference.
+        unsafe {
+            mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE)
+        }
+        .map_err(|e| os_err(e.into()))
+    }
+
+    /// Return `[offset, offset + len)` to the OS; it reads as zero once committed again.
+    ///
+    /// # Safety
+    /// As for [`commit`](Self::commit), and no live reference points into the range.
+    pub unsafe fn decommit(&self, offset: usize, len: usize) -> Result<(), Error> {
+        debug_check_range(self.len(), offset, len);
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller guarantees the range is ours and unreferenced; DONTNEED on a private
+        // anonymous mapping drops the pages at once and they refault as zero.
+        unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }.map_err(os_err)?;
+        // SAFETY: as above; lowering protection of an unreferenced range is sound.
+        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::empty()) }
+            .map_err(|e| os_err(e.into()))
+    }
+}
