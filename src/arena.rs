@@ -266,6 +266,9 @@ impl PageArena {
     }
 
     /// Allocate and move `value` into the arena. The value is never dropped by the arena.
+    // Each call returns a distinct, fresh allocation, so handing out `&mut` from `&self` is
+    // sound (as in bumpalo's `Bump::alloc`).
+    #[allow(clippy::mut_from_ref)]
     #[inline]
     pub fn alloc<T>(&self, value: T) -> Result<&mut T, Error> {
         let p = self.alloc_layout(Layout::new::<T>())?.cast::<T>();

@@ -96,6 +96,12 @@ impl Pages {
         }
     }
 
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// The reserved length.
     #[inline]
     pub fn len(&self) -> usize {

@@ -32,3 +32,7 @@ pub mod arena;
 pub use arena::{ArenaBuilder, ArenaStats, PageArena};
 pub use error::{hr, Error};
 pub use host::CriticalLevel;
+mod table;
+pub mod region;
+
+pub use region::{Region, RegionBuilder, Scrub, Stats};

@@ -49,6 +49,12 @@ impl Reservation {
         self.base
     }
 
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// The reserved length in bytes.
     #[inline]
     pub fn len(&self) -> usize {

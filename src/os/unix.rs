@@ -63,6 +63,12 @@ impl Reservation {
         unsafe { NonNull::new_unchecked(self.map.as_mut_ptr()) }
     }
 
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// The reserved length in bytes.
     #[inline]
     pub fn len(&self) -> usize {

@@ -1,0 +1,908 @@
+//! `Region`: tracked blocks over a page arena and the side table.
+//!
+//! Every block has a record (start, requested size, parent, children) in the side table
+//! ([`crate::table`]); nothing is stored inline with user data. A block can be hung under
+//! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
+//! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
+//!
+//! Fast paths (small, inlined) and slow paths (cold, out of line) are kept apart:
+//! * `alloc` / `alloc_child` of up to 1 KiB with alignment <= 16 whose parent is the root or the
+//!   newest block of the pending tail: a bump and three stores;
+//! * `free` of the pending tail's root (the whole newest subtree): a rewind;
+//! * everything else materializes the tail and goes through the table.
+
+use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
+use crate::host::{CriticalLevel, Source};
+use crate::table::{self, Rec, Table, GRANULE, NONE, PARENT};
+use crate::Error;
+use core::alloc::Layout;
+use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use std::collections::HashMap;
+
+/// Largest request served by the inlined fast path.
+const FAST_MAX: usize = 1024;
+
+/// Whether freed memory is zeroed, so that one request's data cannot reach the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scrub {
+    /// Zero every block when it is freed (by `free`, a cascading free, or a rewind).
+    pub on_free: bool,
+    /// Zero everything handed out when the region is reset.
+    pub on_reset: bool,
+}
+
+/// Counters of a region. All byte counts are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live tracked blocks.
+    pub live_blocks: usize,
+    /// Sum of the requested sizes of the live tracked blocks.
+    pub live_bytes: usize,
+    /// Committed memory: arena, side table and untracked arena.
+    pub committed: usize,
+    /// Reserved address space: arena, side table and untracked arena.
+    pub reserved: usize,
+    /// Bytes of the arena in use (live blocks, free slots, padding) at most ever.
+    pub high_water: usize,
+    /// Committed bytes of the side table alone.
+    pub table_committed: usize,
+    /// Dead slots waiting for reuse.
+    pub free_slots: usize,
+    /// Pointers handed to `free`/`realloc` that were not live block starts.
+    pub bad_pointers: u64,
+}
+
+/// Builder for [`Region`].
+#[derive(Clone, Debug)]
+pub struct RegionBuilder {
+    reserve: usize,
+    chunk: usize,
+    limit: usize,
+    source: Source,
+    level: CriticalLevel,
+    scrub: Scrub,
+}
+
+impl Default for RegionBuilder {
+    fn default() -> Self {
+        RegionBuilder {
+            reserve: DEFAULT_RESERVE,
+            chunk: DEFAULT_COMMIT_CHUNK,
+            limit: usize::MAX,
+            source: Source::Os,
+            level: CriticalLevel::Task,
+            scrub: Scrub::default(),
+        }
+    }
+}
+
+impl RegionBuilder {
+    /// Address space for tracked blocks (at most 64 GiB: offsets are 32-bit granules).
+    pub fn reserve(mut self, bytes: usize) -> Self {
+        self.reserve = bytes;
+        self
+    }
+    /// Commit at least this much at a time.
+    pub fn commit_chunk(mut self, bytes: usize) -> Self {
+        self.chunk = bytes;
+        self
+    }
+    /// Never commit more than this many bytes for blocks.
+    pub fn limit(mut self, bytes: usize) -> Self {
+        self.limit = bytes;
+        self
+    }
+    /// Take pages from this source.
+    pub fn source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+    /// Critical level of the region's commits.
+    pub fn critical_level(mut self, level: CriticalLevel) -> Self {
+        self.level = level;
+        self
+    }
+    /// Zero freed memory.
+    pub fn scrub(mut self, scrub: Scrub) -> Self {
+        self.scrub = scrub;
+        self
+    }
+    /// Reserve and build.
+    pub fn build(self) -> Result<Region, Error> {
+        let reserve = self.reserve.min(GRANULE << 32);
+        let arena = Span::new(&self.source, reserve, self.chunk, self.level)?;
+        arena.set_limit(self.limit);
+        let table = Table::new(&self.source, arena.reserved(), self.level)?;
+        let untracked = PageArena::builder()
+            .reserve((reserve / 4).max(1 << 20))
+            .source(self.source.clone())
+            .critical_level(self.level)
+            .build()?;
+        Ok(Region {
+            top: Cell::new(0),
+            end: Cell::new(0),
+            tail_base: Cell::new(0),
+            tail_top0: Cell::new(0),
+            last: Cell::new(0),
+            high_water: Cell::new(0),
+            table: UnsafeCell::new(table),
+            base: arena.base(),
+            arena,
+            untracked,
+            bad_pointers: Cell::new(0),
+            big_align: UnsafeCell::new(HashMap::new()),
+            scrub: self.scrub,
+            _not_sync: PhantomData,
+        })
+    }
+}
+
+/// Tracked allocations with embedded-pointer trees. `Send`, not `Sync`.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use napalloc::Region;
+/// let mut r = Region::new().unwrap();
+/// let conn = r.alloc(Layout::from_size_align(16, 8).unwrap()).unwrap();
+/// let slots = r.alloc_child(conn, Layout::array::<usize>(8).unwrap()).unwrap();
+/// assert!(r.owns(slots));
+/// assert_eq!(r.stats().live_blocks, 2);
+/// unsafe { r.free(conn).unwrap() }; // frees the slots too
+/// assert!(!r.owns(slots));
+/// assert_eq!(r.stats().live_blocks, 0);
+/// r.reset();
+/// ```
+pub struct Region {
+    /// Arena offset of the bump cursor. Invariant: multiple of `GRANULE`, `<= end`.
+    top: Cell<usize>,
+    /// Committed bytes of the arena (`arena.committed()`), next to `top` for the fast path.
+    end: Cell<usize>,
+    /// Arena offset of the pending tail's root (meaningful while the tail is not empty).
+    tail_base: Cell<usize>,
+    /// `top` before the tail's root was allocated: where a rewind goes back to.
+    tail_top0: Cell<usize>,
+    /// Arena offset of the newest pending block.
+    last: Cell<usize>,
+    /// Largest `top` seen.
+    high_water: Cell<usize>,
+    /// Only touched through `table()`, never across a call that could re-enter the region.
+    table: UnsafeCell<Table>,
+    base: NonNull<u8>,
+    arena: Span,
+    untracked: PageArena,
+    bad_pointers: Cell<u64>,
+    /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
+    big_align: UnsafeCell<HashMap<u32, usize>>,
+    scrub: Scrub,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+// SAFETY: a Region owns its reservations and table outright; moving it to another thread moves
+// all of it. It is not Sync: all state is in Cells / UnsafeCells without synchronization.
+unsafe impl Send for Region {}
+
+impl core::fmt::Debug for Region {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Region").field("base", &self.base).field("stats", &self.stats()).finish()
+    }
+}
+
+impl Region {
+    /// A region with the default reservation from the OS.
+    pub fn new() -> Result<Region, Error> {
+        RegionBuilder::default().build()
+    }
+
+    /// A builder for reservation size, limit, page source, critical level and scrubbing.
+    pub fn builder() -> RegionBuilder {
+        RegionBuilder::default()
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    fn table(&self) -> &mut Table {
+        // SAFETY: Region is !Sync and no method holds this reference across a call that could
+        // re-enter the region (user code is never called while it is held), so it is unique.
+        unsafe { &mut *self.table.get() }
+    }
+
+    #[inline(always)]
+    fn ptr_at(&self, off: usize) -> NonNull<u8> {
+        // SAFETY: callers pass offsets inside the reservation; the pointer is derived from the
+        // base (keeps provenance) and is non-null.
+        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(off)) }
+    }
+
+    #[inline(always)]
+    fn off_of(&self, p: NonNull<u8>) -> usize {
+        (p.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize)
+    }
+
+    /// Allocate a tracked root block. Alignment is at least 16.
+    #[inline]
+    pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        let t = self.table();
+        let size = layout.size();
+        // A new root ends the pending tail (it would not be part of the tail's subtree).
+        t.materialize();
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+            let top = self.top.get();
+            if t.heads[(size - 1) / GRANULE] == NONE && ext <= self.end.get() - top && t.count < t.cap {
+                let i = t.count;
+                // SAFETY: i < cap.
+                let r = unsafe { t.rec(i) };
+                r.off = (top / GRANULE) as u32;
+                r.size = size as u32;
+                r.prev = NONE;
+                t.count = i + 1;
+                self.tail_base.set(top);
+                self.tail_top0.set(top);
+                self.last.set(top);
+                self.top.set(top + ext);
+                return Ok(self.ptr_at(top));
+            }
+        }
+        self.alloc_slow(None, layout)
+    }
+
+    /// Allocate a tracked block as an embedded pointer of `parent`: freeing `parent` frees it.
+    ///
+    /// Fails with [`Error::NotABlock`] / [`Error::ForeignPointer`] if `parent` is not a live block.
+    #[inline]
+    pub fn alloc_child(&self, parent: NonNull<u8>, layout: Layout) -> Result<NonNull<u8>, Error> {
+        let t = self.table();
+        let size = layout.size();
+        if t.mat < t.count && layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            let poff = self.off_of(parent);
+            let p = if poff == self.tail_base.get() {
+                t.mat
+            } else if poff == self.last.get() {
+                t.count - 1
+            } else {
+                NONE
+            };
+            let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+            let top = self.top.get();
+            if p != NONE && t.heads[(size - 1) / GRANULE] == NONE && ext <= self.end.get() - top && t.count < t.cap {
+                let i = t.count;
+                // SAFETY: i < cap.
+                let r = unsafe { t.rec(i) };
+                r.off = (top / GRANULE) as u32;
+                r.size = size as u32;
+                r.prev = PARENT | p;
+                t.count = i + 1;
+                self.last.set(top);
+                self.top.set(top + ext);
+                return Ok(self.ptr_at(top));
+            }
+        }
+        self.alloc_slow(Some(parent), layout)
+    }
+
+    /// The general allocation path: materialize, validate, reuse a dead slot or bump.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, parent: Option<NonNull<u8>>, layout: Layout) -> Result<NonNull<u8>, Error> {
+        let size = layout.size();
+        if size > u32::MAX as usize {
+            return Err(Error::TooLarge);
+        }
+        let align = layout.align().max(GRANULE);
+        if let Some(pp) = parent {
+            // A child of a pending block joins the tail (the tail stays one subtree), as long as
+            // no dead slot of its class waits for reuse.
+            let t = self.table();
+            let class = table::class_of_granules(table::granules(size));
+            if t.mat < t.count && t.heads[class] == NONE && self.off_of(pp) >= self.tail_base.get() {
+                let p = self.peek(pp)?;
+                return self.bump_pending(PARENT | p, layout, false);
+            }
+        }
+        self.table().materialize();
+        let p = match parent {
+            None => NONE,
+            Some(pp) => self.lookup(pp)?,
+        };
+        let t = self.table();
+        let g = table::granules(size);
+        let class = table::class_of_granules(g);
+        // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
+        if align == GRANULE {
+            if let Some(i) = t.pop_free(class) {
+                // SAFETY: i is a dead record below count.
+                let r = unsafe { t.rec(i) };
+                r.size = size as u32;
+                r.prev = NONE;
+                r.child = NONE;
+                r.next = NONE;
+                let off = r.off as usize * GRANULE;
+                if p != NONE {
+                    t.link_under(i, p);
+                }
+                t.live_blocks += 1;
+                t.live_bytes += size;
+                return Ok(self.ptr_at(off));
+            }
+        }
+        // 2. bump: the block becomes the root of a new pending tail
+        self.bump_pending(if p == NONE { NONE } else { PARENT | p }, layout, true)
+    }
+
+    /// Bump a pending record with parent link `prev`; `new_tail` makes it the root of a new tail
+    /// (the tail must be empty then).
+    fn bump_pending(&self, prev: u32, layout: Layout, new_tail: bool) -> Result<NonNull<u8>, Error> {
+        let size = layout.size();
+        let align = layout.align().max(GRANULE);
+        let class = table::class_of_granules(table::granules(size));
+        let base = self.base.as_ptr() as usize;
+        let top = self.top.get();
+        let start = (base + top).checked_add(align - 1).ok_or(Error::TooLarge)? & !(align - 1);
+        let start = start - base;
+        let ext = table::class_granules(class) * GRANULE;
+        let need = start.checked_add(ext).ok_or(Error::TooLarge)?;
+        if need > self.end.get() {
+            self.grow_arena(need)?;
+        }
+        let t = self.table();
+        if t.count >= t.cap {
+            t.grow()?;
+        }
+        let i = t.count;
+        // SAFETY: i < cap after grow.
+        let r = unsafe { t.rec(i) };
+        r.off = (start / GRANULE) as u32;
+        r.size = size as u32;
+        r.prev = prev;
+        t.count = i + 1;
+        if align > GRANULE {
+            // SAFETY: no other reference to the map is alive (see `table()`).
+            unsafe { (*self.big_align.get()).insert(i, align) };
+        }
+        if new_tail {
+            self.tail_base.set(start);
+            self.tail_top0.set(top);
+        }
+        self.last.set(start);
+        self.top.set(need);
+        Ok(self.ptr_at(start))
+    }
+
+    #[cold]
+    fn grow_arena(&self, need: usize) -> Result<(), Error> {
+        if need > self.arena.reserved() {
+            return Err(if need - self.top.get() > self.arena.reserved() {
+                Error::TooLarge
+            } else {
+                Error::ReservationExhausted
+            });
+        }
+        self.high_water.set(self.high_water.get().max(self.top.get()));
+        self.arena.ensure(need)?;
+        self.end.set(self.arena.committed());
+        // Keep the window index ahead of the arena, so materializing never fails.
+        self.table().ensure_windows(self.arena.committed())
+    }
+
+    /// The live block starting at `p`, materializing the tail first.
+    fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
+        self.table().materialize();
+        self.peek(p)
+    }
+
+    /// The live block starting at `p`, pending or materialized; changes nothing.
+    fn peek(&self, p: NonNull<u8>) -> Result<u32, Error> {
+        let off = self.off_of(p);
+        if off >= self.arena.reserved() {
+            return Err(Error::ForeignPointer);
+        }
+        if off % GRANULE != 0 || off >= self.top.get() {
+            return Err(Error::NotABlock);
+        }
+        let t = self.table();
+        if t.mat < t.count && off >= self.tail_base.get() {
+            t.find_pending(off / GRANULE)
+        } else {
+            t.find(off / GRANULE)
+        }
+        .ok_or(Error::NotABlock)
+    }
+
+    fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
+        self.bad_pointers.set(self.bad_pointers.get() + 1);
+        log::warn!("napalloc: {what}({p:p}) refused: {e}");
+        e
+    }
+
+    /// Free `ptr` and, recursively, every block allocated as its child.
+    ///
+    /// A foreign, interior or already freed pointer returns an error and changes nothing (it is
+    /// counted in [`Stats::bad_pointers`]).
+    ///
+    /// # Safety
+    /// No reference into the freed blocks is used afterwards.
+    #[inline]
+    pub unsafe fn free(&self, ptr: NonNull<u8>) -> Result<(), Error> {
+        let t = self.table();
+        if t.mat < t.count && self.off_of(ptr) == self.tail_base.get() {
+            // The whole pending tail is this block's subtree: rewind.
+            if self.scrub.on_free {
+                let from = self.tail_base.get();
+                // SAFETY: [tail_base, top) is committed arena memory owned by the tail.
+                unsafe { self.ptr_at(from).as_ptr().write_bytes(0, self.top.get() - from) };
+            }
+            self.high_water.set(self.high_water.get().max(self.top.get()));
+            self.top.set(self.tail_top0.get());
+            t.count = t.mat;
+            self.forget_big_align(t.count);
+            return Ok(());
+        }
+        self.free_slow(ptr)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_slow(&self, ptr: NonNull<u8>) -> Result<(), Error> {
+        let t = self.table();
+        // The newest pending block has no children (they would be newer): pop it.
+        let off = self.off_of(ptr);
+        if t.count > t.mat + 1 && off == self.last.get() {
+            if self.scrub.on_free {
+                // SAFETY: [off, top) is the block's committed slot.
+                unsafe { self.ptr_at(off).as_ptr().write_bytes(0, self.top.get() - off) };
+            }
+            self.top.set(off);
+            t.count -= 1;
+            self.forget_big_align(t.count);
+            // SAFETY: count - 1 >= mat is a pending record.
+            self.last.set(unsafe { t.rec(t.count - 1).off } as usize * GRANULE);
+            return Ok(());
+        }
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        self.free_record(i);
+        Ok(())
+    }
+
+    fn forget_big_align(&self, from: u32) {
+        // SAFETY: no other reference to the map is alive (see `table()`).
+        let m = unsafe { &mut *self.big_align.get() };
+        if !m.is_empty() {
+            m.retain(|&k, _| k < from);
+        }
+    }
+
+    /// Free materialized record `i` and its subtree.
+    fn free_record(&self, i: u32) {
+        let t = self.table();
+        let base = self.base.as_ptr();
+        let scrub = self.scrub.on_free;
+        // SAFETY: no other reference to the map is alive (see `table()`).
+        let big = unsafe { &mut *self.big_align.get() };
+        let has_big = !big.is_empty();
+        t.free_subtree(i, |idx, r: &Rec| {
+            if scrub {
+                let len = table::extent_granules(r.size as usize) * GRANULE;
+                // SAFETY: the slot [off, off + extent) is committed arena memory of this block.
+                unsafe { base.add(r.off as usize * GRANULE).write_bytes(0, len) };
+            }
+            if has_big {
+                big.remove(&idx);
+            }
+        });
+    }
+
+    /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
+    /// parent and its children. May move it.
+    ///
+    /// # Safety
+    /// If the block moves, no reference to the old location is used afterwards.
+    pub unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
+        if new_size > u32::MAX as usize {
+            // still validate the pointer so a bad one is reported as such
+            self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
+            return Err(Error::TooLarge);
+        }
+        let off = self.off_of(ptr);
+        let t = self.table();
+        // In place: the newest pending block can grow or shrink at the top.
+        if t.count > t.mat && off == self.last.get() {
+            let need = off + table::extent_granules(new_size) * GRANULE;
+            if need <= self.end.get() || self.grow_arena(need).is_ok() {
+                let t = self.table();
+                // SAFETY: count - 1 is the pending record of `last`.
+                unsafe { t.rec(t.count - 1).size = new_size as u32 };
+                self.top.set(need);
+                return Ok(ptr);
+            }
+        }
+        self.realloc_move(ptr, new_size)
+    }
+
+    #[cold]
+    fn realloc_move(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
+        let t = self.table();
+        // SAFETY: i is live.
+        let old = unsafe { *t.rec(i) };
+        let old_size = old.size as usize;
+        if table::extent_granules(new_size) == table::extent_granules(old_size) {
+            // SAFETY: i is live.
+            unsafe { t.rec(i).size = new_size as u32 };
+            t.live_bytes = t.live_bytes - old_size + new_size;
+            return Ok(ptr);
+        }
+        // SAFETY: no other reference to the map is alive.
+        let align = unsafe { (*self.big_align.get()).get(&i).copied() }.unwrap_or(GRANULE);
+        let layout = Layout::from_size_align(new_size, align).map_err(|_| Error::TooLarge)?;
+        let new = self.alloc_slow(None, layout)?;
+        // SAFETY: both blocks are live and distinct; copy the smaller size.
+        unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size)) };
+        let t = self.table();
+        t.materialize();
+        let j = t.find(self.off_of(new) / GRANULE).expect("the block just allocated is live");
+        // Put j where i is in the tree, give it i's children, then free i alone.
+        // SAFETY: i and j are live materialized records; j is a root without children.
+        unsafe {
+            let ri = *t.rec(i);
+            let rj = t.rec(j);
+            rj.prev = ri.prev;
+            rj.next = ri.next;
+            rj.child = ri.child;
+            if ri.prev != NONE {
+                if ri.prev & PARENT != 0 {
+                    t.rec(ri.prev & !PARENT).child = j;
+                } else {
+                    t.rec(ri.prev).next = j;
+                }
+            }
+            if ri.next != NONE {
+                t.rec(ri.next).prev = j;
+            }
+            if ri.child != NONE {
+                t.rec(ri.child).prev = PARENT | j;
+            }
+            let me = t.rec(i);
+            me.prev = NONE;
+            me.next = NONE;
+            me.child = NONE;
+        }
+        self.free_record(i);
+        Ok(new)
+    }
+
+    /// The requested size of the live block starting at `ptr` (`None` for anything else).
+    pub fn size_of(&self, ptr: NonNull<u8>) -> Option<usize> {
+        let i = self.peek(ptr).ok()?;
+        // SAFETY: i is live.
+        Some(unsafe { self.table().rec(i).size } as usize)
+    }
+
+    /// True only for the start of a live block of this region.
+    pub fn owns(&self, ptr: NonNull<u8>) -> bool {
+        self.peek(ptr).is_ok()
+    }
+
+    /// True if `ptr` lies anywhere inside this region's tracked reservation.
+    #[inline]
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        (ptr as usize).wrapping_sub(self.base.as_ptr() as usize) < self.arena.reserved()
+    }
+
+    /// Free everything in O(1): the side table is not walked. Pages stay committed.
+    pub fn reset(&mut self) {
+        let top = self.top.get();
+        self.high_water.set(self.high_water.get().max(top));
+        if self.scrub.on_reset && top > 0 {
+            // SAFETY: [0, top) is committed arena memory and no block is live after the reset.
+            unsafe { self.base.as_ptr().write_bytes(0, top) };
+        }
+        self.top.set(0);
+        self.table().reset();
+        self.big_align.get_mut().clear();
+        self.untracked.reset();
+    }
+
+    /// Give committed memory beyond `retain` bytes (and beyond what is in use) back to the OS.
+    /// Returns the bytes decommitted.
+    pub fn trim(&mut self, retain: usize) -> Result<usize, Error> {
+        let keep = retain.max(self.top.get());
+        // SAFETY: nothing lives at or past top <= keep.
+        let a = unsafe { self.arena.trim(keep)? };
+        self.end.set(self.arena.committed());
+        let b = self.table().trim(0)?;
+        let c = self.untracked.trim(0)?;
+        Ok(a + b + c)
+    }
+
+    /// Bump-allocate without a record: the fastest path, for memory that is only ever released
+    /// by [`reset`](Self::reset). Such blocks cannot be freed one by one, and `owns` is false
+    /// for them.
+    #[inline(always)]
+    pub fn alloc_untracked(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        self.untracked.alloc_layout(layout)
+    }
+
+    /// Counters; exact at any moment.
+    pub fn stats(&self) -> Stats {
+        let t = self.table();
+        let (mut blocks, mut bytes) = (t.live_blocks, t.live_bytes);
+        for i in t.mat..t.count {
+            // SAFETY: pending records are below count.
+            bytes += unsafe { t.rec(i).size } as usize;
+            blocks += 1;
+        }
+        let u = self.untracked.stats();
+        Stats {
+            live_blocks: blocks,
+            live_bytes: bytes,
+            committed: self.arena.committed() + t.committed() + u.committed,
+            reserved: self.arena.reserved() + t.reserved() + u.reserved,
+            high_water: self.high_water.get().max(self.top.get()),
+            table_committed: t.committed(),
+            free_slots: t.nfree as usize,
+            bad_pointers: self.bad_pointers.get(),
+        }
+    }
+}
+
+// SAFETY: blocks stay valid until freed (deallocate), reset (needs &mut Region, which ends every
+// `&Region` borrow) or the region is dropped (likewise); `allocate` returns fresh, non-overlapping
+// blocks aligned as asked; grow/shrink keep contents via `realloc`, which keeps alignment.
+unsafe impl allocator_api2::alloc::Allocator for &Region {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        let p = Region::alloc(self, layout).map_err(|_| allocator_api2::alloc::AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: the caller no longer uses the block (Allocator contract).
+        let r = unsafe { Region::free(self, ptr) };
+        debug_assert!(r.is_ok(), "deallocate of a block this region did not hand out");
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        if new.align() > old.align().max(GRANULE) {
+            let p = Region::alloc(self, new).map_err(|_| allocator_api2::alloc::AllocError)?;
+            // SAFETY: both live; old.size() <= new.size().
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr.as_ptr(), p.as_ptr(), old.size());
+                let _ = Region::free(self, ptr);
+            }
+            return Ok(NonNull::slice_from_raw_parts(p, new.size()));
+        }
+        // SAFETY: ptr is a live block of this region (Allocator contract).
+        let p = unsafe { Region::realloc(self, ptr, new.size()) }.map_err(|_| allocator_api2::alloc::AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, new.size()))
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        // SAFETY: forwarded Allocator contract; shrinking never needs more alignment than the
+        // block has (realloc keeps it).
+        unsafe { self.grow(ptr, old, new) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region() -> Region {
+        Region::builder().reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 }).build().unwrap()
+    }
+    fn l(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).unwrap()
+    }
+
+    #[test]
+    fn canonical_request_rewinds_and_books_balance() {
+        let r = region();
+        for round in 0..3 {
+            let h = r.alloc(l(16)).unwrap();
+            let arr = r.alloc_child(h, l(64)).unwrap();
+            let mut blocks = vec![];
+            for i in 0..16 {
+                let b = r.alloc_child(h, l(16 + i * 15)).unwrap();
+                // SAFETY: fresh block of at least 16 bytes.
+                unsafe { b.as_ptr().write(i as u8) };
+                blocks.push(b);
+            }
+            let s = r.stats();
+            assert_eq!(s.live_blocks, 18, "round {round}");
+            assert_eq!(s.live_bytes, 16 + 64 + (0..16).map(|i| 16 + i * 15).sum::<usize>());
+            assert!(r.owns(arr) && r.owns(blocks[7]));
+            assert_eq!(r.size_of(blocks[3]), Some(16 + 45));
+            // SAFETY: nothing is used after the free.
+            unsafe { r.free(h).unwrap() };
+            assert_eq!(r.stats().live_blocks, 0);
+            assert_eq!(r.stats().live_bytes, 0);
+            assert!(!r.owns(blocks[7]));
+        }
+        assert_eq!(r.stats().free_slots, 0, "materialized blocks were rewound, not free-listed");
+    }
+
+    #[test]
+    fn bad_pointers_are_refused_and_change_nothing() {
+        let r = region();
+        let a = r.alloc(l(100)).unwrap();
+        let b = r.alloc_child(a, l(10)).unwrap();
+        let before = r.stats();
+        let interior = NonNull::new(a.as_ptr().wrapping_add(16)).unwrap();
+        let mut x = 0u64;
+        let foreign = NonNull::from(&mut x).cast::<u8>();
+        // SAFETY: these calls are refused without touching memory.
+        unsafe {
+            assert_eq!(r.free(interior), Err(Error::NotABlock));
+            assert_eq!(r.free(foreign), Err(Error::ForeignPointer));
+            assert_eq!(r.realloc(interior, 5), Err(Error::NotABlock));
+            assert_eq!(r.realloc(a, usize::MAX), Err(Error::TooLarge));
+        }
+        assert_eq!(r.alloc_child(interior, l(8)), Err(Error::NotABlock));
+        assert_eq!(r.alloc(Layout::from_size_align(isize::MAX as usize - 64, 16).unwrap()), Err(Error::TooLarge));
+        let after = r.stats();
+        assert_eq!((after.live_blocks, after.live_bytes), (before.live_blocks, before.live_bytes));
+        assert_eq!(after.bad_pointers, 3);
+        // SAFETY: a is live; afterwards both a and b are gone, so the second free is a double free.
+        unsafe {
+            r.free(a).unwrap();
+            assert_eq!(r.free(a), Err(Error::NotABlock));
+            assert_eq!(r.free(b), Err(Error::NotABlock));
+        }
+        assert_eq!(r.stats().live_blocks, 0);
+    }
+
+    #[test]
+    fn individual_child_free_and_reuse_keep_tree_intact() {
+        let r = region();
+        let root = r.alloc(l(32)).unwrap();
+        let kids: Vec<_> = (0..10).map(|i| r.alloc_child(root, l(24 + i)).unwrap()).collect();
+        let grandkid = r.alloc_child(kids[4], l(40)).unwrap();
+        let other = r.alloc(l(8)).unwrap(); // ends the tail: everything is materialized
+        // SAFETY: each pointer is freed once.
+        unsafe {
+            r.free(kids[4]).unwrap(); // takes grandkid with it
+            assert!(!r.owns(grandkid));
+            r.free(kids[0]).unwrap();
+            r.free(kids[9]).unwrap();
+        }
+        assert_eq!(r.stats().live_blocks, 1 + 7 + 1);
+        assert_eq!(r.stats().free_slots, 4);
+        // reuse: same class comes back from the free list
+        let again = r.alloc_child(root, l(24)).unwrap();
+        assert_eq!(again, kids[0]);
+        // SAFETY: root is live.
+        unsafe { r.free(root).unwrap() };
+        assert_eq!(r.stats().live_blocks, 1);
+        assert!(r.owns(other));
+    }
+
+    #[test]
+    fn realloc_keeps_contents_parent_and_children() {
+        let r = region();
+        let root = r.alloc(l(16)).unwrap();
+        let a = r.alloc_child(root, l(20)).unwrap();
+        let c = r.alloc_child(a, l(30)).unwrap();
+        let _end = r.alloc(l(1)).unwrap();
+        // SAFETY: a has 20 bytes.
+        unsafe { a.as_ptr().write_bytes(0x5A, 20) };
+        // SAFETY: a is live; the old pointer is not used after a move.
+        let a2 = unsafe { r.realloc(a, 500).unwrap() };
+        assert_ne!(a2, a, "grew past its class: moved");
+        assert_eq!(r.size_of(a2), Some(500));
+        // SAFETY: the first 20 bytes were copied.
+        unsafe { assert!((0..20).all(|i| *a2.as_ptr().add(i) == 0x5A)) };
+        assert!(r.owns(c));
+        // SAFETY: root is live; freeing it must free a2 and c (a2 kept a's place and children).
+        unsafe { r.free(root).unwrap() };
+        assert!(!r.owns(a2) && !r.owns(c));
+        assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn realloc_in_place_at_the_top() {
+        let r = region();
+        let a = r.alloc(l(10)).unwrap();
+        // SAFETY: a is live and the newest block.
+        let b = unsafe { r.realloc(a, 3000).unwrap() };
+        assert_eq!(a, b);
+        assert_eq!(r.size_of(b), Some(3000));
+        // SAFETY: as above.
+        let c = unsafe { r.realloc(b, 0).unwrap() };
+        assert_eq!(r.size_of(c), Some(0));
+    }
+
+    #[test]
+    fn alignment_and_zero_size() {
+        let r = region();
+        let mut seen = std::collections::HashSet::new();
+        for shift in 0..13 {
+            let align = 1usize << shift;
+            let p = r.alloc(Layout::from_size_align(0, align).unwrap()).unwrap();
+            assert_eq!(p.as_ptr() as usize % align.max(16), 0);
+            assert!(seen.insert(p), "zero-size blocks are unique");
+            assert_eq!(r.size_of(p), Some(0));
+        }
+        let big = r.alloc(Layout::from_size_align(100, 4096).unwrap()).unwrap();
+        // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
+        let moved = unsafe { r.realloc(big, 70_000).unwrap() };
+        assert_eq!(moved.as_ptr() as usize % 4096, 0);
+    }
+
+    #[test]
+    fn reset_is_bulk_and_keeps_pages() {
+        let mut r = region();
+        for _ in 0..1000 {
+            let h = r.alloc(l(48)).unwrap();
+            r.alloc_child(h, l(200)).unwrap();
+        }
+        let committed = r.stats().committed;
+        r.reset();
+        let s = r.stats();
+        assert_eq!((s.live_blocks, s.live_bytes, s.free_slots), (0, 0, 0));
+        assert_eq!(s.committed, committed);
+        let h = r.alloc(l(48)).unwrap();
+        assert!(r.owns(h));
+    }
+
+    #[test]
+    fn scrub_zeroes_freed_memory() {
+        let r = Region::builder()
+            .reserve(1 << 20)
+            .scrub(Scrub { on_free: true, on_reset: true })
+            .build()
+            .unwrap();
+        let h = r.alloc(l(64)).unwrap();
+        let c = r.alloc_child(h, l(64)).unwrap();
+        // SAFETY: both are 64-byte live blocks.
+        unsafe {
+            h.as_ptr().write_bytes(0xFF, 64);
+            c.as_ptr().write_bytes(0xFF, 64);
+            r.free(h).unwrap();
+            // the memory is still committed arena memory; read it raw
+            assert!((0..64).all(|i| *c.as_ptr().add(i) == 0));
+        }
+    }
+
+    #[test]
+    fn overrun_cannot_corrupt_the_books() {
+        let r = region();
+        let mut v = vec![];
+        for i in 0..50 {
+            let p = r.alloc(l(20)).unwrap();
+            // SAFETY: deliberately write past the 20-byte block, but within its 32-byte slot and
+            // the next block: user data only, the table lives elsewhere.
+            unsafe { p.as_ptr().write_bytes(0xEE, 48) };
+            v.push((i, p));
+        }
+        for (_, p) in &v {
+            // SAFETY: each block freed once.
+            unsafe { r.free(*p).unwrap() };
+        }
+        assert_eq!(r.stats().live_blocks, 0);
+        assert_eq!(r.stats().live_bytes, 0);
+    }
+
+    #[test]
+    fn allocator_api2_vec_lives_in_a_region() {
+        let r = region();
+        let mut v = allocator_api2::vec::Vec::new_in(&r);
+        for i in 0..10_000u32 {
+            v.push(i);
+        }
+        assert_eq!(v.iter().map(|&x| x as u64).sum::<u64>(), 49_995_000);
+        assert_eq!(r.stats().live_blocks, 1);
+        drop(v);
+        assert_eq!(r.stats().live_blocks, 0);
+    }
+}
