@@ -34,5 +34,6 @@ pub use error::{hr, Error};
 pub use host::CriticalLevel;
 mod table;
 pub mod region;
+pub mod heap;
 
 pub use region::{Region, RegionBuilder, Scrub, Stats};

@@ -465,6 +465,28 @@ impl Region {
         Ok(())
     }
 
+    /// Free `ptr` alone: its children are not freed but become roots (what `CoTaskMemFree` does
+    /// to a block whose embedded pointers the caller still owns).
+    ///
+    /// # Safety
+    /// No reference into the freed block is used afterwards.
+    pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
+        let t = self.table();
+        let off = self.off_of(ptr);
+        // The newest pending block has no children: pop it.
+        if t.count > t.mat && off == self.last.get() {
+            if t.count == t.mat + 1 {
+                // SAFETY: forwarded: the tail is exactly this block.
+                return unsafe { self.free(ptr) };
+            }
+            return self.free_slow(ptr);
+        }
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        self.table().detach_children(i);
+        self.free_record(i);
+        Ok(())
+    }
+
     fn forget_big_align(&self, from: u32) {
         // SAFETY: no other reference to the map is alive (see `table()`).
         let m = unsafe { &mut *self.big_align.get() };
@@ -806,6 +828,28 @@ mod tests {
         // SAFETY: root is live; freeing it must free a2 and c (a2 kept a's place and children).
         unsafe { r.free(root).unwrap() };
         assert!(!r.owns(a2) && !r.owns(c));
+        assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn free_one_detaches_children() {
+        let r = region();
+        let s = r.alloc(l(16)).unwrap();
+        let string = r.alloc_child(s, l(40)).unwrap();
+        // SAFETY: s is live; the string must survive it.
+        unsafe { r.free_one(s).unwrap() };
+        assert!(!r.owns(s));
+        assert!(r.owns(string));
+        assert_eq!(r.stats().live_blocks, 1);
+        // SAFETY: the string is now a root of its own.
+        unsafe { r.free(string).unwrap() };
+        assert_eq!(r.stats().live_blocks, 0);
+        // the newest pending block pops
+        let a = r.alloc(l(16)).unwrap();
+        let b = r.alloc_child(a, l(16)).unwrap();
+        // SAFETY: b is live and has no children.
+        unsafe { r.free_one(b).unwrap() };
+        assert!(r.owns(a) && !r.owns(b));
         assert_eq!(r.stats().live_blocks, 1);
     }
 

@@ -326,6 +326,22 @@ impl Table {
         None
     }
 
+    /// Make every child of live record `i` a root (O(children)).
+    pub(crate) fn detach_children(&mut self, i: u32) {
+        // SAFETY: i is live; its children are live records.
+        let mut c = unsafe { self.rec(i).child };
+        // SAFETY: as above.
+        unsafe { self.rec(i).child = NONE };
+        while c != NONE {
+            // SAFETY: c is a live child.
+            let r = unsafe { self.rec(c) };
+            let next = r.next;
+            r.prev = NONE;
+            r.next = NONE;
+            c = next;
+        }
+    }
+
     /// Pop a dead slot of class `c`, or `None`.
     #[inline]
     pub(crate) fn pop_free(&mut self, c: usize) -> Option<u32> {
