@@ -184,7 +184,7 @@ impl ArenaBuilder {
     pub fn build(self) -> Result<PageArena, Error> {
         let span = Span::new(&self.source, self.reserve, self.chunk, self.level)?;
         span.set_limit(self.limit);
-        Ok(PageArena { pos: Cell::new(0), end: Cell::new(0), high_water: Cell::new(0), span })
+        Ok(PageArena { pos: Cell::new(0), end: Cell::new(0), high_water: Cell::new(0), base: span.base(), span })
     }
 }
 
@@ -208,6 +208,8 @@ pub struct PageArena {
     end: Cell<usize>,
     /// Largest `pos` reached.
     high_water: Cell<usize>,
+    /// `span.base()`, cached for the fast path.
+    base: NonNull<u8>,
     span: Span,
 }
 
@@ -240,7 +242,7 @@ impl PageArena {
                 self.pos.set(start + layout.size());
                 // SAFETY: start + size <= end <= reserved, so the pointer is inside the
                 // reservation, derived from its base (keeps provenance), and non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.span.base().as_ptr().add(start)) });
+                return Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) });
             }
         }
         self.alloc_slow(layout)

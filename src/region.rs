@@ -6,9 +6,9 @@
 //! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
 //!
 //! Fast paths (small, inlined) and slow paths (cold, out of line) are kept apart:
-//! * `alloc` / `alloc_child` of up to 1 KiB with alignment <= 16 whose parent is the root or the
-//!   newest block of the pending tail: a bump and three stores;
-//! * `free` of the pending tail's root (the whole newest subtree): a rewind;
+//! * `alloc` / `alloc_child` of up to 1 KiB with alignment <= 16 whose parent is the tail root
+//!   or the newest tail block: a bump and one store to the tail log;
+//! * `free` of the tail root (the whole newest subtree): a rewind;
 //! * everything else materializes the tail and goes through the table.
 
 use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
@@ -120,15 +120,22 @@ impl RegionBuilder {
             .source(self.source.clone())
             .critical_level(self.level)
             .build()?;
+        let mut log_buf = Box::new([0u32; LOG_CAP]);
+        let log_start = log_buf.as_mut_ptr();
         Ok(Region {
             top: Cell::new(0),
             end: Cell::new(0),
-            tail_base: Cell::new(0),
+            root: Cell::new(core::ptr::null_mut()),
+            last: Cell::new(core::ptr::null_mut()),
+            log: Cell::new(log_start),
+            // SAFETY: one past the end of the log's storage.
+            log_end: unsafe { log_start.add(LOG_CAP) },
+            root_prev: Cell::new(NONE),
             tail_top0: Cell::new(0),
-            last: Cell::new(0),
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
+            log_buf,
             arena,
             untracked,
             bad_pointers: Cell::new(0),
@@ -138,6 +145,13 @@ impl RegionBuilder {
         })
     }
 }
+
+/// Capacity of the pending tail log: a tail of more blocks is materialized.
+const LOG_CAP: usize = 256;
+/// Log entry flag: the block's parent is the block logged just before it (else the tail root).
+const NESTED: u32 = 1 << 31;
+/// Largest size a log entry holds (larger blocks are recorded at once).
+const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 
 /// Tracked allocations with embedded-pointer trees. `Send`, not `Sync`.
 ///
@@ -154,22 +168,40 @@ impl RegionBuilder {
 /// assert_eq!(r.stats().live_blocks, 0);
 /// r.reset();
 /// ```
+///
+/// # The pending tail
+/// The newest blocks are not recorded in the side table at once. While the newest blocks form
+/// one subtree laid out contiguously at the top of the arena (a root, then its children and
+/// their children, in allocation order: exactly what a request builds), each is only logged as
+/// one `u32` (its size, and whether its parent is the block logged just before it rather than
+/// the tail root). Their offsets follow from the sizes. Freeing the tail root rewinds the arena
+/// and the log: O(1) for the whole subtree. Anything else that needs the tree first
+/// *materializes* the tail into the side table (O(tail), once per block).
 pub struct Region {
     /// Arena offset of the bump cursor. Invariant: multiple of `GRANULE`, `<= end`.
     top: Cell<usize>,
     /// Committed bytes of the arena (`arena.committed()`), next to `top` for the fast path.
     end: Cell<usize>,
-    /// Arena offset of the pending tail's root (meaningful while the tail is not empty).
-    tail_base: Cell<usize>,
-    /// `top` before the tail's root was allocated: where a rewind goes back to.
+    /// The tail root, or null when the tail is empty. Invariant: non-null iff `log > log_start`;
+    /// the tail blocks lie contiguously in `[root, base + top)`.
+    root: Cell<*mut u8>,
+    /// The newest tail block (null when the tail is empty or after a pop).
+    last: Cell<*mut u8>,
+    /// Next free entry of the tail log; `log_start <= log <= log_end`.
+    log: Cell<*mut u32>,
+    /// End of the log's capacity.
+    log_end: *mut u32,
+    /// Parent record of the tail root (`NONE`: a root), `PARENT`-tagged like `Rec::prev`.
+    root_prev: Cell<u32>,
+    /// `top` before the tail root was allocated: where a rewind goes back to.
     tail_top0: Cell<usize>,
-    /// Arena offset of the newest pending block.
-    last: Cell<usize>,
     /// Largest `top` seen.
     high_water: Cell<usize>,
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
+    /// The log's storage: `log_start..log_end`.
+    log_buf: Box<[u32; LOG_CAP]>,
     arena: Span,
     untracked: PageArena,
     bad_pointers: Cell<u64>,
@@ -179,14 +211,20 @@ pub struct Region {
     _not_sync: PhantomData<Cell<()>>,
 }
 
-// SAFETY: a Region owns its reservations and table outright; moving it to another thread moves
-// all of it. It is not Sync: all state is in Cells / UnsafeCells without synchronization.
+// SAFETY: a Region owns its reservations, table and log outright; moving it to another thread
+// moves all of it. It is not Sync: all state is in Cells / UnsafeCells without synchronization.
 unsafe impl Send for Region {}
 
 impl core::fmt::Debug for Region {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Region").field("base", &self.base).field("stats", &self.stats()).finish()
     }
+}
+
+/// Bytes a tail block of `size` bytes spans.
+#[inline(always)]
+fn tail_extent(size: usize) -> usize {
+    table::extent_granules(size) * GRANULE
 }
 
 impl Region {
@@ -209,6 +247,11 @@ impl Region {
     }
 
     #[inline(always)]
+    fn log_start(&self) -> *mut u32 {
+        self.log_buf.as_ptr() as *mut u32
+    }
+
+    #[inline(always)]
     fn ptr_at(&self, off: usize) -> NonNull<u8> {
         // SAFETY: callers pass offsets inside the reservation; the pointer is derived from the
         // base (keeps provenance) and is non-null.
@@ -216,34 +259,38 @@ impl Region {
     }
 
     #[inline(always)]
-    fn off_of(&self, p: NonNull<u8>) -> usize {
-        (p.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize)
+    fn off_of(&self, p: *const u8) -> usize {
+        (p as usize).wrapping_sub(self.base.as_ptr() as usize)
     }
 
     /// Allocate a tracked root block. Alignment is at least 16.
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        let t = self.table();
+        // A new root ends the pending tail (it is not part of the tail's subtree).
+        if !self.root.get().is_null() {
+            self.materialize();
+        }
         let size = layout.size();
-        // A new root ends the pending tail (it would not be part of the tail's subtree).
-        t.materialize();
-        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
-            let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-            let top = self.top.get();
-            if t.heads[(size - 1) / GRANULE] == NONE && ext <= self.end.get() - top && t.count < t.cap {
-                let i = t.count;
-                // SAFETY: i < cap.
-                let r = unsafe { t.rec(i) };
-                r.off = (top / GRANULE) as u32;
-                r.size = size as u32;
-                r.prev = NONE;
-                t.count = i + 1;
-                self.tail_base.set(top);
-                self.tail_top0.set(top);
-                self.last.set(top);
-                self.top.set(top + ext);
-                return Ok(self.ptr_at(top));
-            }
+        let top = self.top.get();
+        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+        let t = self.table();
+        if layout.align() <= GRANULE
+            && size.wrapping_sub(1) < FAST_MAX
+            && ext <= self.end.get() - top
+            && t.count as usize + LOG_CAP < t.cap as usize
+        {
+            let p = self.ptr_at(top);
+            let log = self.log_start();
+            // SAFETY: the log is empty (materialized above), so entry 0 is in bounds.
+            unsafe { log.write(size as u32) };
+            // SAFETY: one past entry 0 is within the log's capacity.
+            self.log.set(unsafe { log.add(1) });
+            self.root.set(p.as_ptr());
+            self.last.set(p.as_ptr());
+            self.root_prev.set(NONE);
+            self.tail_top0.set(top);
+            self.top.set(top + ext);
+            return Ok(p);
         }
         self.alloc_slow(None, layout)
     }
@@ -253,36 +300,87 @@ impl Region {
     /// Fails with [`Error::NotABlock`] / [`Error::ForeignPointer`] if `parent` is not a live block.
     #[inline]
     pub fn alloc_child(&self, parent: NonNull<u8>, layout: Layout) -> Result<NonNull<u8>, Error> {
-        let t = self.table();
         let size = layout.size();
-        if t.mat < t.count && layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
-            let poff = self.off_of(parent);
-            let p = if poff == self.tail_base.get() {
-                t.mat
-            } else if poff == self.last.get() {
-                t.count - 1
-            } else {
-                NONE
-            };
-            let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-            let top = self.top.get();
-            if p != NONE && t.heads[(size - 1) / GRANULE] == NONE && ext <= self.end.get() - top && t.count < t.cap {
-                let i = t.count;
-                // SAFETY: i < cap.
-                let r = unsafe { t.rec(i) };
-                r.off = (top / GRANULE) as u32;
-                r.size = size as u32;
-                r.prev = PARENT | p;
-                t.count = i + 1;
-                self.last.set(top);
-                self.top.set(top + ext);
-                return Ok(self.ptr_at(top));
-            }
+        let top = self.top.get();
+        let log = self.log.get();
+        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+        let flag = if parent.as_ptr() == self.root.get() {
+            0
+        } else if parent.as_ptr() == self.last.get() {
+            NESTED
+        } else {
+            u32::MAX
+        };
+        if flag != u32::MAX
+            && layout.align() <= GRANULE
+            && size.wrapping_sub(1) < FAST_MAX
+            && ext <= self.end.get() - top
+            && log != self.log_end
+        {
+            // The parent is a tail block (root is non-null): the child joins the tail.
+            let p = self.ptr_at(top);
+            // SAFETY: log < log_end: inside the log's storage.
+            unsafe { log.write(size as u32 | flag) };
+            // SAFETY: at most one past the last entry.
+            self.log.set(unsafe { log.add(1) });
+            self.last.set(p.as_ptr());
+            self.top.set(top + ext);
+            return Ok(p);
         }
         self.alloc_slow(Some(parent), layout)
     }
 
-    /// The general allocation path: materialize, validate, reuse a dead slot or bump.
+    /// Record every tail block in the side table. Infallible: a tail is only started when the
+    /// table has room for a full log and the window index covers the committed arena.
+    #[inline]
+    fn materialize(&self) {
+        if !self.root.get().is_null() {
+            self.materialize_tail();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn materialize_tail(&self) {
+        let t = self.table();
+        let start = self.log_start();
+        let n = (self.log.get() as usize - start as usize) / 4;
+        let mut off = self.off_of(self.root.get());
+        let mut root_idx = NONE;
+        let mut prev_idx = NONE;
+        for k in 0..n {
+            // SAFETY: k < n entries were written.
+            let e = unsafe { *start.add(k) };
+            let size = (e & !NESTED) as usize;
+            let parent = if k == 0 {
+                let rp = self.root_prev.get();
+                if rp == NONE {
+                    NONE
+                } else {
+                    rp & !PARENT
+                }
+            } else if e & NESTED != 0 {
+                prev_idx
+            } else {
+                root_idx
+            };
+            let i = t
+                .push((off / GRANULE) as u32, size as u32, parent)
+                .expect("record capacity for a whole log is reserved before a tail starts");
+            if k == 0 {
+                root_idx = i;
+            }
+            prev_idx = i;
+            off += tail_extent(size);
+        }
+        debug_assert_eq!(off, self.top.get(), "the tail ends at the top");
+        self.log.set(start);
+        self.root.set(core::ptr::null_mut());
+        self.last.set(core::ptr::null_mut());
+    }
+
+    /// The general allocation path: reuse a dead slot, or bump (and start a new tail if the block
+    /// can be logged), or record the block at once.
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self, parent: Option<NonNull<u8>>, layout: Layout) -> Result<NonNull<u8>, Error> {
@@ -291,24 +389,40 @@ impl Region {
             return Err(Error::TooLarge);
         }
         let align = layout.align().max(GRANULE);
+        let g = table::granules(size);
+        let class = table::class_of_granules(g);
+        // A child of a tail block joins the tail when the log has room.
         if let Some(pp) = parent {
-            // A child of a pending block joins the tail (the tail stays one subtree), as long as
-            // no dead slot of its class waits for reuse.
-            let t = self.table();
-            let class = table::class_of_granules(table::granules(size));
-            if t.mat < t.count && t.heads[class] == NONE && self.off_of(pp) >= self.tail_base.get() {
-                let p = self.peek(pp)?;
-                return self.bump_pending(PARENT | p, layout, false);
+            if !self.root.get().is_null()
+                && align == GRANULE
+                && size <= LOG_SIZE_MAX
+                && self.log.get() != self.log_end
+                && (pp.as_ptr() == self.root.get() || pp.as_ptr() == self.last.get())
+            {
+                let flag = if pp.as_ptr() == self.root.get() { 0 } else { NESTED };
+                let top = self.top.get();
+                let ext = tail_extent(size);
+                let need = top.checked_add(ext).ok_or(Error::TooLarge)?;
+                if need > self.end.get() {
+                    self.grow_arena(need)?;
+                }
+                let log = self.log.get();
+                // SAFETY: log < log_end.
+                unsafe { log.write(size as u32 | flag) };
+                // SAFETY: at most one past the last entry.
+                self.log.set(unsafe { log.add(1) });
+                let p = self.ptr_at(top);
+                self.last.set(p.as_ptr());
+                self.top.set(need);
+                return Ok(p);
             }
         }
-        self.table().materialize();
+        self.materialize();
         let p = match parent {
             None => NONE,
             Some(pp) => self.lookup(pp)?,
         };
         let t = self.table();
-        let g = table::granules(size);
-        let class = table::class_of_granules(g);
         // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
         if align == GRANULE {
             if let Some(i) = t.pop_free(class) {
@@ -327,16 +441,7 @@ impl Region {
                 return Ok(self.ptr_at(off));
             }
         }
-        // 2. bump: the block becomes the root of a new pending tail
-        self.bump_pending(if p == NONE { NONE } else { PARENT | p }, layout, true)
-    }
-
-    /// Bump a pending record with parent link `prev`; `new_tail` makes it the root of a new tail
-    /// (the tail must be empty then).
-    fn bump_pending(&self, prev: u32, layout: Layout, new_tail: bool) -> Result<NonNull<u8>, Error> {
-        let size = layout.size();
-        let align = layout.align().max(GRANULE);
-        let class = table::class_of_granules(table::granules(size));
+        // 2. bump
         let base = self.base.as_ptr() as usize;
         let top = self.top.get();
         let start = (base + top).checked_add(align - 1).ok_or(Error::TooLarge)? & !(align - 1);
@@ -347,25 +452,28 @@ impl Region {
             self.grow_arena(need)?;
         }
         let t = self.table();
-        if t.count >= t.cap {
-            t.grow()?;
+        t.reserve(LOG_CAP + 1)?;
+        if align == GRANULE && size <= LOG_SIZE_MAX {
+            // 2a. the block starts a new tail (start == top: no padding)
+            let log = self.log_start();
+            // SAFETY: the log is empty (materialized above).
+            unsafe { log.write(size as u32) };
+            // SAFETY: one past entry 0.
+            self.log.set(unsafe { log.add(1) });
+            let ptr = self.ptr_at(start);
+            self.root.set(ptr.as_ptr());
+            self.last.set(ptr.as_ptr());
+            self.root_prev.set(if p == NONE { NONE } else { PARENT | p });
+            self.tail_top0.set(top);
+            self.top.set(need);
+            return Ok(ptr);
         }
-        let i = t.count;
-        // SAFETY: i < cap after grow.
-        let r = unsafe { t.rec(i) };
-        r.off = (start / GRANULE) as u32;
-        r.size = size as u32;
-        r.prev = prev;
-        t.count = i + 1;
+        // 2b. recorded at once
+        let i = t.push((start / GRANULE) as u32, size as u32, p)?;
         if align > GRANULE {
             // SAFETY: no other reference to the map is alive (see `table()`).
             unsafe { (*self.big_align.get()).insert(i, align) };
         }
-        if new_tail {
-            self.tail_base.set(start);
-            self.tail_top0.set(top);
-        }
-        self.last.set(start);
         self.top.set(need);
         Ok(self.ptr_at(start))
     }
@@ -388,12 +496,13 @@ impl Region {
 
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
-        self.table().materialize();
-        self.peek(p)
+        self.check_range(p.as_ptr())?;
+        self.materialize();
+        self.table().find(self.off_of(p.as_ptr()) / GRANULE).ok_or(Error::NotABlock)
     }
 
-    /// The live block starting at `p`, pending or materialized; changes nothing.
-    fn peek(&self, p: NonNull<u8>) -> Result<u32, Error> {
+    #[inline]
+    fn check_range(&self, p: *const u8) -> Result<usize, Error> {
         let off = self.off_of(p);
         if off >= self.arena.reserved() {
             return Err(Error::ForeignPointer);
@@ -401,13 +510,36 @@ impl Region {
         if off % GRANULE != 0 || off >= self.top.get() {
             return Err(Error::NotABlock);
         }
-        let t = self.table();
-        if t.mat < t.count && off >= self.tail_base.get() {
-            t.find_pending(off / GRANULE)
-        } else {
-            t.find(off / GRANULE)
+        Ok(off)
+    }
+
+    /// The size of the live block starting at `p`, without changing anything.
+    fn peek_size(&self, p: *const u8) -> Result<usize, Error> {
+        let off = self.check_range(p)?;
+        let root = self.root.get();
+        if !root.is_null() && off >= self.off_of(root) {
+            // walk the tail log (at most LOG_CAP entries)
+            let mut at = self.off_of(root);
+            let mut e = self.log_start();
+            while e < self.log.get() {
+                // SAFETY: e is a written log entry.
+                let size = (unsafe { *e } & !NESTED) as usize;
+                if at == off {
+                    return Ok(size);
+                }
+                if at > off {
+                    break;
+                }
+                at += tail_extent(size);
+                // SAFETY: stays within the written entries or one past.
+                e = unsafe { e.add(1) };
+            }
+            return Err(Error::NotABlock);
         }
-        .ok_or(Error::NotABlock)
+        let t = self.table();
+        let i = t.find(off / GRANULE).ok_or(Error::NotABlock)?;
+        // SAFETY: i is live.
+        Ok(unsafe { t.get(i).size } as usize)
     }
 
     fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
@@ -425,42 +557,55 @@ impl Region {
     /// No reference into the freed blocks is used afterwards.
     #[inline]
     pub unsafe fn free(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        let t = self.table();
-        if t.mat < t.count && self.off_of(ptr) == self.tail_base.get() {
-            // The whole pending tail is this block's subtree: rewind.
-            if self.scrub.on_free {
-                let from = self.tail_base.get();
-                // SAFETY: [tail_base, top) is committed arena memory owned by the tail.
-                unsafe { self.ptr_at(from).as_ptr().write_bytes(0, self.top.get() - from) };
-            }
-            self.high_water.set(self.high_water.get().max(self.top.get()));
-            self.top.set(self.tail_top0.get());
-            t.count = t.mat;
-            self.forget_big_align(t.count);
+        if ptr.as_ptr() == self.root.get() {
+            self.rewind();
             return Ok(());
         }
-        self.free_slow(ptr)
+        self.free_slow(ptr, true)
+    }
+
+    /// Free the whole tail (the root's subtree): move the top and the log back.
+    #[inline]
+    fn rewind(&self) {
+        if self.scrub.on_free {
+            let from = self.off_of(self.root.get());
+            // SAFETY: [root, top) is committed arena memory owned by the tail.
+            unsafe { self.root.get().write_bytes(0, self.top.get() - from) };
+        }
+        let top = self.top.get();
+        if top > self.high_water.get() {
+            self.high_water.set(top);
+        }
+        self.top.set(self.tail_top0.get());
+        self.log.set(self.log_start());
+        self.root.set(core::ptr::null_mut());
+        self.last.set(core::ptr::null_mut());
     }
 
     #[cold]
     #[inline(never)]
-    fn free_slow(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        let t = self.table();
-        // The newest pending block has no children (they would be newer): pop it.
-        let off = self.off_of(ptr);
-        if t.count > t.mat + 1 && off == self.last.get() {
+    fn free_slow(&self, ptr: NonNull<u8>, cascade: bool) -> Result<(), Error> {
+        // The newest tail block has no children (they would be newer): pop it.
+        if ptr.as_ptr() == self.last.get() && !self.last.get().is_null() {
+            if self.last.get() == self.root.get() {
+                self.rewind();
+                return Ok(());
+            }
+            let off = self.off_of(ptr.as_ptr());
             if self.scrub.on_free {
                 // SAFETY: [off, top) is the block's committed slot.
-                unsafe { self.ptr_at(off).as_ptr().write_bytes(0, self.top.get() - off) };
+                unsafe { ptr.as_ptr().write_bytes(0, self.top.get() - off) };
             }
             self.top.set(off);
-            t.count -= 1;
-            self.forget_big_align(t.count);
-            // SAFETY: count - 1 >= mat is a pending record.
-            self.last.set(unsafe { t.rec(t.count - 1).off } as usize * GRANULE);
+            // SAFETY: the log holds at least two entries (root and last differ).
+            self.log.set(unsafe { self.log.get().sub(1) });
+            self.last.set(core::ptr::null_mut());
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        if !cascade {
+            self.table().detach_children(i);
+        }
         self.free_record(i);
         Ok(())
     }
@@ -471,28 +616,11 @@ impl Region {
     /// # Safety
     /// No reference into the freed block is used afterwards.
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        let t = self.table();
-        let off = self.off_of(ptr);
-        // The newest pending block has no children: pop it.
-        if t.count > t.mat && off == self.last.get() {
-            if t.count == t.mat + 1 {
-                // SAFETY: forwarded: the tail is exactly this block.
-                return unsafe { self.free(ptr) };
-            }
-            return self.free_slow(ptr);
+        if ptr.as_ptr() == self.root.get() && self.root.get() == self.last.get() {
+            self.rewind();
+            return Ok(());
         }
-        let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
-        self.table().detach_children(i);
-        self.free_record(i);
-        Ok(())
-    }
-
-    fn forget_big_align(&self, from: u32) {
-        // SAFETY: no other reference to the map is alive (see `table()`).
-        let m = unsafe { &mut *self.big_align.get() };
-        if !m.is_empty() {
-            m.retain(|&k, _| k < from);
-        }
+        self.free_slow(ptr, false)
     }
 
     /// Free materialized record `i` and its subtree.
@@ -526,15 +654,16 @@ impl Region {
             self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
             return Err(Error::TooLarge);
         }
-        let off = self.off_of(ptr);
-        let t = self.table();
-        // In place: the newest pending block can grow or shrink at the top.
-        if t.count > t.mat && off == self.last.get() {
-            let need = off + table::extent_granules(new_size) * GRANULE;
+        // In place: the newest tail block can grow or shrink at the top.
+        if ptr.as_ptr() == self.last.get() && !self.last.get().is_null() && new_size <= LOG_SIZE_MAX {
+            let off = self.off_of(ptr.as_ptr());
+            let need = off + tail_extent(new_size);
             if need <= self.end.get() || self.grow_arena(need).is_ok() {
-                let t = self.table();
-                // SAFETY: count - 1 is the pending record of `last`.
-                unsafe { t.rec(t.count - 1).size = new_size as u32 };
+                // SAFETY: the log is not empty (last is non-null); its last entry is this block.
+                unsafe {
+                    let e = self.log.get().sub(1);
+                    *e = (*e & NESTED) | new_size as u32;
+                }
                 self.top.set(need);
                 return Ok(ptr);
             }
@@ -547,7 +676,7 @@ impl Region {
         let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
         let t = self.table();
         // SAFETY: i is live.
-        let old = unsafe { *t.rec(i) };
+        let old = unsafe { t.get(i) };
         let old_size = old.size as usize;
         if table::extent_granules(new_size) == table::extent_granules(old_size) {
             // SAFETY: i is live.
@@ -561,13 +690,13 @@ impl Region {
         let new = self.alloc_slow(None, layout)?;
         // SAFETY: both blocks are live and distinct; copy the smaller size.
         unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size)) };
+        self.materialize();
         let t = self.table();
-        t.materialize();
-        let j = t.find(self.off_of(new) / GRANULE).expect("the block just allocated is live");
+        let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
         // Put j where i is in the tree, give it i's children, then free i alone.
         // SAFETY: i and j are live materialized records; j is a root without children.
         unsafe {
-            let ri = *t.rec(i);
+            let ri = t.get(i);
             let rj = t.rec(j);
             rj.prev = ri.prev;
             rj.next = ri.next;
@@ -596,33 +725,39 @@ impl Region {
 
     /// The requested size of the live block starting at `ptr` (`None` for anything else).
     pub fn size_of(&self, ptr: NonNull<u8>) -> Option<usize> {
-        let i = self.peek(ptr).ok()?;
-        // SAFETY: i is live.
-        Some(unsafe { self.table().rec(i).size } as usize)
+        self.peek_size(ptr.as_ptr()).ok()
     }
 
     /// True only for the start of a live block of this region.
     pub fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.peek(ptr).is_ok()
+        self.peek_size(ptr.as_ptr()).is_ok()
     }
 
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
-        (ptr as usize).wrapping_sub(self.base.as_ptr() as usize) < self.arena.reserved()
+        self.off_of(ptr) < self.arena.reserved()
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
     pub fn reset(&mut self) {
         let top = self.top.get();
-        self.high_water.set(self.high_water.get().max(top));
+        if top > self.high_water.get() {
+            self.high_water.set(top);
+        }
         if self.scrub.on_reset && top > 0 {
             // SAFETY: [0, top) is committed arena memory and no block is live after the reset.
             unsafe { self.base.as_ptr().write_bytes(0, top) };
         }
         self.top.set(0);
-        self.table().reset();
-        self.big_align.get_mut().clear();
+        self.log.set(self.log_start());
+        self.root.set(core::ptr::null_mut());
+        self.last.set(core::ptr::null_mut());
+        self.table.get_mut().reset();
+        let big = self.big_align.get_mut();
+        if !big.is_empty() {
+            big.clear();
+        }
         self.untracked.reset();
     }
 
@@ -650,10 +785,13 @@ impl Region {
     pub fn stats(&self) -> Stats {
         let t = self.table();
         let (mut blocks, mut bytes) = (t.live_blocks, t.live_bytes);
-        for i in t.mat..t.count {
-            // SAFETY: pending records are below count.
-            bytes += unsafe { t.rec(i).size } as usize;
+        let mut e = self.log_start();
+        while e < self.log.get() {
+            // SAFETY: e is a written log entry.
+            bytes += (unsafe { *e } & !NESTED) as usize;
             blocks += 1;
+            // SAFETY: stays within the written entries or one past.
+            e = unsafe { e.add(1) };
         }
         let u = self.untracked.stats();
         Stats {

@@ -20,14 +20,9 @@
 //! under a block that was live when it was allocated, and realloc replaces a node in place.
 //!
 //! ## The pending tail
-//! Records `[mat, count)` are *pending*: allocated by the fast path with only `off`, `size` and
-//! `prev` written; they are not yet linked into their parents' lists nor indexed by `first`.
-//! Every pending record after the first has its parent inside the tail, so the tail is one
-//! subtree whose root is record `mat`, laid out contiguously at the top of the arena. Freeing
-//! that root is a rewind of `count` and the arena top: O(1), whatever the subtree's size. Any
-//! other operation that needs the tree first *materializes* the tail (O(tail), each record
-//! once). This is what lets a request that allocates a header, hangs its blocks off it and frees
-//! the header cost about as much as a bump allocator.
+//! The table holds only *materialized* blocks. The newest blocks of a region may instead be
+//! *pending* in the region's tail log (see `region.rs`): one `u32` per block, no record yet.
+//! The region materializes them (with [`Table::push`]) before any operation that needs them.
 
 use crate::arena::Span;
 use crate::host::{CriticalLevel, Source};
@@ -58,8 +53,7 @@ pub(crate) const NUM_CLASSES: usize = EXACT_CLASSES + 4 * 32;
 /// * `size` is the requested size in bytes; the slot spans `extent(size)` bytes;
 /// * live: `prev` is `NONE`, `PARENT | p` (`p` live, `recs[p].child == i`) or a sibling `s`
 ///   (`recs[s].next == i`); `child`/`next` are `NONE` or live records whose `prev` points back;
-/// * dead: `prev == DEAD`, `next` links the free list of `class_of(size)`;
-/// * pending (`mat <= i`): only `off`, `size`, `prev` are meaningful (see the module docs).
+/// * dead: `prev == DEAD`, `next` links the free list of `class_of(size)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Rec {
@@ -121,8 +115,6 @@ pub(crate) struct Table {
     pub count: u32,
     /// Records committed in `recs_span`.
     pub cap: u32,
-    /// `[0, mat)` are materialized; `[mat, count)` is the pending tail.
-    pub mat: u32,
     pub first: *mut u32,
     /// Windows of `first` that are valid.
     pub init_windows: usize,
@@ -130,7 +122,7 @@ pub(crate) struct Table {
     pub heads: [u32; NUM_CLASSES],
     /// Dead slots on all free lists.
     pub nfree: u32,
-    /// Materialized live blocks and their requested bytes.
+    /// Live blocks of the table and their requested bytes.
     pub live_blocks: usize,
     pub live_bytes: usize,
     recs_span: Span,
@@ -147,7 +139,6 @@ impl Table {
             recs: recs_span.base().as_ptr().cast(),
             count: 0,
             cap: 0,
-            mat: 0,
             first: first_span.base().as_ptr().cast(),
             init_windows: 0,
             heads: [NONE; NUM_CLASSES],
@@ -159,14 +150,30 @@ impl Table {
         })
     }
 
+    /// Make sure `n` more records fit without committing (so pushing them cannot fail).
+    #[inline]
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<(), Error> {
+        while (self.cap as usize) < self.count as usize + n {
+            if self.count as usize + n > MAX_RECS {
+                return Err(Error::ReservationExhausted);
+            }
+            self.grow_to(self.count as usize + n)?;
+        }
+        Ok(())
+    }
+
     /// Commit room for at least one more record.
     #[cold]
     #[inline(never)]
     pub(crate) fn grow(&mut self) -> Result<(), Error> {
-        let need = (self.count as usize + 1).checked_mul(core::mem::size_of::<Rec>()).ok_or(Error::TooLarge)?;
         if self.count as usize >= MAX_RECS {
             return Err(Error::ReservationExhausted);
         }
+        self.grow_to(self.count as usize + 1)
+    }
+
+    fn grow_to(&mut self, recs: usize) -> Result<(), Error> {
+        let need = recs.checked_mul(core::mem::size_of::<Rec>()).ok_or(Error::TooLarge)?;
         self.recs_span.ensure(need)?;
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
         Ok(())
@@ -196,48 +203,39 @@ impl Table {
     }
 
     /// Commit the window index for an arena of `arena_committed` bytes. Called whenever the
-    /// arena commits more, so that [`materialize`](Self::materialize) can never fail.
+    /// arena commits more, so that [`push`](Self::push) never needs more of it.
     pub(crate) fn ensure_windows(&mut self, arena_committed: usize) -> Result<(), Error> {
         let windows = (arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1;
         self.first_span.ensure(windows * 4)
     }
 
-    /// Link pending records `[mat, count)` into the tree and the window index. O(tail).
+    /// Append a live record for a block at granule `off` of `size` bytes under `parent`
+    /// (`NONE` for a root), index it and link it. The block must start above every recorded
+    /// block, and the window index must cover it (`ensure_windows`). Returns its index.
     #[inline]
-    pub(crate) fn materialize(&mut self) {
-        if self.mat != self.count {
-            self.materialize_tail();
+    pub(crate) fn push(&mut self, off: u32, size: u32, parent: u32) -> Result<u32, Error> {
+        if self.count >= self.cap {
+            self.grow()?;
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn materialize_tail(&mut self) {
-        for i in self.mat..self.count {
-            // SAFETY: i < count <= cap.
-            let r = unsafe { *self.rec(i) };
-            let w = (r.off as usize) >> WINDOW_SHIFT;
-            debug_assert!(w < self.first_span.committed() / 4, "window index not committed for window {w}");
-            while self.init_windows <= w {
-                // SAFETY: init_windows <= w and the index covers the committed arena
-                // (`ensure_windows`), which contains every block.
-                unsafe { *self.first.add(self.init_windows) = i };
-                self.init_windows += 1;
-            }
-            // SAFETY: i < cap.
-            unsafe {
-                let me = self.rec(i);
-                me.child = NONE;
-                me.next = NONE;
-            }
-            if r.prev != NONE {
-                debug_assert!(r.prev & PARENT != 0, "pending record {i} has prev {:#x}", r.prev);
-                self.link_under(i, r.prev & !PARENT);
-            }
-            self.live_blocks += 1;
-            self.live_bytes += r.size as usize;
+        let i = self.count;
+        let w = (off as usize) >> WINDOW_SHIFT;
+        debug_assert!(w < self.first_span.committed() / 4, "window index not committed for window {w}");
+        debug_assert!(i == 0 || unsafe { self.get(i - 1).off } < off, "records out of address order");
+        while self.init_windows <= w {
+            // SAFETY: init_windows <= w and the index covers the committed arena
+            // (`ensure_windows`), which contains every block.
+            unsafe { *self.first.add(self.init_windows) = i };
+            self.init_windows += 1;
         }
-        self.mat = self.count;
+        // SAFETY: i < cap.
+        unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
+        self.count = i + 1;
+        if parent != NONE {
+            self.link_under(i, parent);
+        }
+        self.live_blocks += 1;
+        self.live_bytes += size as usize;
+        Ok(i)
     }
 
     /// Make live record `i` the first child of live record `p` (`i.prev` becomes `PARENT | p`).
@@ -288,12 +286,12 @@ impl Table {
         }
         // SAFETY: w < init_windows, and w + 1 too when used.
         let (mut lo, mut hi) = unsafe {
-            (*self.first.add(w), if w + 1 < self.init_windows { *self.first.add(w + 1) } else { self.mat })
+            (*self.first.add(w), if w + 1 < self.init_windows { *self.first.add(w + 1) } else { self.count })
         };
         let g = g as u32;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            // SAFETY: lo <= mid < hi <= mat <= cap.
+            // SAFETY: lo <= mid < hi <= count <= cap.
             let off = unsafe { self.get(mid).off };
             if off < g {
                 lo = mid + 1;
@@ -302,25 +300,6 @@ impl Table {
             } else {
                 // SAFETY: as above.
                 return (unsafe { self.get(mid).prev } != DEAD).then_some(mid);
-            }
-        }
-        None
-    }
-
-    /// The pending record whose block starts at granule `g` (binary search of the tail, which is
-    /// in address order like everything else).
-    #[inline]
-    pub(crate) fn find_pending(&self, g: usize) -> Option<u32> {
-        let (mut lo, mut hi) = (self.mat, self.count);
-        let g = u32::try_from(g).ok()?;
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            // SAFETY: mat <= mid < count <= cap.
-            let off = unsafe { self.get(mid).off };
-            match off.cmp(&g) {
-                core::cmp::Ordering::Less => lo = mid + 1,
-                core::cmp::Ordering::Greater => hi = mid,
-                core::cmp::Ordering::Equal => return Some(mid),
             }
         }
         None
@@ -402,10 +381,12 @@ impl Table {
     /// Forget every record in O(number of classes).
     pub(crate) fn reset(&mut self) {
         self.count = 0;
-        self.mat = 0;
         self.init_windows = 0;
-        self.heads = [NONE; NUM_CLASSES];
-        self.nfree = 0;
+        if self.nfree != 0 {
+            // every head is NONE when no slot is free: skip the 768-byte store otherwise
+            self.heads = [NONE; NUM_CLASSES];
+            self.nfree = 0;
+        }
         self.live_blocks = 0;
         self.live_bytes = 0;
     }
