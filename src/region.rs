@@ -6,8 +6,8 @@
 //! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
 //!
 //! Fast paths (small, inlined) and slow paths (cold, out of line) are kept apart:
-//! * `alloc` / `alloc_child` of up to 1 KiB with alignment <= 16 whose parent is the tail root
-//!   or the newest tail block: a bump and one store to the tail log;
+//! * `alloc` of up to 1 KiB with alignment <= 16 (it starts a new tail), and `alloc_child` of
+//!   such a block under the tail root: a bump and one store to the tail log;
 //! * `free` of the tail root (the whole newest subtree): a rewind;
 //! * everything else materializes the tail and goes through the table.
 
@@ -123,15 +123,15 @@ impl RegionBuilder {
         let mut log_buf = Box::new([0u32; LOG_CAP]);
         let log_start = log_buf.as_mut_ptr();
         Ok(Region {
-            top: Cell::new(0),
-            end: Cell::new(0),
+            top: Cell::new(arena.base().as_ptr()),
+            limit: Cell::new(arena.base().as_ptr()),
+            end: Cell::new(arena.base().as_ptr()),
             root: Cell::new(core::ptr::null_mut()),
-            last: Cell::new(core::ptr::null_mut()),
             log: Cell::new(log_start),
             // SAFETY: one past the end of the log's storage.
             log_end: unsafe { log_start.add(LOG_CAP) },
             root_prev: Cell::new(NONE),
-            tail_top0: Cell::new(0),
+            tail_top0: Cell::new(arena.base().as_ptr()),
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
@@ -174,19 +174,23 @@ const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 /// one subtree laid out contiguously at the top of the arena (a root, then its children and
 /// their children, in allocation order: exactly what a request builds), each is only logged as
 /// one `u32` (its size, and whether its parent is the block logged just before it rather than
-/// the tail root). Their offsets follow from the sizes. Freeing the tail root rewinds the arena
+/// the tail root). Their offsets follow from the sizes. A child of the tail root is an inlined
+/// bump and one store; a child of the newest block takes a short out-of-line path. Freeing the tail root rewinds the arena
 /// and the log: O(1) for the whole subtree. Anything else that needs the tree first
 /// *materializes* the tail into the side table (O(tail), once per block).
 pub struct Region {
-    /// Arena offset of the bump cursor. Invariant: multiple of `GRANULE`, `<= end`.
-    top: Cell<usize>,
-    /// Committed bytes of the arena (`arena.committed()`), next to `top` for the fast path.
-    end: Cell<usize>,
+    /// The bump cursor. Invariant: `base <= top <= end`, 16-aligned.
+    top: Cell<*mut u8>,
+    /// How far a child of the tail root may bump inline: `min(end, root + LOG_CAP * GRANULE)`.
+    /// Every block spans at least one granule, so bumping under `limit` can never log more
+    /// than `LOG_CAP` blocks: the log needs no check of its own. Meaningless while the tail is
+    /// empty (`root` is null then, so nothing compares against it).
+    limit: Cell<*mut u8>,
+    /// End of the committed arena.
+    end: Cell<*mut u8>,
     /// The tail root, or null when the tail is empty. Invariant: non-null iff `log > log_start`;
-    /// the tail blocks lie contiguously in `[root, base + top)`.
+    /// the tail blocks lie contiguously in `[root, top)`.
     root: Cell<*mut u8>,
-    /// The newest tail block (null when the tail is empty or after a pop).
-    last: Cell<*mut u8>,
     /// Next free entry of the tail log; `log_start <= log <= log_end`.
     log: Cell<*mut u32>,
     /// End of the log's capacity.
@@ -194,8 +198,8 @@ pub struct Region {
     /// Parent record of the tail root (`NONE`: a root), `PARENT`-tagged like `Rec::prev`.
     root_prev: Cell<u32>,
     /// `top` before the tail root was allocated: where a rewind goes back to.
-    tail_top0: Cell<usize>,
-    /// Largest `top` seen.
+    tail_top0: Cell<*mut u8>,
+    /// Largest arena offset of `top` seen at a slow-path event, a reset or a stats call.
     high_water: Cell<usize>,
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
@@ -251,16 +255,53 @@ impl Region {
         self.log_buf.as_ptr() as *mut u32
     }
 
+    /// Entries in the tail log.
+    #[inline]
+    fn log_len(&self) -> usize {
+        (self.log.get() as usize - self.log_start() as usize) / 4
+    }
+
     #[inline(always)]
-    fn ptr_at(&self, off: usize) -> NonNull<u8> {
-        // SAFETY: callers pass offsets inside the reservation; the pointer is derived from the
-        // base (keeps provenance) and is non-null.
-        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(off)) }
+    fn ptr_at(&self, off: usize) -> *mut u8 {
+        self.base.as_ptr().wrapping_add(off)
     }
 
     #[inline(always)]
     fn off_of(&self, p: *const u8) -> usize {
         (p as usize).wrapping_sub(self.base.as_ptr() as usize)
+    }
+
+    #[inline(always)]
+    fn top_off(&self) -> usize {
+        self.off_of(self.top.get())
+    }
+
+    /// The newest tail block (null if the tail is empty): the top minus the last entry's extent.
+    fn last(&self) -> *mut u8 {
+        if self.root.get().is_null() {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: the log is not empty (root is non-null); its last entry is the newest block.
+        let size = (unsafe { *self.log.get().sub(1) } & !NESTED) as usize;
+        self.top.get().wrapping_sub(tail_extent(size))
+    }
+
+    /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes. The log must be
+    /// empty and the table must have room for a full log.
+    #[inline(always)]
+    fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, top0: *mut u8) {
+        let log = self.log_start();
+        // SAFETY: the log is empty, so entry 0 is in bounds.
+        unsafe { log.write(size as u32) };
+        // SAFETY: one past entry 0 is within the log's capacity.
+        self.log.set(unsafe { log.add(1) });
+        self.root.set(start);
+        self.root_prev.set(root_prev);
+        self.tail_top0.set(top0);
+        let top = start.wrapping_add(ext);
+        self.top.set(top);
+        let cap = start.wrapping_add(LOG_CAP * GRANULE);
+        self.limit.set(if (cap as usize) < self.end.get() as usize { cap } else { self.end.get() });
     }
 
     /// Allocate a tracked root block. Alignment is at least 16.
@@ -276,21 +317,12 @@ impl Region {
         let t = self.table();
         if layout.align() <= GRANULE
             && size.wrapping_sub(1) < FAST_MAX
-            && ext <= self.end.get() - top
+            && ext <= self.end.get() as usize - top as usize
             && t.count as usize + LOG_CAP < t.cap as usize
         {
-            let p = self.ptr_at(top);
-            let log = self.log_start();
-            // SAFETY: the log is empty (materialized above), so entry 0 is in bounds.
-            unsafe { log.write(size as u32) };
-            // SAFETY: one past entry 0 is within the log's capacity.
-            self.log.set(unsafe { log.add(1) });
-            self.root.set(p.as_ptr());
-            self.last.set(p.as_ptr());
-            self.root_prev.set(NONE);
-            self.tail_top0.set(top);
-            self.top.set(top + ext);
-            return Ok(p);
+            self.start_tail(top, ext, size, NONE, top);
+            // SAFETY: top lies inside the reservation, derived from its base: non-null.
+            return Ok(unsafe { NonNull::new_unchecked(top) });
         }
         self.alloc_slow(None, layout)
     }
@@ -301,31 +333,20 @@ impl Region {
     #[inline]
     pub fn alloc_child(&self, parent: NonNull<u8>, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
-        let top = self.top.get();
-        let log = self.log.get();
-        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-        let flag = if parent.as_ptr() == self.root.get() {
-            0
-        } else if parent.as_ptr() == self.last.get() {
-            NESTED
-        } else {
-            u32::MAX
-        };
-        if flag != u32::MAX
-            && layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-            && ext <= self.end.get() - top
-            && log != self.log_end
-        {
-            // The parent is a tail block (root is non-null): the child joins the tail.
-            let p = self.ptr_at(top);
-            // SAFETY: log < log_end: inside the log's storage.
-            unsafe { log.write(size as u32 | flag) };
-            // SAFETY: at most one past the last entry.
-            self.log.set(unsafe { log.add(1) });
-            self.last.set(p.as_ptr());
-            self.top.set(top + ext);
-            return Ok(p);
+        if parent.as_ptr() == self.root.get() && layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            // The parent is the tail root (non-null): the child joins the tail.
+            let top = self.top.get();
+            let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
+            if new as usize <= self.limit.get() as usize {
+                let log = self.log.get();
+                // SAFETY: bumping under `limit` logs at most LOG_CAP blocks: log < log_end.
+                unsafe { log.write(size as u32) };
+                // SAFETY: at most one past the last entry.
+                self.log.set(unsafe { log.add(1) });
+                self.top.set(new);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(top) });
+            }
         }
         self.alloc_slow(Some(parent), layout)
     }
@@ -344,7 +365,7 @@ impl Region {
     fn materialize_tail(&self) {
         let t = self.table();
         let start = self.log_start();
-        let n = (self.log.get() as usize - start as usize) / 4;
+        let n = self.log_len();
         let mut off = self.off_of(self.root.get());
         let mut root_idx = NONE;
         let mut prev_idx = NONE;
@@ -373,10 +394,27 @@ impl Region {
             prev_idx = i;
             off += tail_extent(size);
         }
-        debug_assert_eq!(off, self.top.get(), "the tail ends at the top");
+        debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
         self.log.set(start);
         self.root.set(core::ptr::null_mut());
-        self.last.set(core::ptr::null_mut());
+    }
+
+    /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
+    /// the newest block). The caller checked that the tail is not empty and the log has room.
+    fn log_child(&self, size: usize, flag: u32) -> Result<NonNull<u8>, Error> {
+        let top = self.top.get();
+        let need = self.top_off().checked_add(tail_extent(size)).ok_or(Error::TooLarge)?;
+        if need > self.off_of(self.end.get()) {
+            self.grow_arena(need)?;
+        }
+        let log = self.log.get();
+        // SAFETY: log < log_end (caller).
+        unsafe { log.write(size as u32 | flag) };
+        // SAFETY: at most one past the last entry.
+        self.log.set(unsafe { log.add(1) });
+        self.top.set(self.ptr_at(need));
+        // SAFETY: inside the reservation, derived from its base: non-null.
+        Ok(unsafe { NonNull::new_unchecked(top) })
     }
 
     /// The general allocation path: reuse a dead slot, or bump (and start a new tail if the block
@@ -391,30 +429,16 @@ impl Region {
         let align = layout.align().max(GRANULE);
         let g = table::granules(size);
         let class = table::class_of_granules(g);
-        // A child of a tail block joins the tail when the log has room.
+        // A child of the tail root or of the newest tail block joins the tail if the log has room.
         if let Some(pp) = parent {
-            if !self.root.get().is_null()
-                && align == GRANULE
-                && size <= LOG_SIZE_MAX
-                && self.log.get() != self.log_end
-                && (pp.as_ptr() == self.root.get() || pp.as_ptr() == self.last.get())
-            {
-                let flag = if pp.as_ptr() == self.root.get() { 0 } else { NESTED };
-                let top = self.top.get();
-                let ext = tail_extent(size);
-                let need = top.checked_add(ext).ok_or(Error::TooLarge)?;
-                if need > self.end.get() {
-                    self.grow_arena(need)?;
+            let root = self.root.get();
+            if !root.is_null() && align == GRANULE && size <= LOG_SIZE_MAX && self.log.get() != self.log_end {
+                if pp.as_ptr() == root {
+                    return self.log_child(size, 0);
                 }
-                let log = self.log.get();
-                // SAFETY: log < log_end.
-                unsafe { log.write(size as u32 | flag) };
-                // SAFETY: at most one past the last entry.
-                self.log.set(unsafe { log.add(1) });
-                let p = self.ptr_at(top);
-                self.last.set(p.as_ptr());
-                self.top.set(need);
-                return Ok(p);
+                if pp.as_ptr() == self.last() {
+                    return self.log_child(size, NESTED);
+                }
             }
         }
         self.materialize();
@@ -438,67 +462,74 @@ impl Region {
                 }
                 t.live_blocks += 1;
                 t.live_bytes += size;
-                return Ok(self.ptr_at(off));
+                // SAFETY: the slot lies inside the reservation: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
             }
         }
         // 2. bump
         let base = self.base.as_ptr() as usize;
-        let top = self.top.get();
+        let top = self.top_off();
         let start = (base + top).checked_add(align - 1).ok_or(Error::TooLarge)? & !(align - 1);
         let start = start - base;
         let ext = table::class_granules(class) * GRANULE;
         let need = start.checked_add(ext).ok_or(Error::TooLarge)?;
-        if need > self.end.get() {
+        if need > self.off_of(self.end.get()) {
             self.grow_arena(need)?;
         }
         let t = self.table();
         t.reserve(LOG_CAP + 1)?;
+        let ptr = self.ptr_at(start);
         if align == GRANULE && size <= LOG_SIZE_MAX {
             // 2a. the block starts a new tail (start == top: no padding)
-            let log = self.log_start();
-            // SAFETY: the log is empty (materialized above).
-            unsafe { log.write(size as u32) };
-            // SAFETY: one past entry 0.
-            self.log.set(unsafe { log.add(1) });
-            let ptr = self.ptr_at(start);
-            self.root.set(ptr.as_ptr());
-            self.last.set(ptr.as_ptr());
-            self.root_prev.set(if p == NONE { NONE } else { PARENT | p });
-            self.tail_top0.set(top);
-            self.top.set(need);
-            return Ok(ptr);
+            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, self.ptr_at(top));
+        } else {
+            // 2b. recorded at once
+            let i = t.push((start / GRANULE) as u32, size as u32, p)?;
+            if align > GRANULE {
+                // SAFETY: no other reference to the map is alive (see `table()`).
+                unsafe { (*self.big_align.get()).insert(i, align) };
+            }
+            self.top.set(self.ptr_at(need));
         }
-        // 2b. recorded at once
-        let i = t.push((start / GRANULE) as u32, size as u32, p)?;
-        if align > GRANULE {
-            // SAFETY: no other reference to the map is alive (see `table()`).
-            unsafe { (*self.big_align.get()).insert(i, align) };
-        }
-        self.top.set(need);
-        Ok(self.ptr_at(start))
+        // SAFETY: inside the reservation: non-null.
+        Ok(unsafe { NonNull::new_unchecked(ptr) })
     }
 
     #[cold]
     fn grow_arena(&self, need: usize) -> Result<(), Error> {
         if need > self.arena.reserved() {
-            return Err(if need - self.top.get() > self.arena.reserved() {
+            return Err(if need - self.top_off() > self.arena.reserved() {
                 Error::TooLarge
             } else {
                 Error::ReservationExhausted
             });
         }
-        self.high_water.set(self.high_water.get().max(self.top.get()));
+        self.note_high_water();
         self.arena.ensure(need)?;
-        self.end.set(self.arena.committed());
         // Keep the window index ahead of the arena, so materializing never fails.
-        self.table().ensure_windows(self.arena.committed())
+        self.table().ensure_windows(self.arena.committed())?;
+        let end = self.ptr_at(self.arena.committed());
+        self.end.set(end);
+        if !self.root.get().is_null() {
+            let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn note_high_water(&self) {
+        let top = self.top_off();
+        if top > self.high_water.get() {
+            self.high_water.set(top);
+        }
     }
 
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
-        self.check_range(p.as_ptr())?;
+        let off = self.check_range(p.as_ptr())?;
         self.materialize();
-        self.table().find(self.off_of(p.as_ptr()) / GRANULE).ok_or(Error::NotABlock)
+        self.table().find(off / GRANULE).ok_or(Error::NotABlock)
     }
 
     #[inline]
@@ -507,7 +538,7 @@ impl Region {
         if off >= self.arena.reserved() {
             return Err(Error::ForeignPointer);
         }
-        if off % GRANULE != 0 || off >= self.top.get() {
+        if off % GRANULE != 0 || off >= self.top_off() {
             return Err(Error::NotABlock);
         }
         Ok(off)
@@ -568,38 +599,37 @@ impl Region {
     #[inline]
     fn rewind(&self) {
         if self.scrub.on_free {
-            let from = self.off_of(self.root.get());
-            // SAFETY: [root, top) is committed arena memory owned by the tail.
-            unsafe { self.root.get().write_bytes(0, self.top.get() - from) };
-        }
-        let top = self.top.get();
-        if top > self.high_water.get() {
-            self.high_water.set(top);
+            self.scrub_tail();
         }
         self.top.set(self.tail_top0.get());
         self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
-        self.last.set(core::ptr::null_mut());
+    }
+
+    #[cold]
+    fn scrub_tail(&self) {
+        let root = self.root.get();
+        // SAFETY: [root, top) is committed arena memory owned by the tail.
+        unsafe { root.write_bytes(0, self.top.get() as usize - root as usize) };
     }
 
     #[cold]
     #[inline(never)]
     fn free_slow(&self, ptr: NonNull<u8>, cascade: bool) -> Result<(), Error> {
         // The newest tail block has no children (they would be newer): pop it.
-        if ptr.as_ptr() == self.last.get() && !self.last.get().is_null() {
-            if self.last.get() == self.root.get() {
+        let last = self.last();
+        if ptr.as_ptr() == last {
+            if last == self.root.get() {
                 self.rewind();
                 return Ok(());
             }
-            let off = self.off_of(ptr.as_ptr());
             if self.scrub.on_free {
-                // SAFETY: [off, top) is the block's committed slot.
-                unsafe { ptr.as_ptr().write_bytes(0, self.top.get() - off) };
+                // SAFETY: [last, top) is the block's committed slot.
+                unsafe { last.write_bytes(0, self.top.get() as usize - last as usize) };
             }
-            self.top.set(off);
+            self.top.set(last);
             // SAFETY: the log holds at least two entries (root and last differ).
             self.log.set(unsafe { self.log.get().sub(1) });
-            self.last.set(core::ptr::null_mut());
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
@@ -616,7 +646,7 @@ impl Region {
     /// # Safety
     /// No reference into the freed block is used afterwards.
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        if ptr.as_ptr() == self.root.get() && self.root.get() == self.last.get() {
+        if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
             self.rewind();
             return Ok(());
         }
@@ -655,16 +685,16 @@ impl Region {
             return Err(Error::TooLarge);
         }
         // In place: the newest tail block can grow or shrink at the top.
-        if ptr.as_ptr() == self.last.get() && !self.last.get().is_null() && new_size <= LOG_SIZE_MAX {
+        if ptr.as_ptr() == self.last() && new_size <= LOG_SIZE_MAX {
             let off = self.off_of(ptr.as_ptr());
             let need = off + tail_extent(new_size);
-            if need <= self.end.get() || self.grow_arena(need).is_ok() {
+            if need <= self.off_of(self.end.get()) || self.grow_arena(need).is_ok() {
                 // SAFETY: the log is not empty (last is non-null); its last entry is this block.
                 unsafe {
                     let e = self.log.get().sub(1);
                     *e = (*e & NESTED) | new_size as u32;
                 }
-                self.top.set(need);
+                self.top.set(self.ptr_at(need));
                 return Ok(ptr);
             }
         }
@@ -741,18 +771,15 @@ impl Region {
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
     pub fn reset(&mut self) {
-        let top = self.top.get();
-        if top > self.high_water.get() {
-            self.high_water.set(top);
-        }
+        self.note_high_water();
+        let top = self.top_off();
         if self.scrub.on_reset && top > 0 {
             // SAFETY: [0, top) is committed arena memory and no block is live after the reset.
             unsafe { self.base.as_ptr().write_bytes(0, top) };
         }
-        self.top.set(0);
+        self.top.set(self.base.as_ptr());
         self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
-        self.last.set(core::ptr::null_mut());
         self.table.get_mut().reset();
         let big = self.big_align.get_mut();
         if !big.is_empty() {
@@ -764,10 +791,15 @@ impl Region {
     /// Give committed memory beyond `retain` bytes (and beyond what is in use) back to the OS.
     /// Returns the bytes decommitted.
     pub fn trim(&mut self, retain: usize) -> Result<usize, Error> {
-        let keep = retain.max(self.top.get());
+        let keep = retain.max(self.top_off());
         // SAFETY: nothing lives at or past top <= keep.
         let a = unsafe { self.arena.trim(keep)? };
-        self.end.set(self.arena.committed());
+        self.end.set(self.ptr_at(self.arena.committed()));
+        if !self.root.get().is_null() {
+            let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
+            let end = self.end.get();
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
+        }
         let b = self.table().trim(0)?;
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
@@ -783,6 +815,7 @@ impl Region {
 
     /// Counters; exact at any moment.
     pub fn stats(&self) -> Stats {
+        self.note_high_water();
         let t = self.table();
         let (mut blocks, mut bytes) = (t.live_blocks, t.live_bytes);
         let mut e = self.log_start();
@@ -799,7 +832,7 @@ impl Region {
             live_bytes: bytes,
             committed: self.arena.committed() + t.committed() + u.committed,
             reserved: self.arena.reserved() + t.reserved() + u.reserved,
-            high_water: self.high_water.get().max(self.top.get()),
+            high_water: self.high_water.get(),
             table_committed: t.committed(),
             free_slots: t.nfree as usize,
             bad_pointers: self.bad_pointers.get(),
