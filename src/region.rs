@@ -126,12 +126,12 @@ impl RegionBuilder {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
             end: Cell::new(arena.base().as_ptr()),
+            fast_end: Cell::new(arena.base().as_ptr()),
             root: Cell::new(core::ptr::null_mut()),
             log: Cell::new(log_start),
             // SAFETY: one past the end of the log's storage.
             log_end: unsafe { log_start.add(LOG_CAP) },
             root_prev: Cell::new(NONE),
-            tail_top0: Cell::new(arena.base().as_ptr()),
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
@@ -181,13 +181,16 @@ const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 pub struct Region {
     /// The bump cursor. Invariant: `base <= top <= end`, 16-aligned.
     top: Cell<*mut u8>,
-    /// How far a child of the tail root may bump inline: `min(end, root + LOG_CAP * GRANULE)`.
+    /// How far a child of the tail root may bump inline: `<= min(end, root + LOG_CAP * GRANULE)`.
     /// Every block spans at least one granule, so bumping under `limit` can never log more
     /// than `LOG_CAP` blocks: the log needs no check of its own. Meaningless while the tail is
     /// empty (`root` is null then, so nothing compares against it).
     limit: Cell<*mut u8>,
     /// End of the committed arena.
     end: Cell<*mut u8>,
+    /// `end` while the table has room for a full log (so a tail may start inline), else the
+    /// base (which sends every root allocation to the slow path until room is made).
+    fast_end: Cell<*mut u8>,
     /// The tail root, or null when the tail is empty. Invariant: non-null iff `log > log_start`;
     /// the tail blocks lie contiguously in `[root, top)`.
     root: Cell<*mut u8>,
@@ -195,10 +198,9 @@ pub struct Region {
     log: Cell<*mut u32>,
     /// End of the log's capacity.
     log_end: *mut u32,
-    /// Parent record of the tail root (`NONE`: a root), `PARENT`-tagged like `Rec::prev`.
+    /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
+    /// slow path for a tail root that is a child of a recorded block).
     root_prev: Cell<u32>,
-    /// `top` before the tail root was allocated: where a rewind goes back to.
-    tail_top0: Cell<*mut u8>,
     /// Largest arena offset of `top` seen at a slow-path event, a reset or a stats call.
     high_water: Cell<usize>,
     /// Only touched through `table()`, never across a call that could re-enter the region.
@@ -286,22 +288,23 @@ impl Region {
         self.top.get().wrapping_sub(tail_extent(size))
     }
 
-    /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes. The log must be
-    /// empty and the table must have room for a full log.
+    /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes, with
+    /// `root_prev` its parent link (`NONE` for a root). The log must be empty, the table must
+    /// have room for a full log, and `limit` must not pass `end`.
     #[inline(always)]
-    fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, top0: *mut u8) {
+    fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, limit: *mut u8) {
         let log = self.log_start();
+        let flag = if root_prev == NONE { 0 } else { NESTED };
         // SAFETY: the log is empty, so entry 0 is in bounds.
-        unsafe { log.write(size as u32) };
+        unsafe { log.write(size as u32 | flag) };
         // SAFETY: one past entry 0 is within the log's capacity.
         self.log.set(unsafe { log.add(1) });
+        if flag != 0 {
+            self.root_prev.set(root_prev);
+        }
         self.root.set(start);
-        self.root_prev.set(root_prev);
-        self.tail_top0.set(top0);
-        let top = start.wrapping_add(ext);
-        self.top.set(top);
-        let cap = start.wrapping_add(LOG_CAP * GRANULE);
-        self.limit.set(if (cap as usize) < self.end.get() as usize { cap } else { self.end.get() });
+        self.top.set(start.wrapping_add(ext));
+        self.limit.set(limit);
     }
 
     /// Allocate a tracked root block. Alignment is at least 16.
@@ -313,14 +316,14 @@ impl Region {
         }
         let size = layout.size();
         let top = self.top.get();
-        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-        let t = self.table();
+        // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
+        // children need only compare with `limit`.
+        let limit = top.wrapping_add(LOG_CAP * GRANULE);
         if layout.align() <= GRANULE
             && size.wrapping_sub(1) < FAST_MAX
-            && ext <= self.end.get() as usize - top as usize
-            && t.count as usize + LOG_CAP < t.cap as usize
+            && limit as usize <= self.fast_end.get() as usize
         {
-            self.start_tail(top, ext, size, NONE, top);
+            self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
             // SAFETY: top lies inside the reservation, derived from its base: non-null.
             return Ok(unsafe { NonNull::new_unchecked(top) });
         }
@@ -374,11 +377,10 @@ impl Region {
             let e = unsafe { *start.add(k) };
             let size = (e & !NESTED) as usize;
             let parent = if k == 0 {
-                let rp = self.root_prev.get();
-                if rp == NONE {
-                    NONE
+                if e & NESTED != 0 {
+                    self.root_prev.get() & !PARENT
                 } else {
-                    rp & !PARENT
+                    NONE
                 }
             } else if e & NESTED != 0 {
                 prev_idx
@@ -397,6 +399,13 @@ impl Region {
         debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
         self.log.set(start);
         self.root.set(core::ptr::null_mut());
+        self.refresh_fast_end();
+    }
+
+    /// Re-derive `fast_end`: inline tails may start only while the table can take a full log.
+    fn refresh_fast_end(&self) {
+        let ok = self.table().reserve(LOG_CAP + 1).is_ok();
+        self.fast_end.set(if ok { self.end.get() } else { self.base.as_ptr() });
     }
 
     /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
@@ -481,7 +490,10 @@ impl Region {
         let ptr = self.ptr_at(start);
         if align == GRANULE && size <= LOG_SIZE_MAX {
             // 2a. the block starts a new tail (start == top: no padding)
-            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, self.ptr_at(top));
+            let cap = ptr.wrapping_add(LOG_CAP * GRANULE);
+            let end = self.end.get();
+            let limit = if (cap as usize) < end as usize { cap } else { end };
+            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, limit);
         } else {
             // 2b. recorded at once
             let i = t.push((start / GRANULE) as u32, size as u32, p)?;
@@ -510,6 +522,7 @@ impl Region {
         self.table().ensure_windows(self.arena.committed())?;
         let end = self.ptr_at(self.arena.committed());
         self.end.set(end);
+        self.refresh_fast_end();
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
@@ -601,7 +614,8 @@ impl Region {
         if self.scrub.on_free {
             self.scrub_tail();
         }
-        self.top.set(self.tail_top0.get());
+        // The tail root started at the top: there is no padding before it.
+        self.top.set(self.root.get());
         self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
     }
@@ -781,6 +795,9 @@ impl Region {
         self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
         self.table.get_mut().reset();
+        if self.fast_end.get() != self.end.get() {
+            self.refresh_fast_end();
+        }
         let big = self.big_align.get_mut();
         if !big.is_empty() {
             big.clear();
@@ -800,7 +817,8 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        let b = self.table().trim(0)?;
+        let b = self.table().trim(LOG_CAP + 1)?;
+        self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
     }
