@@ -24,16 +24,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
-mod error;
-pub mod os;
-pub mod host;
 pub mod arena;
+mod error;
+pub mod host;
+pub mod os;
 
-pub use arena::{ArenaBuilder, ArenaStats, PageArena};
+pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
 pub use error::{hr, Error};
 pub use host::CriticalLevel;
-mod table;
-pub mod region;
 pub mod heap;
+pub mod region;
+mod table;
 
 pub use region::{Region, RegionBuilder, Scrub, Stats};
