@@ -28,6 +28,7 @@ mod error;
 pub mod os;
 pub mod host;
 pub mod arena;
+pub mod nap;
 
 pub use arena::{ArenaBuilder, ArenaStats, PageArena};
 pub use error::{hr, Error};
