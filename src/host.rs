@@ -55,7 +55,11 @@ pub enum Source {
 #[derive(Debug)]
 enum Backing {
     Os(Reservation),
-    Host { base: NonNull<u8>, len: usize, source: Arc<dyn PageSource> },
+    Host {
+        base: NonNull<u8>,
+        len: usize,
+        source: Arc<dyn PageSource>,
+    },
 }
 
 /// One reservation taken from a [`Source`]: the only way the layers above get pages.
@@ -79,9 +83,14 @@ impl Pages {
                 if len == 0 {
                     return Err(Error::InvalidLayout);
                 }
-                let len = crate::os::round_up(len, crate::os::granularity()).ok_or(Error::TooLarge)?;
+                let len =
+                    crate::os::round_up(len, crate::os::granularity()).ok_or(Error::TooLarge)?;
                 let base = h.reserve(len, level)?;
-                Backing::Host { base, len, source: Arc::clone(h) }
+                Backing::Host {
+                    base,
+                    len,
+                    source: Arc::clone(h),
+                }
             }
         };
         Ok(Pages { backing })
@@ -94,6 +103,12 @@ impl Pages {
             Backing::Os(r) => r.base(),
             Backing::Host { base, .. } => *base,
         }
+    }
+
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// The reserved length.
@@ -109,7 +124,12 @@ impl Pages {
     ///
     /// # Safety
     /// The range is page-aligned and inside the reservation.
-    pub unsafe fn commit(&self, offset: usize, len: usize, level: CriticalLevel) -> Result<(), Error> {
+    pub unsafe fn commit(
+        &self,
+        offset: usize,
+        len: usize,
+        level: CriticalLevel,
+    ) -> Result<(), Error> {
         match &self.backing {
             // SAFETY: forwarded caller guarantee.
             Backing::Os(r) => unsafe { r.commit(offset, len) },

@@ -24,12 +24,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
-mod error;
-pub mod os;
-pub mod host;
 pub mod arena;
+mod error;
+pub mod host;
 pub mod nap;
+pub mod os;
 
-pub use arena::{ArenaBuilder, ArenaStats, PageArena};
+pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
 pub use error::{hr, Error};
 pub use host::CriticalLevel;
+pub mod heap;
+pub mod region;
+mod table;
+
+pub use region::{Region, RegionBuilder, Scrub, Stats};

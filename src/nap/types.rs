@@ -903,6 +903,20 @@ pub struct NapallocStats {
     pub trims: u64,
 }
 
+impl From<crate::heap::HeapStats> for NapallocStats {
+    fn from(s: crate::heap::HeapStats) -> Self {
+        NapallocStats {
+            live_blocks: s.live_blocks,
+            live_bytes: s.live_bytes,
+            committed_bytes: s.committed_bytes,
+            reserved_bytes: s.reserved_bytes,
+            bad_pointer_reports: s.bad_pointers,
+            failed_allocations: s.failed_allocations,
+            trims: s.trims,
+        }
+    }
+}
+
 /// `NapallocScope`: opaque to C. The task heap hands out pointers to its own scope type cast to
 /// `*mut NapallocScope`; this type only names the pointee in signatures.
 #[repr(C)]
@@ -1184,6 +1198,24 @@ mod tests {
         assert_eq!(IID_IHOST_MALLOC.to_string(), "{1831991C-CC53-4A31-B218-04E910446479}");
         assert_eq!(IID_IUNKNOWN.to_string(), "{00000000-0000-0000-C000-000000000046}");
         assert_ne!(IID_IUNKNOWN, IID_IMALLOC);
+    }
+
+    #[test]
+    fn stats_convert_field_by_field() {
+        let h = crate::heap::HeapStats {
+            live_blocks: 1,
+            live_bytes: 2,
+            committed_bytes: 3,
+            reserved_bytes: 4,
+            bad_pointers: 5,
+            failed_allocations: 6,
+            trims: 7,
+        };
+        let s = NapallocStats::from(h);
+        assert_eq!(
+            [s.live_blocks, s.live_bytes, s.committed_bytes, s.reserved_bytes, s.bad_pointer_reports, s.failed_allocations, s.trims],
+            [1, 2, 3, 4, 5, 6, 7]
+        );
     }
 
     #[test]
