@@ -120,8 +120,8 @@ impl RegionBuilder {
             .source(self.source.clone())
             .critical_level(self.level)
             .build()?;
-        let mut log_buf = Box::new([0u32; LOG_CAP]);
-        let log_start = log_buf.as_mut_ptr();
+        let log_buf = LogBuf::new();
+        let log_start = log_buf.start();
         Ok(Region {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
@@ -152,6 +152,33 @@ const LOG_CAP: usize = 256;
 const NESTED: u32 = 1 << 31;
 /// Largest size a log entry holds (larger blocks are recorded at once).
 const LOG_SIZE_MAX: usize = (1 << 30) - 1;
+
+/// The storage of the tail log, held through a raw pointer. The region keeps raw pointers into it
+/// (`log`, `log_end`) across moves of the region. A `Box` field would not allow that: moving a
+/// `Box` asserts unique access to its contents, which invalidates every pointer derived from it
+/// earlier (Miri reports the next write through `log` as undefined behavior), and a pointer taken
+/// through `&Box` only grants read access.
+struct LogBuf(NonNull<u32>);
+
+impl LogBuf {
+    fn new() -> LogBuf {
+        LogBuf(NonNull::from(Box::leak(Box::new([0u32; LOG_CAP]))).cast())
+    }
+
+    /// The first entry; writable, valid for `LOG_CAP` entries until the `LogBuf` is dropped.
+    #[inline(always)]
+    fn start(&self) -> *mut u32 {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for LogBuf {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` of a `[u32; LOG_CAP]` in `new` and is freed
+        // once, here; the region that held pointers into it is being dropped.
+        drop(unsafe { Box::from_raw(self.0.as_ptr().cast::<[u32; LOG_CAP]>()) });
+    }
+}
 
 /// Tracked allocations with embedded-pointer trees. `Send`, not `Sync`.
 ///
@@ -207,7 +234,7 @@ pub struct Region {
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
     /// The log's storage: `log_start..log_end`.
-    log_buf: Box<[u32; LOG_CAP]>,
+    log_buf: LogBuf,
     arena: Span,
     untracked: PageArena,
     bad_pointers: Cell<u64>,
@@ -257,7 +284,7 @@ impl Region {
 
     #[inline(always)]
     fn log_start(&self) -> *mut u32 {
-        self.log_buf.as_ptr() as *mut u32
+        self.log_buf.start()
     }
 
     /// Entries in the tail log.
