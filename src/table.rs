@@ -452,8 +452,11 @@ mod tests {
 
     #[test]
     fn classes_cover_every_size_and_fit() {
+        // Miri interprets every step; the classes repeat every doubling, so a few thousand
+        // granules still cover every exact class and dozens of grouped ones.
+        let top = if cfg!(miri) { 4_000 } else { 200_000 };
         let mut last = 0;
-        for g in 1..200_000usize {
+        for g in 1..top {
             let c = class_of_granules(g);
             assert!(c >= last, "classes are monotonic");
             assert!(c < NUM_CLASSES);
@@ -472,7 +475,7 @@ mod tests {
         assert_eq!(extent_granules(17), 2);
         assert_eq!(extent_granules(1024), 64);
         // at most 25% waste above the exact classes
-        for g in 65..100_000usize {
+        for g in 65..top / 2 {
             assert!(class_granules(class_of_granules(g)) * 4 <= g * 5, "{g}");
         }
     }
