@@ -898,7 +898,11 @@ impl Region {
                 end
             });
         }
-        let b = self.table().trim(LOG_CAP + 1)?;
+        // Keep room for a full log (a pending tail is materialized into it; `refresh_fast_end`
+        // asks for it, so nothing is committed again right away) and the index of the committed
+        // arena (blocks placed there are indexed without committing).
+        let t = self.table();
+        let b = t.trim(t.count as usize + LOG_CAP + 1, self.arena.committed())?;
         self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
@@ -1181,6 +1185,32 @@ mod tests {
         // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
         let moved = unsafe { r.realloc(big, 70_000).unwrap() };
         assert_eq!(moved.as_ptr() as usize % 4096, 0);
+    }
+
+    #[test]
+    fn trim_keeps_the_books_of_pending_and_later_blocks() {
+        // A pending tail, then a trim: the blocks are recorded afterwards, in windows of the
+        // address index that the trim must not give back.
+        let mut r = region();
+        let a = r.alloc(l(16)).unwrap();
+        let a2 = r.alloc_child(a, l(40)).unwrap();
+        let before = r.stats().committed;
+        let freed = r.trim(0).unwrap();
+        assert_eq!(r.stats().committed, before - freed, "trim gives back what it says, and no more comes back");
+        let b = r.alloc(l(16)).unwrap(); // materializes the tail
+        assert!(r.owns(a) && r.owns(a2) && r.owns(b));
+        // Blocks placed later in the committed part of the arena (no commit, so no index growth).
+        r.reset();
+        let first = r.alloc(l(16)).unwrap();
+        r.trim(256 << 10).unwrap();
+        let blocks: Vec<_> = (0..2000).map(|_| r.alloc(l(100)).unwrap()).collect();
+        assert!(r.owns(first) && blocks.iter().all(|&p| r.owns(p)));
+        assert_eq!(r.stats().live_blocks, 2001);
+        // With many records, a trim must keep the room a tail needs rather than commit it again.
+        let before = r.stats().committed;
+        let freed = r.trim(0).unwrap();
+        assert_eq!(r.stats().committed, before - freed);
+        assert!(r.alloc(l(16)).is_ok());
     }
 
     #[test]
