@@ -903,7 +903,10 @@ impl Region {
         // arena (blocks placed there are indexed without committing).
         let t = self.table();
         let b = t.trim(t.count as usize + LOG_CAP + 1, self.arena.committed())?;
-        self.refresh_fast_end();
+        // Like `refresh_fast_end`, but a trim commits nothing: without room (a region that never
+        // allocated) roots take the slow path, which makes room.
+        let room = t.cap as usize > t.count as usize + LOG_CAP;
+        self.fast_end.set(if room { self.end.get() } else { self.base.as_ptr() });
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
     }
@@ -1189,6 +1192,12 @@ mod tests {
 
     #[test]
     fn trim_keeps_the_books_of_pending_and_later_blocks() {
+        // A trim commits nothing, not even on a region that never allocated.
+        let mut r = region();
+        let before = r.stats().committed;
+        assert_eq!(r.trim(0).unwrap(), 0);
+        assert_eq!(r.stats().committed, before);
+        assert!(r.alloc(l(16)).is_ok());
         // A pending tail, then a trim: the blocks are recorded afterwards, in windows of the
         // address index that the trim must not give back.
         let mut r = region();
