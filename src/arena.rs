@@ -148,7 +148,7 @@ impl Default for ArenaBuilder {
             reserve: DEFAULT_RESERVE,
             chunk: DEFAULT_COMMIT_CHUNK,
             limit: usize::MAX,
-            source: Source::Os,
+            source: Source::default(),
             level: CriticalLevel::Task,
         }
     }

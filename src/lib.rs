@@ -31,4 +31,4 @@ pub mod arena;
 
 pub use arena::{ArenaBuilder, ArenaStats, PageArena};
 pub use error::{hr, Error};
-pub use host::CriticalLevel;
+pub use host::{Budget, CriticalLevel, MemoryAvailable, PageSource, Source};
