@@ -474,3 +474,246 @@ impl<F: ?Sized> fmt::Debug for HookCell<F> {
         f.write_str(if self.current.load(Ordering::Relaxed).is_null() { "HookCell(empty)" } else { "HookCell(set)" })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Mutex, Weak};
+
+    fn counting_notify(b: &Budget) -> Arc<Mutex<Vec<MemoryAvailable>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        b.set_notify(Box::new(move |m| s.lock().unwrap().push(m)));
+        seen
+    }
+
+    /// A trimmer that credits up to `idle` bytes (memory it pretends to decommit) back to the
+    /// budget, as the service's trimmer does through `Pages::decommit`.
+    fn idle_trimmer(b: &Arc<Budget>, idle: usize) -> Arc<AtomicUsize> {
+        let idle = Arc::new(AtomicUsize::new(idle));
+        let (weak, pool): (Weak<Budget>, _) = (Arc::downgrade(b), Arc::clone(&idle));
+        b.set_trimmer(Box::new(move |wanted| {
+            let freed = wanted.min(pool.load(Ordering::Relaxed));
+            pool.fetch_sub(freed, Ordering::Relaxed);
+            if let Some(b) = weak.upgrade() {
+                b.credit(freed);
+            }
+            freed
+        }));
+        idle
+    }
+
+    #[test]
+    fn task_fails_at_once_past_soft() {
+        let b = Budget::new(100, 200).unwrap();
+        let idle = idle_trimmer(&b, 1000);
+        b.charge(100, CriticalLevel::Task).unwrap();
+        assert_eq!(b.charge(1, CriticalLevel::Task), Err(Error::LimitExceeded));
+        let s = b.stats();
+        assert_eq!(s.committed, 100, "a refused charge changes nothing");
+        assert_eq!(s.failures, [1, 0, 0]);
+        assert_eq!(s.trims, 0, "task-critical requests never trim");
+        assert_eq!(idle.load(Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn app_domain_trims_then_retries_once() {
+        let b = Budget::new(100, 200).unwrap();
+        let idle = idle_trimmer(&b, 30);
+        b.charge(90, CriticalLevel::Task).unwrap(); // 30 of which are "idle"
+        b.charge(30, CriticalLevel::AppDomain).unwrap(); // needs 20 trimmed
+        let s = b.stats();
+        assert_eq!((s.committed, s.trims, s.bytes_trimmed), (100, 1, 20), "{s:?}");
+        assert_eq!(idle.load(Ordering::Relaxed), 10);
+        // now the trimmer can free only 10: the retry fails, nothing stays charged
+        assert_eq!(b.charge(50, CriticalLevel::AppDomain), Err(Error::LimitExceeded));
+        let s = b.stats();
+        assert_eq!((s.committed, s.trims, s.failures), (90, 2, [0, 1, 0]), "{s:?}");
+        // an app-domain request never uses the reserve, even when it would fit under hard
+        assert!(b.charge(11, CriticalLevel::AppDomain).is_err());
+        assert_eq!(b.committed(), 90);
+    }
+
+    #[test]
+    fn process_trims_then_uses_the_reserve_but_never_passes_hard() {
+        let b = Budget::new(100, 150).unwrap();
+        // a lying trimmer: claims to free a lot, frees nothing
+        b.set_trimmer(Box::new(|_| 1 << 30));
+        b.charge(100, CriticalLevel::Task).unwrap();
+        b.charge(40, CriticalLevel::Process).unwrap();
+        let s = b.stats();
+        assert_eq!((s.committed, s.reserve_uses, s.trims), (140, 1, 1), "{s:?}");
+        assert_eq!(b.charge(11, CriticalLevel::Process), Err(Error::LimitExceeded));
+        b.charge(10, CriticalLevel::Process).unwrap(); // exactly the hard limit
+        assert_eq!(b.charge(1, CriticalLevel::Process), Err(Error::LimitExceeded));
+        let s = b.stats();
+        assert_eq!((s.committed, s.peak, s.failures), (150, 150, [0, 0, 2]), "{s:?}");
+        // a huge request cannot overflow its way past the limit
+        assert_eq!(b.charge(usize::MAX, CriticalLevel::Process), Err(Error::LimitExceeded));
+        assert_eq!(b.committed(), 150);
+    }
+
+    #[test]
+    fn process_prefers_trimming_to_the_reserve() {
+        let b = Budget::new(100, 150).unwrap();
+        idle_trimmer(&b, 50);
+        b.charge(100, CriticalLevel::Task).unwrap();
+        b.charge(40, CriticalLevel::Process).unwrap();
+        let s = b.stats();
+        assert_eq!((s.committed, s.reserve_uses, s.bytes_trimmed), (100, 0, 40), "{s:?}");
+    }
+
+    #[test]
+    fn concurrent_committers_never_pass_hard_and_balance() {
+        let b = Budget::new(1 << 20, (1 << 20) + (1 << 18)).unwrap();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
+                    let mut refused = 0u64;
+                    for _ in 0..20_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let level = CriticalLevel::ALL[(x % 3) as usize];
+                        if x % 5 < 3 {
+                            let n = 4096 * (1 + (x >> 8) as usize % 16);
+                            match b.charge(n, level) {
+                                Ok(()) => held.push(n),
+                                Err(_) => refused += 1,
+                            }
+                        } else if let Some(n) = held.pop() {
+                            b.credit(n);
+                        }
+                        assert!(b.committed() <= b.hard_limit());
+                    }
+                    (held.iter().sum::<usize>(), refused)
+                })
+            })
+            .collect();
+        let results: Vec<(usize, u64)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let held: usize = results.iter().map(|r| r.0).sum();
+        let refused: u64 = results.iter().map(|r| r.1).sum();
+        let s = b.stats();
+        assert_eq!(s.committed, held, "every charge and credit is accounted for exactly");
+        assert!(s.peak <= s.hard_limit, "{s:?}");
+        assert!(refused > 0, "the workload reaches the limits");
+        assert_eq!(s.failures.iter().sum::<u64>(), refused);
+    }
+
+    #[test]
+    fn notifications_fire_once_per_crossing() {
+        let b = Budget::new(1000, 2000).unwrap();
+        let seen = counting_notify(&b);
+        b.charge(800, CriticalLevel::Task).unwrap();
+        assert!(seen.lock().unwrap().is_empty(), "80 % is below the low mark");
+        b.charge(150, CriticalLevel::Task).unwrap(); // 950 > 900
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low]);
+        assert_eq!(b.pressure(), MemoryAvailable::Low);
+        // hovering around the low mark does not repeat it
+        for _ in 0..10 {
+            b.credit(100);
+            b.charge(100, CriticalLevel::Task).unwrap();
+        }
+        b.credit(350); // 600: between the marks
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        b.credit(200); // 400 < 500
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High]);
+        for _ in 0..10 {
+            b.charge(300, CriticalLevel::Task).unwrap();
+            b.credit(300);
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2, "hovering below the low mark");
+        b.charge(600, CriticalLevel::Task).unwrap(); // 1000
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High, MemoryAvailable::Low]);
+        assert_eq!(b.stats().notifications, 3);
+        // lowering the limits is a crossing too; raising them back is another
+        b.credit(1000);
+        b.charge(400, CriticalLevel::Task).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 4);
+        b.set_limits(420, 2000).unwrap();
+        assert_eq!(seen.lock().unwrap().last(), Some(&MemoryAvailable::Low));
+    }
+
+    #[test]
+    fn hooks_run_without_any_budget_lock() {
+        // a notify hook and a trimmer that use the budget themselves would deadlock if the budget
+        // held a lock while calling them
+        let b = Budget::new(100, 200).unwrap();
+        let weak = Arc::downgrade(&b);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        b.set_notify(Box::new(move |_| {
+            let b = weak.upgrade().unwrap();
+            let _ = b.stats();
+            b.set_notify(Box::new(|_| {})); // even replacing itself
+            c.fetch_add(1, Ordering::Relaxed);
+        }));
+        let weak = Arc::downgrade(&b);
+        b.set_trimmer(Box::new(move |wanted| {
+            let b = weak.upgrade().unwrap();
+            // a trimmer that commits: the nested slow path must not trim again
+            assert!(b.charge(1000, CriticalLevel::AppDomain).is_err());
+            b.set_trimmer(Box::new(|_| 0));
+            wanted / 2
+        }));
+        b.charge(95, CriticalLevel::Task).unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(b.charge(10, CriticalLevel::AppDomain).is_err());
+        let s = b.stats();
+        assert_eq!(s.trims, 1, "the nested request did not trim: {s:?}");
+        assert_eq!(s.failures, [0, 2, 0]);
+        // the replacement trimmer is in place
+        assert!(b.charge(10, CriticalLevel::AppDomain).is_err());
+        assert_eq!(b.stats().trims, 2);
+    }
+
+    #[test]
+    fn host_notification_trims_on_low_and_is_forwarded() {
+        let b = Budget::new(usize::MAX, usize::MAX).unwrap();
+        let idle = idle_trimmer(&b, 300);
+        let seen = counting_notify(&b);
+        b.charge(1000, CriticalLevel::Task).unwrap();
+        b.on_host_notification(MemoryAvailable::Neutral);
+        assert_eq!(b.stats().trims, 0);
+        b.on_host_notification(MemoryAvailable::Low);
+        assert_eq!(idle.load(Ordering::Relaxed), 0, "asked for everything idle");
+        assert_eq!(b.committed(), 700);
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Neutral, MemoryAvailable::Low]);
+        assert_eq!(b.stats().host_notifications, 2);
+        assert_eq!(b.pressure(), MemoryAvailable::High, "host notifications do not move the budget's state");
+    }
+
+    #[test]
+    fn limits_and_load() {
+        assert_eq!(Budget::new(2, 1).err(), Some(Error::InvalidLayout));
+        let b = Budget::new(1000, 1000).unwrap();
+        assert_eq!(b.set_limits(5, 4), Err(Error::InvalidLayout));
+        assert_eq!((b.soft_limit(), b.hard_limit()), (1000, 1000));
+        b.charge(250, CriticalLevel::Task).unwrap();
+        assert_eq!(b.memory_load(), (25, 750));
+        b.set_limits(100, 400).unwrap();
+        assert_eq!(b.memory_load(), (100, 0));
+        assert!(b.charge(1, CriticalLevel::AppDomain).is_err());
+        b.charge(150, CriticalLevel::Process).unwrap();
+        assert!(b.charge(1, CriticalLevel::Process).is_err());
+        assert_eq!(percent_of(usize::MAX, 90), usize::MAX / 100 * 90 + usize::MAX % 100 * 90 / 100);
+        assert_eq!(percent_of(1000, 90), 900);
+        assert_eq!(Budget::unlimited().soft_limit(), usize::MAX);
+    }
+
+    #[test]
+    fn record_host_errors() {
+        let b = Budget::unlimited();
+        b.record_host_error(crate::hr::HOST_E_TIMEOUT);
+        b.record_host_error(crate::hr::HOST_E_TIMEOUT);
+        b.record_host_error(crate::hr::E_FAIL);
+        b.record_host_error(0x8000_FFFFu32 as i32);
+        let e = b.stats().host_errors;
+        assert_eq!((e.count, e.last, e.timeout, e.fail, e.other), (4, 0x8000_FFFFu32 as i32, 2, 1, 1));
+        assert_eq!(e.of(crate::hr::HOST_E_TIMEOUT), 2);
+        assert_eq!(e.of(crate::hr::E_OUTOFMEMORY), 0);
+    }
+}

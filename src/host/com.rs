@@ -452,3 +452,86 @@ impl PageSource for ComHostMemoryManager {
         check(unsafe { (self.vtbl().released_virtual_address_space)(self.as_raw(), addr.as_ptr().cast()) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
+
+    /// Drops count themselves, so that the test sees when the callback object is freed.
+    struct DropCounter(Arc<AtomicUsize>);
+    impl Drop for DropCounter {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn vtable_layouts_match_mscoree() {
+        let slot = core::mem::size_of::<usize>();
+        assert_eq!(core::mem::size_of::<IHostMemoryManagerVtbl>(), 13 * slot);
+        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, virtual_alloc), 4 * slot);
+        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, get_memory_load), 8 * slot);
+        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space), 12 * slot);
+        assert_eq!(core::mem::size_of::<ICLRMemoryNotificationCallbackVtbl>(), 4 * slot);
+        assert_eq!(core::mem::size_of::<Guid>(), 16);
+    }
+
+    #[test]
+    fn callback_object_counts_references_and_forwards() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (s, guard) = (Arc::clone(&seen), DropCounter(Arc::clone(&drops)));
+        let cb = new_memory_notification_callback(Box::new(move |m| {
+            let _keep = &guard;
+            s.lock().unwrap().push(m);
+        }));
+        let p = cb.as_ptr();
+        // SAFETY: `cb` is live and we hold its one reference for the whole block, plus the ones
+        // QueryInterface and AddRef hand out, which are released below.
+        unsafe {
+            let vt = &*(*p).vtbl;
+            assert_eq!((vt.on_memory_notification)(p, 1), hr::S_OK);
+            assert_eq!((vt.on_memory_notification)(p, 3), hr::S_OK);
+            assert_eq!((vt.on_memory_notification)(p, 0), hr::E_INVALIDARG);
+            assert_eq!((vt.on_memory_notification)(p, 4), hr::E_INVALIDARG);
+            assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High]);
+
+            let mut out: *mut c_void = p.cast();
+            let imalloc = Guid { data1: 2, data2: 0, data3: 0, data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46] };
+            assert_eq!((vt.query_interface)(p, &imalloc, &mut out), hr::E_NOINTERFACE);
+            assert!(out.is_null(), "a refused QueryInterface clears *ppv");
+            assert_eq!((vt.query_interface)(p, &IID_IUNKNOWN, ptr::null_mut()), hr::E_POINTER);
+            assert_eq!((vt.query_interface)(p, &IID_ICLR_MEMORY_NOTIFICATION_CALLBACK, &mut out), hr::S_OK);
+            assert_eq!(out, p.cast());
+            assert_eq!((vt.query_interface)(p, &IID_IUNKNOWN, &mut out), hr::S_OK);
+            assert_eq!((vt.add_ref)(p), 4);
+            assert_eq!((vt.release)(p), 3);
+            assert_eq!((vt.release)(p), 2);
+            assert_eq!((vt.release)(p), 1);
+            assert_eq!(drops.load(Ordering::Relaxed), 0, "still referenced");
+            assert_eq!((vt.release)(p), 0);
+        }
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "the last Release frees the object and its hook");
+    }
+
+    #[test]
+    fn a_panicking_hook_does_not_cross_the_c_boundary() {
+        let cb = new_memory_notification_callback(Box::new(|_| panic!("hook failure")));
+        let p = cb.as_ptr();
+        // SAFETY: `cb` is live; we give up our only reference at the end.
+        unsafe {
+            let vt = &*(*p).vtbl;
+            assert_eq!((vt.on_memory_notification)(p, 1), hr::E_FAIL);
+            assert_eq!((vt.release)(p), 0);
+        }
+    }
+
+    #[test]
+    fn adopting_null_fails() {
+        // SAFETY: NULL is allowed.
+        let e = unsafe { ComHostMemoryManager::adopt(ptr::null_mut()) }.unwrap_err();
+        assert_eq!(e, Error::Host(hr::E_POINTER));
+    }
+}

@@ -8,10 +8,12 @@
 //! `E_FAIL` is different: the CLR treats it as "the host is in an unrecoverable state" and
 //! disables itself. A `HostSource` that sees `E_FAIL` from any call becomes *failed*: every later
 //! call fails at once with `Error::Host(`[`FAILED_SOURCE_HRESULT`]`)` (`HOST_E_CLRNOTAVAILABLE`)
-//! without reaching the host, until [`HostSource::reset`] is called. Reservations dropped while
-//! the source is failed (or whose `MEM_RELEASE` itself failed with `E_FAIL`) are *parked*:
-//! remembered and given back to the host by `reset`, so that a recovered host gets its address
-//! space back; if the source is never reset they are never returned.
+//! without reaching the host, until [`HostSource::reset`] is called.
+//!
+//! A reservation whose release fails (the host returned an error, or the source is failed) is
+//! *parked*: remembered, and given back to the host by [`HostSource::retry_parked`] (which
+//! [`HostSource::reset`] calls), so that a host that recovers gets its address space back. The
+//! budget is credited when the reservation is dropped all the same: napalloc no longer uses it.
 
 use super::{Budget, CriticalLevel, MemoryNotify, PageSource};
 use crate::hr::{self, HRESULT};
@@ -126,8 +128,8 @@ pub struct HostSource {
     refused: AtomicU64,
     /// Failures the host returned.
     errors: HostErrorCounters,
-    /// Reservations `(base, len)` whose release was refused while failed; replayed by `reset`.
-    /// The lock is taken only on those two cold paths, never to commit or decommit.
+    /// Reservations `(base, len)` whose release failed; replayed by `retry_parked`. The lock is
+    /// taken only on those two cold paths, never to commit or decommit.
     parked: Mutex<Vec<(usize, usize)>>,
 }
 
@@ -163,12 +165,16 @@ impl HostSource {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Leave the failed state: later calls reach the host again. Reservations parked while the
-    /// source was failed are released to the host now (a release that fails again is logged and
-    /// counted; if it fails with `E_FAIL`, the source is failed again and the rest stay parked).
-    /// Returns how many parked reservations were released.
+    /// Leave the failed state: later calls reach the host again. Then
+    /// [`retry_parked`](Self::retry_parked). Returns how many parked reservations were released.
     pub fn reset(&self) -> usize {
         self.failed.store(false, Ordering::Release);
+        self.retry_parked()
+    }
+
+    /// Try again to release the parked reservations (see the module docs). A release that fails
+    /// again is logged, counted and stays parked. Returns how many were released.
+    pub fn retry_parked(&self) -> usize {
         let parked = core::mem::take(&mut *self.parked.lock().unwrap_or_else(|e| e.into_inner()));
         let mut released = 0;
         for (base, len) in parked {
@@ -191,7 +197,7 @@ impl HostSource {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Reservations waiting for [`reset`](Self::reset) to be released.
+    /// Reservations waiting for [`retry_parked`](Self::retry_parked) to be released.
     pub fn parked(&self) -> usize {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -224,19 +230,12 @@ impl HostSource {
         r
     }
 
-    /// Release a reservation, parking it if the source is (or just became) failed.
+    /// Release a reservation; park it if that fails (see the module docs).
     pub(crate) fn release_via(&self, base: NonNull<u8>, len: usize, budget: Option<&Budget>) -> Result<(), Error> {
         let r = self.guarded(budget, |s| s.release(base, len));
-        match r {
-            Ok(()) => {}
-            Err(e) => {
-                if self.is_failed() {
-                    self.parked.lock().unwrap_or_else(|e| e.into_inner()).push((base.as_ptr() as usize, len));
-                    log::warn!("host source failed: release of {len} bytes at {base:p} parked until reset ({e})");
-                } else {
-                    log::warn!("host failed to release a reservation of {len} bytes at {base:p}: {e}");
-                }
-            }
+        if let Err(e) = r {
+            self.parked.lock().unwrap_or_else(|e| e.into_inner()).push((base.as_ptr() as usize, len));
+            log::warn!("release of {len} bytes at {base:p} failed ({e}); parked until retried");
         }
         r
     }
@@ -252,7 +251,7 @@ impl PageSource for HostSource {
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.guarded(None, |s| s.decommit(addr, len))
     }
-    /// Parks the reservation (see the module docs) and fails if the source is failed.
+    /// Parks the reservation if the release fails (see the module docs).
     fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.release_via(base, len, None)
     }
