@@ -48,11 +48,22 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    pub(crate) fn new(source: &Source, reserve: usize, chunk: usize, level: CriticalLevel) -> Result<Span, Error> {
+    pub(crate) fn new(
+        source: &Source,
+        reserve: usize,
+        chunk: usize,
+        level: CriticalLevel,
+    ) -> Result<Span, Error> {
         let pages = Pages::reserve(source, reserve, level)?;
         let page = crate::os::page_size();
         let chunk = crate::os::round_up(chunk.max(page), page).ok_or(Error::TooLarge)?;
-        Ok(Span { limit: Cell::new(pages.len()), pages, committed: Cell::new(0), chunk, level })
+        Ok(Span {
+            limit: Cell::new(pages.len()),
+            pages,
+            committed: Cell::new(0),
+            chunk,
+            level,
+        })
     }
 
     #[inline]
@@ -77,7 +88,11 @@ impl Span {
             return Ok(());
         }
         if need > self.reserved() {
-            return Err(if need > self.limit.get() { Error::TooLarge } else { Error::ReservationExhausted });
+            return Err(if need > self.limit.get() {
+                Error::TooLarge
+            } else {
+                Error::ReservationExhausted
+            });
         }
         if need > self.limit.get() {
             return Err(Error::LimitExceeded);
@@ -119,6 +134,25 @@ impl Span {
     }
 }
 
+/// The bump step shared by [`PageArena`] and [`Cursor`]: `Some((start, new_pos))` if `layout`
+/// fits between `pos` and `end`. The base is at least page-aligned, so aligning the offset
+/// aligns the address for every alignment up to a page; larger ones take the slow path.
+#[inline(always)]
+fn bump(pos: usize, end: usize, layout: Layout) -> Option<(usize, usize)> {
+    let align = layout.align();
+    if align > 4096 {
+        return None;
+    }
+    let start = (pos + align - 1) & !(align - 1);
+    // `Layout` guarantees size <= isize::MAX and offsets are below the reservation size, so on
+    // 64-bit targets the sum cannot wrap; elsewhere it is checked.
+    #[cfg(target_pointer_width = "64")]
+    let new = start + layout.size();
+    #[cfg(not(target_pointer_width = "64"))]
+    let new = start.checked_add(layout.size())?;
+    (new <= end).then_some((start, new))
+}
+
 /// What an arena holds, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArenaStats {
@@ -148,7 +182,7 @@ impl Default for ArenaBuilder {
             reserve: DEFAULT_RESERVE,
             chunk: DEFAULT_COMMIT_CHUNK,
             limit: usize::MAX,
-            source: Source::default(),
+            source: Source::Os,
             level: CriticalLevel::Task,
         }
     }
@@ -184,7 +218,13 @@ impl ArenaBuilder {
     pub fn build(self) -> Result<PageArena, Error> {
         let span = Span::new(&self.source, self.reserve, self.chunk, self.level)?;
         span.set_limit(self.limit);
-        Ok(PageArena { pos: Cell::new(0), end: Cell::new(0), high_water: Cell::new(0), span })
+        Ok(PageArena {
+            pos: Cell::new(0),
+            end: Cell::new(0),
+            high_water: Cell::new(0),
+            base: span.base(),
+            span,
+        })
     }
 }
 
@@ -208,6 +248,8 @@ pub struct PageArena {
     end: Cell<usize>,
     /// Largest `pos` reached.
     high_water: Cell<usize>,
+    /// `span.base()`, cached for the fast path.
+    base: NonNull<u8>,
     span: Span,
 }
 
@@ -230,20 +272,15 @@ impl PageArena {
     /// page is used, and keeps old contents after [`reset`](Self::reset)).
     #[inline(always)]
     pub fn alloc_layout(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        let align = layout.align();
-        let pos = self.pos.get();
-        // The base is at least page-aligned, so aligning the offset aligns the address for every
-        // alignment up to a page; larger ones take the slow path.
-        if align <= 4096 {
-            let start = (pos + align - 1) & !(align - 1);
-            if layout.size() <= self.end.get().saturating_sub(start) {
-                self.pos.set(start + layout.size());
-                // SAFETY: start + size <= end <= reserved, so the pointer is inside the
+        match bump(self.pos.get(), self.end.get(), layout) {
+            Some((start, new)) => {
+                self.pos.set(new);
+                // SAFETY: start < new <= end <= reserved, so the pointer is inside the
                 // reservation, derived from its base (keeps provenance), and non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.span.base().as_ptr().add(start)) });
+                Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) })
             }
+            None => self.alloc_slow(layout),
         }
-        self.alloc_slow(layout)
     }
 
     #[cold]
@@ -251,11 +288,18 @@ impl PageArena {
     fn alloc_slow(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
         let base = self.span.base().as_ptr() as usize;
         let align = layout.align();
-        let addr = (base + self.pos.get()).checked_add(align - 1).ok_or(Error::TooLarge)? & !(align - 1);
+        let addr = (base + self.pos.get())
+            .checked_add(align - 1)
+            .ok_or(Error::TooLarge)?
+            & !(align - 1);
         let start = addr - base;
         let new_pos = start.checked_add(layout.size()).ok_or(Error::TooLarge)?;
         if new_pos > self.span.reserved() {
-            return Err(if layout.size() > self.span.reserved() { Error::TooLarge } else { Error::ReservationExhausted });
+            return Err(if layout.size() > self.span.reserved() {
+                Error::TooLarge
+            } else {
+                Error::ReservationExhausted
+            });
         }
         self.span.ensure(new_pos)?;
         self.end.set(self.span.committed());
@@ -266,6 +310,9 @@ impl PageArena {
     }
 
     /// Allocate and move `value` into the arena. The value is never dropped by the arena.
+    // Each call returns a distinct, fresh allocation, so handing out `&mut` from `&self` is
+    // sound (as in bumpalo's `Bump::alloc`).
+    #[allow(clippy::mut_from_ref)]
     #[inline]
     pub fn alloc<T>(&self, value: T) -> Result<&mut T, Error> {
         let p = self.alloc_layout(Layout::new::<T>())?.cast::<T>();
@@ -283,6 +330,30 @@ impl PageArena {
     pub fn reset(&mut self) {
         self.note_high_water();
         self.pos.set(0);
+    }
+
+    /// A bump cursor that keeps the arena's position in locals (registers) until it is dropped:
+    /// the fastest way to make many allocations in a row. The arena is borrowed meanwhile.
+    ///
+    /// ```
+    /// use core::alloc::Layout;
+    /// let mut arena = napalloc::PageArena::new().unwrap();
+    /// {
+    ///     let mut c = arena.cursor();
+    ///     for _ in 0..100 {
+    ///         c.alloc_layout(Layout::new::<[u64; 4]>()).unwrap();
+    ///     }
+    /// } // the position is written back here
+    /// assert_eq!(arena.stats().used, 3200);
+    /// ```
+    #[inline]
+    pub fn cursor(&mut self) -> Cursor<'_> {
+        Cursor {
+            pos: self.pos.get(),
+            end: self.end.get(),
+            base: self.base,
+            arena: self,
+        }
     }
 
     /// Give committed memory beyond `max(used, retain)` back to the OS. Returns the bytes
@@ -335,26 +406,90 @@ impl PageArena {
     }
 }
 
+/// A bump cursor over a [`PageArena`] (see [`PageArena::cursor`]). Its position lives in the
+/// cursor, not in the arena, so the compiler can keep it in a register across user writes.
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    /// Invariant: `pos <= end`; `end` is the arena's committed end when the cursor last synced.
+    pos: usize,
+    end: usize,
+    base: NonNull<u8>,
+    arena: &'a mut PageArena,
+}
+
+impl Cursor<'_> {
+    /// Bump-allocate `layout` (see [`PageArena::alloc_layout`]).
+    #[inline(always)]
+    pub fn alloc_layout(&mut self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        match bump(self.pos, self.end, layout) {
+            Some((start, new)) => {
+                self.pos = new;
+                // SAFETY: start < new <= end <= reserved: inside the reservation, derived from
+                // its base, non-null.
+                Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) })
+            }
+            None => {
+                // The cursor's fields go by value, so its address never escapes and the fast
+                // path can keep them in registers.
+                let (r, pos, end) = cursor_slow(self.arena, self.pos, layout);
+                self.pos = pos;
+                self.end = end;
+                r
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cursor_slow(
+    arena: &PageArena,
+    pos: usize,
+    layout: Layout,
+) -> (Result<NonNull<u8>, Error>, usize, usize) {
+    arena.pos.set(pos);
+    let r = arena.alloc_slow(layout);
+    (r, arena.pos.get(), arena.end.get())
+}
+
+impl Drop for Cursor<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.arena.pos.set(self.pos);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn small() -> PageArena {
-        PageArena::builder().reserve(1 << 20).commit_chunk(16 * 1024).build().unwrap()
+        PageArena::builder()
+            .reserve(1 << 20)
+            .commit_chunk(16 * 1024)
+            .build()
+            .unwrap()
     }
 
     #[test]
     fn bump_commits_on_demand_and_resets() {
         let mut a = small();
-        assert_eq!(a.stats().committed, 0, "nothing committed before the first allocation");
-        let p = a.alloc_layout(Layout::from_size_align(100, 8).unwrap()).unwrap();
+        assert_eq!(
+            a.stats().committed,
+            0,
+            "nothing committed before the first allocation"
+        );
+        let p = a
+            .alloc_layout(Layout::from_size_align(100, 8).unwrap())
+            .unwrap();
         // SAFETY: 100 fresh bytes.
         unsafe { p.as_ptr().write_bytes(1, 100) };
         let s = a.stats();
         assert_eq!(s.used, 100);
         assert!(s.committed >= 16 * 1024 && s.committed < 64 * 1024, "{s:?}");
         for _ in 0..1000 {
-            a.alloc_layout(Layout::from_size_align(200, 16).unwrap()).unwrap();
+            a.alloc_layout(Layout::from_size_align(200, 16).unwrap())
+                .unwrap();
         }
         a.check();
         let before = a.stats();
@@ -362,7 +497,10 @@ mod tests {
         a.reset();
         let after = a.stats();
         assert_eq!(after.used, 0);
-        assert_eq!(after.committed, before.committed, "reset keeps pages committed");
+        assert_eq!(
+            after.committed, before.committed,
+            "reset keeps pages committed"
+        );
         assert_eq!(after.high_water, before.used);
         a.check();
     }
@@ -374,8 +512,11 @@ mod tests {
         while (1usize << shift) <= 65536 {
             let align = 1usize << shift;
             // odd sizes in between, so that the next allocation really needs aligning
-            a.alloc_layout(Layout::from_size_align(3, 1).unwrap()).unwrap();
-            let p = a.alloc_layout(Layout::from_size_align(align + 1, align).unwrap()).unwrap();
+            a.alloc_layout(Layout::from_size_align(3, 1).unwrap())
+                .unwrap();
+            let p = a
+                .alloc_layout(Layout::from_size_align(align + 1, align).unwrap())
+                .unwrap();
             assert_eq!(p.as_ptr() as usize % align, 0, "align {align}");
             shift += 1;
         }
@@ -385,11 +526,20 @@ mod tests {
     #[test]
     fn sizes_near_usize_max_fail_cleanly() {
         let a = small();
-        for size in [usize::MAX, usize::MAX - 1, usize::MAX / 2, isize::MAX as usize, (1 << 20) + 1] {
+        for size in [
+            usize::MAX,
+            usize::MAX - 1,
+            usize::MAX / 2,
+            isize::MAX as usize,
+            (1 << 20) + 1,
+        ] {
             for align in [1, 16, 4096] {
                 if let Ok(l) = Layout::from_size_align(size, align) {
                     let e = a.alloc_layout(l).unwrap_err();
-                    assert!(matches!(e, Error::TooLarge | Error::ReservationExhausted), "{size} {align}: {e:?}");
+                    assert!(
+                        matches!(e, Error::TooLarge | Error::ReservationExhausted),
+                        "{size} {align}: {e:?}"
+                    );
                 }
             }
         }
@@ -410,19 +560,31 @@ mod tests {
         assert_eq!(err, Error::ReservationExhausted);
         assert_eq!(n, (1 << 20) / 4000);
         // a smaller request that still fits succeeds
-        a.alloc_layout(Layout::from_size_align((1 << 20) - a.stats().used, 1).unwrap()).unwrap();
+        a.alloc_layout(Layout::from_size_align((1 << 20) - a.stats().used, 1).unwrap())
+            .unwrap();
         a.check();
     }
 
     #[test]
     fn limit_is_checked_at_every_commit() {
-        let mut a = PageArena::builder().reserve(1 << 20).commit_chunk(4096).limit(40 * 1024).build().unwrap();
+        let mut a = PageArena::builder()
+            .reserve(1 << 20)
+            .commit_chunk(4096)
+            .limit(40 * 1024)
+            .build()
+            .unwrap();
         let mut got = 0;
-        while a.alloc_layout(Layout::from_size_align(1024, 8).unwrap()).is_ok() {
+        while a
+            .alloc_layout(Layout::from_size_align(1024, 8).unwrap())
+            .is_ok()
+        {
             got += 1024;
         }
         assert_eq!(got, 40 * 1024, "exactly the limit is usable");
-        assert_eq!(a.alloc_layout(Layout::new::<u8>()).unwrap_err(), Error::LimitExceeded);
+        assert_eq!(
+            a.alloc_layout(Layout::new::<u8>()).unwrap_err(),
+            Error::LimitExceeded
+        );
         assert!(a.stats().committed <= 40 * 1024);
         a.set_limit(usize::MAX);
         a.alloc_layout(Layout::new::<u8>()).unwrap();
@@ -458,6 +620,28 @@ mod tests {
         assert_eq!(a.trim(0).unwrap(), committed - 100 * 4096);
         assert_eq!(a.stats().committed, 100 * 4096);
         a.check();
+    }
+
+    #[test]
+    fn cursor_writes_back_and_grows() {
+        let mut a = small();
+        a.alloc_layout(Layout::new::<u8>()).unwrap();
+        let mut seen = vec![];
+        {
+            let mut c = a.cursor();
+            for _ in 0..5000 {
+                let p = c.alloc_layout(Layout::new::<[u64; 2]>()).unwrap();
+                assert_eq!(p.as_ptr() as usize % 8, 0);
+                seen.push(p.as_ptr() as usize);
+            }
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 5000, "distinct blocks");
+        assert_eq!(a.stats().used, 8 + 5000 * 16);
+        a.check();
+        // the arena continues after the cursor's position
+        let p = a.alloc_layout(Layout::new::<u8>()).unwrap();
+        assert_eq!(p.as_ptr() as usize, seen[4999] + 16);
     }
 
     #[test]

@@ -24,11 +24,22 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
-mod error;
-pub mod os;
-pub mod host;
 pub mod arena;
+mod error;
+pub mod host;
+pub mod nap;
+pub mod os;
 
-pub use arena::{ArenaBuilder, ArenaStats, PageArena};
+pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
 pub use error::{hr, Error};
 pub use host::{Budget, CriticalLevel, MemoryAvailable, PageSource, Source};
+pub mod heap;
+pub mod region;
+mod table;
+
+pub use region::{Region, RegionBuilder, Scrub, Stats};
+
+/// The README's Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -177,7 +177,7 @@ pub trait PageSource: Send + Sync + fmt::Debug {
 
 /// Where a [`Pages`] handle takes its memory from, and which [`Budget`] it is charged to.
 ///
-/// `Source::default()` (= [`Source::os()`] = [`Source::OS`]) is the OS page layer with no
+/// `Source::default()` (= [`Source::os()`] = [`Source::Os`]) is the OS page layer with no
 /// budget: exactly what an arena built without a source gets. Add a budget with
 /// [`with_budget`](Self::with_budget); take pages from a host with [`host`](Self::host). Cloning
 /// a source shares its host (and the host's failed state) and its budget.
@@ -209,12 +209,14 @@ enum SourceKind {
 }
 
 impl Source {
-    /// The OS page layer, no budget (the default).
-    pub const OS: Source = Source { kind: SourceKind::Os, budget: None };
+    /// The OS page layer, no budget (the default). Named like the enum variant it replaces, so
+    /// that `Source::Os` reads as it always did.
+    #[allow(non_upper_case_globals)]
+    pub const Os: Source = Source { kind: SourceKind::Os, budget: None };
 
     /// The OS page layer, no budget (the default).
     pub fn os() -> Source {
-        Source::OS
+        Source::Os
     }
 
     /// Pages from a host's page source, wrapped in a new [`HostSource`] (failed state, error
@@ -382,6 +384,12 @@ impl Pages {
     #[inline]
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// Bytes committed through this handle and not decommitted since (what the budget holds on

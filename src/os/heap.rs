@@ -13,7 +13,12 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 const PAGE: usize = 4096;
 
 pub(super) fn query_config() -> OsConfig {
-    OsConfig { page_size: PAGE, granularity: PAGE, has_virtual_reserve: false, backend: "heap" }
+    OsConfig {
+        page_size: PAGE,
+        granularity: PAGE,
+        has_virtual_reserve: false,
+        backend: "heap",
+    }
 }
 
 /// See `super::memory_load`: the heap backend does not know the machine's memory load.
@@ -52,6 +57,12 @@ impl Reservation {
     #[inline]
     pub fn base(&self) -> NonNull<u8> {
         self.base
+    }
+
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// The reserved length in bytes.

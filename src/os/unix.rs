@@ -19,7 +19,12 @@ use rustix::mm::{mprotect, MprotectFlags};
 
 pub(super) fn query_config() -> OsConfig {
     let page = rustix::param::page_size();
-    OsConfig { page_size: page, granularity: page, has_virtual_reserve: true, backend: "mmap" }
+    OsConfig {
+        page_size: page,
+        granularity: page,
+        has_virtual_reserve: true,
+        backend: "mmap",
+    }
 }
 
 /// A reserved range of address space (see the module contract in `os/mod.rs`).
@@ -71,7 +76,11 @@ impl Reservation {
     /// Reserve at least `len` bytes of address space (rounded up to the granularity).
     pub fn new(len: usize) -> Result<Self, Error> {
         let len = reservation_size(len)?;
-        let map = MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(os_err)?;
+        let map = MmapOptions::new()
+            .len(len)
+            .no_reserve_swap()
+            .map_anon()
+            .map_err(os_err)?;
         let map = MmapRaw::from(map);
         // SAFETY: the mapping was just created, spans `len` bytes, and nothing refers into it.
         unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }
@@ -84,6 +93,12 @@ impl Reservation {
     pub fn base(&self) -> NonNull<u8> {
         // SAFETY: a successful mmap never returns NULL for a non-fixed mapping.
         unsafe { NonNull::new_unchecked(self.map.as_mut_ptr()) }
+    }
+
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// The reserved length in bytes.
@@ -104,7 +119,11 @@ impl Reservation {
         // SAFETY: the caller guarantees the range is inside our mapping; raising protection does
         // not invalidate any existing reference.
         unsafe {
-            mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE)
+            mprotect(
+                self.map.as_mut_ptr().add(offset).cast(),
+                len,
+                MprotectFlags::READ | MprotectFlags::WRITE,
+            )
         }
         .map_err(|e| os_err(e.into()))
     }
@@ -120,9 +139,19 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is ours and unreferenced; DONTNEED on a private
         // anonymous mapping drops the pages at once and they refault as zero.
-        unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }.map_err(os_err)?;
+        unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
+        }
+        .map_err(os_err)?;
         // SAFETY: as above; lowering protection of an unreferenced range is sound.
-        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::empty()) }
-            .map_err(|e| os_err(e.into()))
+        unsafe {
+            mprotect(
+                self.map.as_mut_ptr().add(offset).cast(),
+                len,
+                MprotectFlags::empty(),
+            )
+        }
+        .map_err(|e| os_err(e.into()))
     }
 }

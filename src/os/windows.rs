@@ -12,7 +12,8 @@ use crate::Error;
 use core::ptr::NonNull;
 use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::System::Memory::{
-    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, PAGE_READWRITE,
+    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS,
+    PAGE_READWRITE,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, GlobalMemoryStatusEx, MEMORYSTATUSEX, SYSTEM_INFO};
 
@@ -85,6 +86,12 @@ impl Reservation {
         self.base
     }
 
+    /// Always false: a reservation is never empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// The reserved length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
@@ -101,7 +108,14 @@ impl Reservation {
             return Ok(());
         }
         // SAFETY: the caller guarantees the range is inside our reservation.
-        let p = unsafe { VirtualAlloc(self.base.as_ptr().add(offset).cast(), len, MEM_COMMIT, PAGE_READWRITE) };
+        let p = unsafe {
+            VirtualAlloc(
+                self.base.as_ptr().add(offset).cast(),
+                len,
+                MEM_COMMIT,
+                PAGE_READWRITE,
+            )
+        };
         if p.is_null() {
             Err(last_error())
         } else {
