@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{FakeHost, FAKE_LOAD};
+use common::{FakeHost, FAKE_LOAD, FAKE_VTBL_NO_FREE};
 use core::alloc::Layout;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use napalloc::host::com::IHostMemoryManager;
 use napalloc::host::{
-    default_host, default_source, global_budget, reset_host_failure, set_budget, set_host_memory_manager, MemoryAvailable,
+    default_host, default_source, global_budget, reset_host_failure, set_budget,
+    set_host_memory_manager, MemoryAvailable,
 };
 use napalloc::hr;
 use napalloc::{CriticalLevel, Error, PageArena};
@@ -23,26 +23,55 @@ fn process_wide_host_and_budget() {
     assert_eq!(global_budget().soft_limit(), usize::MAX);
 
     let page = napalloc::os::page_size();
-    let build = |level| PageArena::builder().reserve(1 << 20).commit_chunk(page).critical_level(level).source(default_source()).build();
+    let build = |level| {
+        PageArena::builder()
+            .reserve(1 << 20)
+            .commit_chunk(page)
+            .critical_level(level)
+            .source(default_source())
+            .build()
+    };
     let os_arena = build(CriticalLevel::Task).unwrap();
-    os_arena.alloc_layout(Layout::from_size_align(page, page).unwrap()).unwrap();
+    os_arena
+        .alloc_layout(Layout::from_size_align(page, page).unwrap())
+        .unwrap();
     assert_eq!(global_budget().committed(), page);
 
     // set_budget: 0 is "no limit"; soft > hard is refused
     assert_eq!(set_budget(3 * page, 2 * page), hr::E_INVALIDARG);
     assert_eq!(set_budget(2 * page, 3 * page), hr::S_OK);
-    assert_eq!((global_budget().soft_limit(), global_budget().hard_limit()), (2 * page, 3 * page));
+    assert_eq!(
+        (global_budget().soft_limit(), global_budget().hard_limit()),
+        (2 * page, 3 * page)
+    );
     assert_eq!(set_budget(0, 4 * page), hr::S_OK);
-    assert_eq!((global_budget().soft_limit(), global_budget().hard_limit()), (4 * page, 4 * page));
+    assert_eq!(
+        (global_budget().soft_limit(), global_budget().hard_limit()),
+        (4 * page, 4 * page)
+    );
     assert_eq!(set_budget(0, 0), hr::S_OK);
     assert_eq!(global_budget().hard_limit(), usize::MAX);
+
+    // A host whose vtable lacks a method napalloc calls is refused, and nothing changes.
+    let bad = FakeHost::with_vtbl(&FAKE_VTBL_NO_FREE);
+    // SAFETY: a live fake host.
+    assert_eq!(
+        unsafe { set_host_memory_manager(bad.cast()) },
+        hr::E_INVALIDARG
+    );
+    assert!(default_source().is_os());
+    // SAFETY: our reference from `with_vtbl`; napalloc took none.
+    assert_eq!(unsafe { FakeHost::release(bad) }, 0);
 
     // Install a C host.
     let fake_ptr = FakeHost::create();
     // SAFETY: the test holds its reference until the end.
     let fake = unsafe { &*fake_ptr };
     // SAFETY: a live, free-threaded fake host with a full vtable.
-    assert_eq!(unsafe { set_host_memory_manager(fake_ptr.cast()) }, hr::S_OK);
+    assert_eq!(
+        unsafe { set_host_memory_manager(fake_ptr.cast()) },
+        hr::S_OK
+    );
     assert_eq!(fake.refs(), 2);
     assert_eq!(fake.registrations.load(Ordering::Relaxed), 1);
     assert!(fake.has_callback());
@@ -51,10 +80,19 @@ fn process_wide_host_and_budget() {
     assert_eq!(src.memory_load().unwrap(), FAKE_LOAD);
 
     let host_arena = build(CriticalLevel::AppDomain).unwrap();
-    let p = host_arena.alloc_layout(Layout::from_size_align(10_000, 8).unwrap()).unwrap();
-    assert!(fake.tracker.owns_committed(p.as_ptr(), 10_000), "new regions take pages from the host");
+    let p = host_arena
+        .alloc_layout(Layout::from_size_align(10_000, 8).unwrap())
+        .unwrap();
+    assert!(
+        fake.tracker.owns_committed(p.as_ptr(), 10_000),
+        "new regions take pages from the host"
+    );
     assert_eq!(fake.tracker.committed_bytes(), host_arena.stats().committed);
-    assert_eq!(global_budget().committed(), page + host_arena.stats().committed, "both sources charge the global budget");
+    assert_eq!(
+        global_budget().committed(),
+        page + host_arena.stats().committed,
+        "both sources charge the global budget"
+    );
 
     // The host's Low notification reaches the global budget's trimmer.
     let trims = Arc::new(AtomicUsize::new(0));
@@ -70,18 +108,31 @@ fn process_wide_host_and_budget() {
     assert_eq!(reset_host_failure(), hr::S_FALSE);
     fake.fail_next(hr::E_FAIL);
     let big = Layout::from_size_align(300 * 1024, 8).unwrap();
-    assert_eq!(host_arena.alloc_layout(big).unwrap_err(), Error::Host(hr::E_FAIL));
+    assert_eq!(
+        host_arena.alloc_layout(big).unwrap_err(),
+        Error::Host(hr::E_FAIL)
+    );
     assert!(default_host().unwrap().is_failed());
-    assert_eq!(build(CriticalLevel::Process).unwrap_err(), Error::Host(hr::HOST_E_CLRNOTAVAILABLE));
+    assert_eq!(
+        build(CriticalLevel::Process).unwrap_err(),
+        Error::Host(hr::HOST_E_CLRNOTAVAILABLE)
+    );
     assert_eq!(reset_host_failure(), hr::S_OK);
     host_arena.alloc_layout(big).unwrap();
     assert_eq!(global_budget().stats().host_errors.fail, 1);
 
     // NULL: back to the OS for new regions; the existing region keeps its host.
     // SAFETY: NULL is allowed.
-    assert_eq!(unsafe { set_host_memory_manager(core::ptr::null_mut()) }, hr::S_OK);
+    assert_eq!(
+        unsafe { set_host_memory_manager(core::ptr::null_mut()) },
+        hr::S_OK
+    );
     assert!(default_source().is_os());
-    assert_eq!(fake.refs(), 2, "the live region (and `src`) still hold the host");
+    assert_eq!(
+        fake.refs(),
+        2,
+        "the live region (and `src`) still hold the host"
+    );
     drop(src);
     assert_eq!(fake.refs(), 2, "the live region still holds the host");
     drop(host_arena);
@@ -92,8 +143,5 @@ fn process_wide_host_and_budget() {
     assert_eq!(global_budget().committed(), 0);
 
     // SAFETY: the test's own reference, given up once.
-    unsafe {
-        let iface = fake_ptr.cast::<IHostMemoryManager>();
-        ((*(*iface).vtbl).release)(iface)
-    };
+    unsafe { FakeHost::release(fake_ptr) };
 }

@@ -8,8 +8,9 @@
 //! (`EMemoryCriticalLevel`, `EMemoryAvailable`) are 4-byte `int`s.
 //!
 //! The host object must be free-threaded (callable from any thread at any time, as the CLR
-//! requires of its hosts), and every vtable slot must hold a callable function (a method the host
-//! does not support returns `E_NOTIMPL`).
+//! requires of its hosts). Vtables napalloc receives from C hold `Option<fn>` slots (a NULL slot
+//! is `None`) and are checked once, when the object is adopted; vtables napalloc implements hold
+//! plain `fn`s (the convention of `crate::nap::types`).
 //!
 //! # References
 //! * mscoree.h (`IHostMemoryManagerVtbl`, `ICLRMemoryNotificationCallbackVtbl`,
@@ -50,8 +51,12 @@ pub struct Guid {
 }
 
 /// `IID_IUnknown` {00000000-0000-0000-C000-000000000046}.
-pub const IID_IUNKNOWN: Guid =
-    Guid { data1: 0, data2: 0, data3: 0, data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46] };
+pub const IID_IUNKNOWN: Guid = Guid {
+    data1: 0,
+    data2: 0,
+    data3: 0,
+    data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46],
+};
 /// `IID_IHostMemoryManager` {7BC698D1-F9E3-4460-9CDE-D04248E9FA25}.
 pub const IID_IHOST_MEMORY_MANAGER: Guid = Guid {
     data1: 0x7BC6_98D1,
@@ -74,66 +79,129 @@ pub struct IHostMemoryManager {
     pub vtbl: *const IHostMemoryManagerVtbl,
 }
 
-/// `IHostMemoryManagerVtbl`, in mscoree.h order.
+/// `QueryInterface(REFIID riid, void **ppvObject)` of `IHostMemoryManager`.
+pub type HostQueryInterfaceFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    riid: *const Guid,
+    ppv: *mut *mut c_void,
+) -> HRESULT;
+/// `AddRef()` / `Release()` of `IHostMemoryManager`.
+pub type HostRefCountFn = unsafe extern "system" fn(this: *mut IHostMemoryManager) -> u32;
+/// `CreateMalloc(DWORD dwMallocType, IHostMalloc **ppMalloc)`.
+pub type CreateMallocFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    malloc_type: u32,
+    pp_malloc: *mut *mut c_void,
+) -> HRESULT;
+/// `VirtualAlloc(void *pAddress, SIZE_T dwSize, DWORD flAllocationType, DWORD flProtect,
+/// EMemoryCriticalLevel eCriticalLevel, void **ppMem)`.
+pub type VirtualAllocFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    address: *mut c_void,
+    size: usize,
+    allocation_type: u32,
+    protect: u32,
+    critical_level: i32,
+    pp_mem: *mut *mut c_void,
+) -> HRESULT;
+/// `VirtualFree(LPVOID lpAddress, SIZE_T dwSize, DWORD dwFreeType)`.
+pub type VirtualFreeFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    address: *mut c_void,
+    size: usize,
+    free_type: u32,
+) -> HRESULT;
+/// `VirtualQuery(void *lpAddress, void *lpBuffer, SIZE_T dwLength, SIZE_T *pResult)`.
+pub type VirtualQueryFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    address: *mut c_void,
+    buffer: *mut c_void,
+    length: usize,
+    result: *mut usize,
+) -> HRESULT;
+/// `VirtualProtect(void *lpAddress, SIZE_T dwSize, DWORD flNewProtect, DWORD *pflOldProtect)`.
+pub type VirtualProtectFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    address: *mut c_void,
+    size: usize,
+    new_protect: u32,
+    old_protect: *mut u32,
+) -> HRESULT;
+/// `GetMemoryLoad(DWORD *pMemoryLoad, SIZE_T *pAvailableBytes)`.
+pub type GetMemoryLoadFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    memory_load: *mut u32,
+    available: *mut usize,
+) -> HRESULT;
+/// `RegisterMemoryNotificationCallback(ICLRMemoryNotificationCallback *pCallback)`.
+pub type RegisterCallbackFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    callback: *mut ICLRMemoryNotificationCallback,
+) -> HRESULT;
+/// `NeedsVirtualAddressSpace` / `AcquiredVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`.
+pub type AddressSpaceFn = unsafe extern "system" fn(
+    this: *mut IHostMemoryManager,
+    start: *mut c_void,
+    size: usize,
+) -> HRESULT;
+/// `ReleasedVirtualAddressSpace(LPVOID startAddress)`.
+pub type ReleasedAddressSpaceFn =
+    unsafe extern "system" fn(this: *mut IHostMemoryManager, start: *mut c_void) -> HRESULT;
+
+/// `IHostMemoryManagerVtbl`, in mscoree.h order. It comes from C, so every slot is an `Option`
+/// (same layout: a NULL slot is `None`); [`ComHostMemoryManager::adopt`] refuses a vtable that
+/// lacks a method napalloc calls.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct IHostMemoryManagerVtbl {
-    pub query_interface:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, riid: *const Guid, ppv: *mut *mut c_void) -> HRESULT,
-    pub add_ref: unsafe extern "system" fn(this: *mut IHostMemoryManager) -> u32,
-    pub release: unsafe extern "system" fn(this: *mut IHostMemoryManager) -> u32,
-    /// `CreateMalloc(DWORD dwMallocType, IHostMalloc **ppMalloc)` (not used by napalloc).
-    pub create_malloc:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, malloc_type: u32, pp_malloc: *mut *mut c_void) -> HRESULT,
-    /// `VirtualAlloc(void *pAddress, SIZE_T dwSize, DWORD flAllocationType, DWORD flProtect,
-    /// EMemoryCriticalLevel eCriticalLevel, void **ppMem)`.
-    pub virtual_alloc: unsafe extern "system" fn(
-        this: *mut IHostMemoryManager,
-        address: *mut c_void,
-        size: usize,
-        allocation_type: u32,
-        protect: u32,
-        critical_level: i32,
-        pp_mem: *mut *mut c_void,
-    ) -> HRESULT,
-    /// `VirtualFree(LPVOID lpAddress, SIZE_T dwSize, DWORD dwFreeType)`.
-    pub virtual_free:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, address: *mut c_void, size: usize, free_type: u32) -> HRESULT,
-    /// `VirtualQuery(void *lpAddress, void *lpBuffer, SIZE_T dwLength, SIZE_T *pResult)` (not
-    /// used by napalloc).
-    pub virtual_query: unsafe extern "system" fn(
-        this: *mut IHostMemoryManager,
-        address: *mut c_void,
-        buffer: *mut c_void,
-        length: usize,
-        result: *mut usize,
-    ) -> HRESULT,
-    /// `VirtualProtect(void *lpAddress, SIZE_T dwSize, DWORD flNewProtect, DWORD
-    /// *pflOldProtect)` (not used by napalloc).
-    pub virtual_protect: unsafe extern "system" fn(
-        this: *mut IHostMemoryManager,
-        address: *mut c_void,
-        size: usize,
-        new_protect: u32,
-        old_protect: *mut u32,
-    ) -> HRESULT,
-    /// `GetMemoryLoad(DWORD *pMemoryLoad, SIZE_T *pAvailableBytes)`.
-    pub get_memory_load:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, memory_load: *mut u32, available: *mut usize) -> HRESULT,
-    /// `RegisterMemoryNotificationCallback(ICLRMemoryNotificationCallback *pCallback)`.
-    pub register_memory_notification_callback: unsafe extern "system" fn(
-        this: *mut IHostMemoryManager,
-        callback: *mut ICLRMemoryNotificationCallback,
-    ) -> HRESULT,
-    /// `NeedsVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`.
-    pub needs_virtual_address_space:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, start: *mut c_void, size: usize) -> HRESULT,
-    /// `AcquiredVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`.
-    pub acquired_virtual_address_space:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, start: *mut c_void, size: usize) -> HRESULT,
-    /// `ReleasedVirtualAddressSpace(LPVOID startAddress)`.
-    pub released_virtual_address_space:
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, start: *mut c_void) -> HRESULT,
+    pub query_interface: Option<HostQueryInterfaceFn>,
+    pub add_ref: Option<HostRefCountFn>,
+    pub release: Option<HostRefCountFn>,
+    /// Not used by napalloc.
+    pub create_malloc: Option<CreateMallocFn>,
+    pub virtual_alloc: Option<VirtualAllocFn>,
+    pub virtual_free: Option<VirtualFreeFn>,
+    /// Not used by napalloc.
+    pub virtual_query: Option<VirtualQueryFn>,
+    /// Not used by napalloc.
+    pub virtual_protect: Option<VirtualProtectFn>,
+    pub get_memory_load: Option<GetMemoryLoadFn>,
+    pub register_memory_notification_callback: Option<RegisterCallbackFn>,
+    pub needs_virtual_address_space: Option<AddressSpaceFn>,
+    pub acquired_virtual_address_space: Option<AddressSpaceFn>,
+    pub released_virtual_address_space: Option<ReleasedAddressSpaceFn>,
+}
+
+/// The methods napalloc calls, copied out of a validated vtable (COM vtables never change), so
+/// that every call is a plain, non-null function pointer.
+#[derive(Clone, Copy)]
+struct Methods {
+    add_ref: HostRefCountFn,
+    release: HostRefCountFn,
+    virtual_alloc: VirtualAllocFn,
+    virtual_free: VirtualFreeFn,
+    get_memory_load: GetMemoryLoadFn,
+    register_memory_notification_callback: RegisterCallbackFn,
+    needs_virtual_address_space: AddressSpaceFn,
+    acquired_virtual_address_space: AddressSpaceFn,
+    released_virtual_address_space: ReleasedAddressSpaceFn,
+}
+
+impl Methods {
+    /// `None` if any method napalloc calls is missing.
+    fn from_vtbl(v: &IHostMemoryManagerVtbl) -> Option<Methods> {
+        Some(Methods {
+            add_ref: v.add_ref?,
+            release: v.release?,
+            virtual_alloc: v.virtual_alloc?,
+            virtual_free: v.virtual_free?,
+            get_memory_load: v.get_memory_load?,
+            register_memory_notification_callback: v.register_memory_notification_callback?,
+            needs_virtual_address_space: v.needs_virtual_address_space?,
+            acquired_virtual_address_space: v.acquired_virtual_address_space?,
+            released_virtual_address_space: v.released_virtual_address_space?,
+        })
+    }
 }
 
 impl fmt::Debug for IHostMemoryManagerVtbl {
@@ -161,8 +229,10 @@ pub struct ICLRMemoryNotificationCallbackVtbl {
     pub add_ref: unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback) -> u32,
     pub release: unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback) -> u32,
     /// `OnMemoryNotification(EMemoryAvailable eMemoryAvailable)`: must never block.
-    pub on_memory_notification:
-        unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback, available: i32) -> HRESULT,
+    pub on_memory_notification: unsafe extern "system" fn(
+        this: *mut ICLRMemoryNotificationCallback,
+        available: i32,
+    ) -> HRESULT,
 }
 
 impl fmt::Debug for ICLRMemoryNotificationCallbackVtbl {
@@ -210,9 +280,13 @@ static CALLBACK_VTBL: ICLRMemoryNotificationCallbackVtbl = ICLRMemoryNotificatio
 /// `OnMemoryNotification(e)` calls `notify` for `e` = 1, 2 or 3 (`E_INVALIDARG` otherwise) and
 /// returns `S_OK`; a panic in `notify` is caught and reported as `E_FAIL`.
 /// `QueryInterface` answers `IID_IUnknown` and `IID_ICLRMemoryNotificationCallback`.
-pub fn new_memory_notification_callback(notify: MemoryNotify) -> NonNull<ICLRMemoryNotificationCallback> {
+pub fn new_memory_notification_callback(
+    notify: MemoryNotify,
+) -> NonNull<ICLRMemoryNotificationCallback> {
     let obj = Box::new(NotificationCallback {
-        iface: ICLRMemoryNotificationCallback { vtbl: &CALLBACK_VTBL },
+        iface: ICLRMemoryNotificationCallback {
+            vtbl: &CALLBACK_VTBL,
+        },
         refs: AtomicU32::new(1),
         notify,
     });
@@ -274,7 +348,9 @@ unsafe extern "system" fn callback_on_memory_notification(
     this: *mut ICLRMemoryNotificationCallback,
     available: i32,
 ) -> HRESULT {
-    let Some(m) = MemoryAvailable::from_raw(available) else { return hr::E_INVALIDARG };
+    let Some(m) = MemoryAvailable::from_raw(available) else {
+        return hr::E_INVALIDARG;
+    };
     // SAFETY: `this` points to a live `NotificationCallback` (the caller holds a reference).
     let obj = unsafe { &*this.cast::<NotificationCallback>() };
     match catch_unwind(AssertUnwindSafe(|| (obj.notify)(m))) {
@@ -313,6 +389,8 @@ unsafe fn release_callback(cb: NonNull<ICLRMemoryNotificationCallback>) {
 pub struct ComHostMemoryManager {
     /// The host object; we own one reference on it.
     this: NonNull<IHostMemoryManager>,
+    /// Its methods, from its vtable, checked once in `adopt`.
+    methods: Methods,
     /// The notification callback we registered (we own one reference on it), or null. Swapped by
     /// `register_memory_notify` (which releases the one it replaces); taken by `Drop`.
     callback: AtomicPtr<ICLRMemoryNotificationCallback>,
@@ -326,35 +404,45 @@ unsafe impl Sync for ComHostMemoryManager {}
 
 impl fmt::Debug for ComHostMemoryManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ComHostMemoryManager").field("this", &self.this).finish_non_exhaustive()
+        f.debug_struct("ComHostMemoryManager")
+            .field("this", &self.this)
+            .finish_non_exhaustive()
     }
 }
 
 impl ComHostMemoryManager {
-    /// Adopt a host's `IHostMemoryManager*`, taking a reference on it (`AddRef`). NULL fails
-    /// with `Error::Host(E_POINTER)`.
+    /// Adopt a host's `IHostMemoryManager*`, taking a reference on it (`AddRef`).
+    ///
+    /// NULL fails with `Error::Host(E_POINTER)`; a NULL vtable, or one without a method napalloc
+    /// calls (AddRef, Release, VirtualAlloc, VirtualFree, GetMemoryLoad,
+    /// RegisterMemoryNotificationCallback and the three address-space notifications), fails with
+    /// `Error::Host(E_INVALIDARG)` and takes no reference.
     ///
     /// # Safety
-    /// `host` is NULL or a live `IHostMemoryManager` COM object whose vtable has every slot
-    /// filled, which is free-threaded (callable from any thread, concurrently), and whose
-    /// methods keep the contracts of mscoree.h and SPEC §6.
+    /// `host` is NULL or a live `IHostMemoryManager` COM object which is free-threaded (callable
+    /// from any thread, concurrently) and whose methods keep the contracts of mscoree.h and
+    /// SPEC §6.
     pub unsafe fn adopt(host: *mut c_void) -> Result<ComHostMemoryManager, Error> {
-        let this = NonNull::new(host.cast::<IHostMemoryManager>()).ok_or(Error::Host(hr::E_POINTER))?;
-        // SAFETY: `this` is a live COM object (caller's guarantee); AddRef has no preconditions.
-        unsafe { ((*this.as_ref().vtbl).add_ref)(this.as_ptr()) };
-        Ok(ComHostMemoryManager { this, callback: AtomicPtr::new(ptr::null_mut()) })
+        let this =
+            NonNull::new(host.cast::<IHostMemoryManager>()).ok_or(Error::Host(hr::E_POINTER))?;
+        // SAFETY: `this` is a live COM object (caller's guarantee): its first field is readable.
+        let vtbl = unsafe { this.as_ref().vtbl };
+        // SAFETY: a non-null vtable pointer of a live COM object points to its vtable.
+        let methods = unsafe { vtbl.as_ref() }
+            .and_then(Methods::from_vtbl)
+            .ok_or(Error::Host(hr::E_INVALIDARG))?;
+        // SAFETY: `this` is live; AddRef has no preconditions.
+        unsafe { (methods.add_ref)(this.as_ptr()) };
+        Ok(ComHostMemoryManager {
+            this,
+            methods,
+            callback: AtomicPtr::new(ptr::null_mut()),
+        })
     }
 
     /// The adopted interface pointer (still owned by `self`).
     pub fn as_raw(&self) -> *mut IHostMemoryManager {
         self.this.as_ptr()
-    }
-
-    #[inline]
-    fn vtbl(&self) -> &IHostMemoryManagerVtbl {
-        // SAFETY: `this` is live while we hold our reference, and its vtable lives at least as
-        // long as the object (COM).
-        unsafe { &*self.this.as_ref().vtbl }
     }
 }
 
@@ -365,7 +453,7 @@ impl Drop for ComHostMemoryManager {
             unsafe { release_callback(cb) };
         }
         // SAFETY: we own one reference on the host object, given up exactly once, here.
-        unsafe { (self.vtbl().release)(self.this.as_ptr()) };
+        unsafe { (self.methods.release)(self.this.as_ptr()) };
     }
 }
 
@@ -374,7 +462,15 @@ impl PageSource for ComHostMemoryManager {
         let mut p: *mut c_void = ptr::null_mut();
         // SAFETY: `this` is live (we hold a reference); the out-pointer is a local.
         let h = unsafe {
-            (self.vtbl().virtual_alloc)(self.as_raw(), ptr::null_mut(), len, MEM_RESERVE, PAGE_NOACCESS, level as i32, &mut p)
+            (self.methods.virtual_alloc)(
+                self.as_raw(),
+                ptr::null_mut(),
+                len,
+                MEM_RESERVE,
+                PAGE_NOACCESS,
+                level as i32,
+                &mut p,
+            )
         };
         check(h)?;
         NonNull::new(p.cast::<u8>()).ok_or(Error::Host(hr::E_OUTOFMEMORY))
@@ -384,7 +480,7 @@ impl PageSource for ComHostMemoryManager {
         let mut p: *mut c_void = ptr::null_mut();
         // SAFETY: as in `reserve`; `addr` is inside a reservation of this host (trait contract).
         let h = unsafe {
-            (self.vtbl().virtual_alloc)(
+            (self.methods.virtual_alloc)(
                 self.as_raw(),
                 addr.as_ptr().cast(),
                 len,
@@ -404,18 +500,22 @@ impl PageSource for ComHostMemoryManager {
 
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; the range is inside a reservation of this host (trait contract).
-        check(unsafe { (self.vtbl().virtual_free)(self.as_raw(), addr.as_ptr().cast(), len, MEM_DECOMMIT) })
+        check(unsafe {
+            (self.methods.virtual_free)(self.as_raw(), addr.as_ptr().cast(), len, MEM_DECOMMIT)
+        })
     }
 
     fn release(&self, base: NonNull<u8>, _len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; `base` is the base of a reservation of this host.
-        check(unsafe { (self.vtbl().virtual_free)(self.as_raw(), base.as_ptr().cast(), 0, MEM_RELEASE) })
+        check(unsafe {
+            (self.methods.virtual_free)(self.as_raw(), base.as_ptr().cast(), 0, MEM_RELEASE)
+        })
     }
 
     fn memory_load(&self) -> Result<(u32, usize), Error> {
         let (mut load, mut avail) = (0u32, 0usize);
         // SAFETY: `this` is live; both out-pointers are locals.
-        check(unsafe { (self.vtbl().get_memory_load)(self.as_raw(), &mut load, &mut avail) })?;
+        check(unsafe { (self.methods.get_memory_load)(self.as_raw(), &mut load, &mut avail) })?;
         Ok((load.min(100), avail))
     }
 
@@ -424,7 +524,9 @@ impl PageSource for ComHostMemoryManager {
     fn register_memory_notify(&self, notify: MemoryNotify) -> Result<(), Error> {
         let cb = new_memory_notification_callback(notify);
         // SAFETY: `this` is live; `cb` is a live callback object on which we hold a reference.
-        let h = unsafe { (self.vtbl().register_memory_notification_callback)(self.as_raw(), cb.as_ptr()) };
+        let h = unsafe {
+            (self.methods.register_memory_notification_callback)(self.as_raw(), cb.as_ptr())
+        };
         if let Err(e) = check(h) {
             // SAFETY: we own the only reference napalloc took on `cb` (the host refused it).
             unsafe { release_callback(cb) };
@@ -439,17 +541,23 @@ impl PageSource for ComHostMemoryManager {
 
     fn needs_virtual_address_space(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; the call only informs the host.
-        check(unsafe { (self.vtbl().needs_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len) })
+        check(unsafe {
+            (self.methods.needs_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len)
+        })
     }
 
     fn acquired_virtual_address_space(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; the call only informs the host.
-        check(unsafe { (self.vtbl().acquired_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len) })
+        check(unsafe {
+            (self.methods.acquired_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len)
+        })
     }
 
     fn released_virtual_address_space(&self, addr: NonNull<u8>) -> Result<(), Error> {
         // SAFETY: `this` is live; the call only informs the host.
-        check(unsafe { (self.vtbl().released_virtual_address_space)(self.as_raw(), addr.as_ptr().cast()) })
+        check(unsafe {
+            (self.methods.released_virtual_address_space)(self.as_raw(), addr.as_ptr().cast())
+        })
     }
 }
 
@@ -471,10 +579,22 @@ mod tests {
     fn vtable_layouts_match_mscoree() {
         let slot = core::mem::size_of::<usize>();
         assert_eq!(core::mem::size_of::<IHostMemoryManagerVtbl>(), 13 * slot);
-        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, virtual_alloc), 4 * slot);
-        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, get_memory_load), 8 * slot);
-        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space), 12 * slot);
-        assert_eq!(core::mem::size_of::<ICLRMemoryNotificationCallbackVtbl>(), 4 * slot);
+        assert_eq!(
+            core::mem::offset_of!(IHostMemoryManagerVtbl, virtual_alloc),
+            4 * slot
+        );
+        assert_eq!(
+            core::mem::offset_of!(IHostMemoryManagerVtbl, get_memory_load),
+            8 * slot
+        );
+        assert_eq!(
+            core::mem::offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space),
+            12 * slot
+        );
+        assert_eq!(
+            core::mem::size_of::<ICLRMemoryNotificationCallbackVtbl>(),
+            4 * slot
+        );
         assert_eq!(core::mem::size_of::<Guid>(), 16);
     }
 
@@ -496,14 +616,31 @@ mod tests {
             assert_eq!((vt.on_memory_notification)(p, 3), hr::S_OK);
             assert_eq!((vt.on_memory_notification)(p, 0), hr::E_INVALIDARG);
             assert_eq!((vt.on_memory_notification)(p, 4), hr::E_INVALIDARG);
-            assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High]);
+            assert_eq!(
+                *seen.lock().unwrap(),
+                [MemoryAvailable::Low, MemoryAvailable::High]
+            );
 
             let mut out: *mut c_void = p.cast();
-            let imalloc = Guid { data1: 2, data2: 0, data3: 0, data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46] };
-            assert_eq!((vt.query_interface)(p, &imalloc, &mut out), hr::E_NOINTERFACE);
+            let imalloc = Guid {
+                data1: 2,
+                data2: 0,
+                data3: 0,
+                data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46],
+            };
+            assert_eq!(
+                (vt.query_interface)(p, &imalloc, &mut out),
+                hr::E_NOINTERFACE
+            );
             assert!(out.is_null(), "a refused QueryInterface clears *ppv");
-            assert_eq!((vt.query_interface)(p, &IID_IUNKNOWN, ptr::null_mut()), hr::E_POINTER);
-            assert_eq!((vt.query_interface)(p, &IID_ICLR_MEMORY_NOTIFICATION_CALLBACK, &mut out), hr::S_OK);
+            assert_eq!(
+                (vt.query_interface)(p, &IID_IUNKNOWN, ptr::null_mut()),
+                hr::E_POINTER
+            );
+            assert_eq!(
+                (vt.query_interface)(p, &IID_ICLR_MEMORY_NOTIFICATION_CALLBACK, &mut out),
+                hr::S_OK
+            );
             assert_eq!(out, p.cast());
             assert_eq!((vt.query_interface)(p, &IID_IUNKNOWN, &mut out), hr::S_OK);
             assert_eq!((vt.add_ref)(p), 4);
@@ -513,7 +650,11 @@ mod tests {
             assert_eq!(drops.load(Ordering::Relaxed), 0, "still referenced");
             assert_eq!((vt.release)(p), 0);
         }
-        assert_eq!(drops.load(Ordering::Relaxed), 1, "the last Release frees the object and its hook");
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            1,
+            "the last Release frees the object and its hook"
+        );
     }
 
     #[test]
@@ -526,6 +667,14 @@ mod tests {
             assert_eq!((vt.on_memory_notification)(p, 1), hr::E_FAIL);
             assert_eq!((vt.release)(p), 0);
         }
+    }
+
+    #[test]
+    fn received_vtable_slots_are_nullable_pointers() {
+        assert_eq!(
+            core::mem::size_of::<Option<VirtualAllocFn>>(),
+            core::mem::size_of::<usize>()
+        );
     }
 
     #[test]

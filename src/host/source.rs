@@ -179,7 +179,9 @@ impl HostSource {
         let mut released = 0;
         for (base, len) in parked {
             // Parked entries came from `NonNull`s.
-            let Some(base) = NonNull::new(base as *mut u8) else { continue };
+            let Some(base) = NonNull::new(base as *mut u8) else {
+                continue;
+            };
             if self.release_via(base, len, None).is_ok() {
                 released += 1;
             }
@@ -231,10 +233,18 @@ impl HostSource {
     }
 
     /// Release a reservation; park it if that fails (see the module docs).
-    pub(crate) fn release_via(&self, base: NonNull<u8>, len: usize, budget: Option<&Budget>) -> Result<(), Error> {
+    pub(crate) fn release_via(
+        &self,
+        base: NonNull<u8>,
+        len: usize,
+        budget: Option<&Budget>,
+    ) -> Result<(), Error> {
         let r = self.guarded(budget, |s| s.release(base, len));
         if let Err(e) = r {
-            self.parked.lock().unwrap_or_else(|e| e.into_inner()).push((base.as_ptr() as usize, len));
+            self.parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((base.as_ptr() as usize, len));
             log::warn!("release of {len} bytes at {base:p} failed ({e}); parked until retried");
         }
         r

@@ -47,7 +47,12 @@ pub(super) fn memory_load() -> Option<(u32, usize)> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = info.lines().find(|l| l.starts_with(name))?;
-        line[name.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
     };
     let total = field("MemTotal:")?;
     let avail = field("MemAvailable:")?.min(total);
@@ -55,7 +60,10 @@ pub(super) fn memory_load() -> Option<(u32, usize)> {
         return None;
     }
     let load = 100 - (avail.saturating_mul(100) / total).min(100);
-    Some((load as u32, usize::try_from(avail.saturating_mul(1024)).unwrap_or(usize::MAX)))
+    Some((
+        load as u32,
+        usize::try_from(avail.saturating_mul(1024)).unwrap_or(usize::MAX),
+    ))
 }
 
 /// See [`super::memory_load`]: not reported on this Unix.

@@ -15,7 +15,9 @@ use windows_sys::Win32::System::Memory::{
     VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS,
     PAGE_READWRITE,
 };
-use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, GlobalMemoryStatusEx, MEMORYSTATUSEX, SYSTEM_INFO};
+use windows_sys::Win32::System::SystemInformation::{
+    GetSystemInfo, GlobalMemoryStatusEx, MEMORYSTATUSEX, SYSTEM_INFO,
+};
 
 pub(super) fn query_config() -> OsConfig {
     // SAFETY: SYSTEM_INFO is plain data; GetSystemInfo fills it and cannot fail.
@@ -44,7 +46,10 @@ pub(super) fn memory_load() -> Option<(u32, usize)> {
         }
         status
     };
-    Some((status.dwMemoryLoad.min(100), usize::try_from(status.ullAvailPhys).unwrap_or(usize::MAX)))
+    Some((
+        status.dwMemoryLoad.min(100),
+        usize::try_from(status.ullAvailPhys).unwrap_or(usize::MAX),
+    ))
 }
 
 fn last_error() -> Error {

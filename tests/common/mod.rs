@@ -7,8 +7,9 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use napalloc::host::com::{
-    Guid, ICLRMemoryNotificationCallback, IHostMemoryManager, IHostMemoryManagerVtbl, E_NOTIMPL, IID_IHOST_MEMORY_MANAGER,
-    IID_IUNKNOWN, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, PAGE_READWRITE,
+    Guid, ICLRMemoryNotificationCallback, IHostMemoryManager, IHostMemoryManagerVtbl, E_NOTIMPL,
+    IID_IHOST_MEMORY_MANAGER, IID_IUNKNOWN, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE,
+    PAGE_NOACCESS, PAGE_READWRITE,
 };
 use napalloc::host::PageSource;
 use napalloc::hr::{self, HRESULT};
@@ -71,20 +72,39 @@ impl Tracker {
         self.reserves.fetch_add(1, Ordering::Relaxed);
         let res = Reservation::new(len).map_err(|_| hr::E_OUTOFMEMORY)?;
         let base = res.base();
-        self.state().live.insert(base.as_ptr() as usize, Entry { res, committed: BTreeSet::new() });
+        self.state().live.insert(
+            base.as_ptr() as usize,
+            Entry {
+                res,
+                committed: BTreeSet::new(),
+            },
+        );
         Ok(base)
     }
 
     /// The reservation containing `[addr, addr + len)`, the page range, or a violation.
-    fn locate(st: &mut TrackerState, what: &str, addr: usize, len: usize) -> Result<(usize, usize, usize), HRESULT> {
+    fn locate(
+        st: &mut TrackerState,
+        what: &str,
+        addr: usize,
+        len: usize,
+    ) -> Result<(usize, usize, usize), HRESULT> {
         let page = page_size();
-        let found = st.live.range(..=addr).next_back().map(|(&b, e)| (b, e.res.len()));
+        let found = st
+            .live
+            .range(..=addr)
+            .next_back()
+            .map(|(&b, e)| (b, e.res.len()));
         match found {
-            Some((base, rlen)) if addr % page == 0 && len % page == 0 && len > 0 && addr + len <= base + rlen => {
+            Some((base, rlen))
+                if addr % page == 0 && len % page == 0 && len > 0 && addr + len <= base + rlen =>
+            {
                 Ok((base, (addr - base) / page, len / page))
             }
             _ => {
-                st.violations.push(format!("{what} of {len:#x} bytes at {addr:#x}: not inside a reservation handed out"));
+                st.violations.push(format!(
+                    "{what} of {len:#x} bytes at {addr:#x}: not inside a reservation handed out"
+                ));
                 Err(hr::HOST_E_INVALIDOPERATION)
             }
         }
@@ -97,9 +117,13 @@ impl Tracker {
         let e = st.live.get_mut(&base).unwrap();
         // SAFETY: the range is page-aligned and inside the reservation (checked just above).
         unsafe { e.res.commit(addr - base, len) }.map_err(|_| hr::E_OUTOFMEMORY)?;
-        let again: Vec<usize> = (first..first + n).filter(|p| !e.committed.insert(*p)).collect();
+        let again: Vec<usize> = (first..first + n)
+            .filter(|p| !e.committed.insert(*p))
+            .collect();
         if !again.is_empty() {
-            st.violations.push(format!("commit at {addr:#x}: pages {again:?} were already committed"));
+            st.violations.push(format!(
+                "commit at {addr:#x}: pages {again:?} were already committed"
+            ));
         }
         Ok(())
     }
@@ -110,7 +134,9 @@ impl Tracker {
         let (base, first, n) = Self::locate(&mut st, "decommit", addr, len)?;
         let e = st.live.get_mut(&base).unwrap();
         if let Some(p) = (first..first + n).find(|p| !e.committed.contains(p)) {
-            st.violations.push(format!("decommit at {addr:#x}: page {p} was never committed"));
+            st.violations.push(format!(
+                "decommit at {addr:#x}: page {p} was never committed"
+            ));
             return Err(hr::HOST_E_INVALIDOPERATION);
         }
         // SAFETY: the range is committed, inside the reservation, and napalloc gave it up.
@@ -131,7 +157,9 @@ impl Tracker {
                 Ok(())
             }
             other => {
-                st.violations.push(format!("release of {len:?} bytes at {base:#x}: handed out {other:?}"));
+                st.violations.push(format!(
+                    "release of {len:?} bytes at {base:#x}: handed out {other:?}"
+                ));
                 Err(hr::HOST_E_INVALIDOPERATION)
             }
         }
@@ -139,7 +167,12 @@ impl Tracker {
 
     /// Bytes committed in reservations not yet released.
     pub fn committed_bytes(&self) -> usize {
-        self.state().live.values().map(|e| e.committed.len()).sum::<usize>() * page_size()
+        self.state()
+            .live
+            .values()
+            .map(|e| e.committed.len())
+            .sum::<usize>()
+            * page_size()
     }
 
     pub fn live_reservations(&self) -> usize {
@@ -150,9 +183,12 @@ impl Tracker {
     pub fn owns_committed(&self, p: *const u8, len: usize) -> bool {
         let page = page_size();
         let (addr, st) = (p as usize, self.state());
-        let Some((&base, e)) = st.live.range(..=addr).next_back() else { return false };
+        let Some((&base, e)) = st.live.range(..=addr).next_back() else {
+            return false;
+        };
         let last = addr + len.max(1) - 1;
-        last < base + e.res.len() && ((addr - base) / page..=(last - base) / page).all(|pg| e.committed.contains(&pg))
+        last < base + e.res.len()
+            && ((addr - base) / page..=(last - base) / page).all(|pg| e.committed.contains(&pg))
     }
 
     pub fn violations(&self) -> Vec<String> {
@@ -207,7 +243,13 @@ impl FaultySource {
         }
         // E_FAIL disables the source until reset: make it rarer than the transient errors.
         let pick = rng.below(HOST_HRESULTS.len() as u64 * 3);
-        let hr = if pick < 5 * 3 { HOST_HRESULTS[(pick % 5) as usize] } else if pick % 3 == 0 { hr::E_FAIL } else { hr::E_OUTOFMEMORY };
+        let hr = if pick < 5 * 3 {
+            HOST_HRESULTS[(pick % 5) as usize]
+        } else if pick % 3 == 0 {
+            hr::E_FAIL
+        } else {
+            hr::E_OUTOFMEMORY
+        };
         *self.injected.lock().unwrap().entry(hr).or_default() += 1;
         Err(Error::Host(hr))
     }
@@ -228,15 +270,21 @@ impl PageSource for FaultySource {
     }
     fn commit(&self, addr: NonNull<u8>, len: usize, _level: CriticalLevel) -> Result<(), Error> {
         self.fault()?;
-        self.tracker.commit(addr.as_ptr() as usize, len).map_err(Error::Host)
+        self.tracker
+            .commit(addr.as_ptr() as usize, len)
+            .map_err(Error::Host)
     }
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.fault()?;
-        self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host)
+        self.tracker
+            .decommit(addr.as_ptr() as usize, len)
+            .map_err(Error::Host)
     }
     fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.fault()?;
-        self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host)
+        self.tracker
+            .release(base.as_ptr() as usize, Some(len))
+            .map_err(Error::Host)
     }
 }
 
@@ -264,20 +312,34 @@ pub struct FakeHost {
     pub released: AtomicUsize,
 }
 
-static FAKE_VTBL: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
-    query_interface: fake_query_interface,
-    add_ref: fake_add_ref,
-    release: fake_release,
-    create_malloc: fake_create_malloc,
-    virtual_alloc: fake_virtual_alloc,
-    virtual_free: fake_virtual_free,
-    virtual_query: fake_virtual_query,
-    virtual_protect: fake_virtual_protect,
-    get_memory_load: fake_get_memory_load,
-    register_memory_notification_callback: fake_register,
-    needs_virtual_address_space: fake_needs,
-    acquired_virtual_address_space: fake_acquired,
-    released_virtual_address_space: fake_released,
+pub static FAKE_VTBL: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
+    query_interface: Some(fake_query_interface),
+    add_ref: Some(fake_add_ref),
+    release: Some(fake_release),
+    create_malloc: Some(fake_create_malloc),
+    virtual_alloc: Some(fake_virtual_alloc),
+    virtual_free: Some(fake_virtual_free),
+    virtual_query: Some(fake_virtual_query),
+    virtual_protect: Some(fake_virtual_protect),
+    get_memory_load: Some(fake_get_memory_load),
+    register_memory_notification_callback: Some(fake_register),
+    needs_virtual_address_space: Some(fake_needs),
+    acquired_virtual_address_space: Some(fake_acquired),
+    released_virtual_address_space: Some(fake_released),
+};
+
+/// The fake's vtable without `VirtualFree`, a method napalloc needs.
+pub static FAKE_VTBL_NO_FREE: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
+    virtual_free: None,
+    ..FAKE_VTBL
+};
+
+/// The fake's vtable without the three methods napalloc never calls.
+pub static FAKE_VTBL_MINIMAL: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
+    create_malloc: None,
+    virtual_query: None,
+    virtual_protect: None,
+    ..FAKE_VTBL
 };
 
 /// What the fake's `GetMemoryLoad` reports.
@@ -286,8 +348,13 @@ pub const FAKE_LOAD: (u32, usize) = (42, 123_456_789);
 impl FakeHost {
     /// A new fake host with one reference, owned by the caller.
     pub fn create() -> *mut FakeHost {
+        FakeHost::with_vtbl(&FAKE_VTBL)
+    }
+
+    /// A new fake host with this vtable (one reference, owned by the caller).
+    pub fn with_vtbl(vtbl: &'static IHostMemoryManagerVtbl) -> *mut FakeHost {
         Box::into_raw(Box::new(FakeHost {
-            iface: IHostMemoryManager { vtbl: &FAKE_VTBL },
+            iface: IHostMemoryManager { vtbl },
             refs: AtomicU32::new(1),
             tracker: Tracker::default(),
             fail_next: Mutex::new(VecDeque::new()),
@@ -304,6 +371,15 @@ impl FakeHost {
 
     pub fn refs(&self) -> u32 {
         self.refs.load(Ordering::Acquire)
+    }
+
+    /// Give up the caller's reference from `create` (the fake frees itself at zero).
+    ///
+    /// # Safety
+    /// `this` came from `create`/`with_vtbl` and the caller still holds that reference.
+    pub unsafe fn release(this: *mut FakeHost) -> u32 {
+        // SAFETY: caller's guarantee.
+        unsafe { fake_release(this.cast()) }
     }
 
     pub fn fail_next(&self, hr: HRESULT) {
@@ -337,7 +413,11 @@ unsafe fn fake<'a>(this: *mut IHostMemoryManager) -> &'a FakeHost {
     unsafe { &*this.cast::<FakeHost>() }
 }
 
-unsafe extern "system" fn fake_query_interface(this: *mut IHostMemoryManager, riid: *const Guid, ppv: *mut *mut c_void) -> HRESULT {
+unsafe extern "system" fn fake_query_interface(
+    this: *mut IHostMemoryManager,
+    riid: *const Guid,
+    ppv: *mut *mut c_void,
+) -> HRESULT {
     guard(|| {
         if ppv.is_null() || riid.is_null() {
             return hr::E_POINTER;
@@ -380,9 +460,15 @@ unsafe extern "system" fn fake_release(this: *mut IHostMemoryManager) -> u32 {
     prev - 1
 }
 
-unsafe extern "system" fn fake_create_malloc(this: *mut IHostMemoryManager, _t: u32, _pp: *mut *mut c_void) -> HRESULT {
+unsafe extern "system" fn fake_create_malloc(
+    this: *mut IHostMemoryManager,
+    _t: u32,
+    _pp: *mut *mut c_void,
+) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }.unexpected_calls.fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }
+        .unexpected_calls
+        .fetch_add(1, Ordering::Relaxed);
     E_NOTIMPL
 }
 
@@ -411,8 +497,13 @@ unsafe extern "system" fn fake_virtual_alloc(
             return h;
         }
         let r = match (address.is_null(), allocation_type, protect) {
-            (true, MEM_RESERVE, PAGE_NOACCESS) => host.tracker.reserve(size).map(|p| p.as_ptr().cast()),
-            (false, MEM_COMMIT, PAGE_READWRITE) => host.tracker.commit(address as usize, size).map(|()| address),
+            (true, MEM_RESERVE, PAGE_NOACCESS) => {
+                host.tracker.reserve(size).map(|p| p.as_ptr().cast())
+            }
+            (false, MEM_COMMIT, PAGE_READWRITE) => host
+                .tracker
+                .commit(address as usize, size)
+                .map(|()| address),
             _ => Err(hr::E_INVALIDARG),
         };
         match r {
@@ -426,7 +517,12 @@ unsafe extern "system" fn fake_virtual_alloc(
     })
 }
 
-unsafe extern "system" fn fake_virtual_free(this: *mut IHostMemoryManager, address: *mut c_void, size: usize, free_type: u32) -> HRESULT {
+unsafe extern "system" fn fake_virtual_free(
+    this: *mut IHostMemoryManager,
+    address: *mut c_void,
+    size: usize,
+    free_type: u32,
+) -> HRESULT {
     guard(|| {
         // SAFETY: live object.
         let host = unsafe { fake(this) };
@@ -440,19 +536,39 @@ unsafe extern "system" fn fake_virtual_free(this: *mut IHostMemoryManager, addre
     })
 }
 
-unsafe extern "system" fn fake_virtual_query(this: *mut IHostMemoryManager, _a: *mut c_void, _b: *mut c_void, _l: usize, _r: *mut usize) -> HRESULT {
+unsafe extern "system" fn fake_virtual_query(
+    this: *mut IHostMemoryManager,
+    _a: *mut c_void,
+    _b: *mut c_void,
+    _l: usize,
+    _r: *mut usize,
+) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }.unexpected_calls.fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }
+        .unexpected_calls
+        .fetch_add(1, Ordering::Relaxed);
     E_NOTIMPL
 }
 
-unsafe extern "system" fn fake_virtual_protect(this: *mut IHostMemoryManager, _a: *mut c_void, _s: usize, _n: u32, _o: *mut u32) -> HRESULT {
+unsafe extern "system" fn fake_virtual_protect(
+    this: *mut IHostMemoryManager,
+    _a: *mut c_void,
+    _s: usize,
+    _n: u32,
+    _o: *mut u32,
+) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }.unexpected_calls.fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }
+        .unexpected_calls
+        .fetch_add(1, Ordering::Relaxed);
     E_NOTIMPL
 }
 
-unsafe extern "system" fn fake_get_memory_load(this: *mut IHostMemoryManager, load: *mut u32, avail: *mut usize) -> HRESULT {
+unsafe extern "system" fn fake_get_memory_load(
+    this: *mut IHostMemoryManager,
+    load: *mut u32,
+    avail: *mut usize,
+) -> HRESULT {
     guard(|| {
         if load.is_null() || avail.is_null() {
             return hr::E_POINTER;
@@ -467,7 +583,10 @@ unsafe extern "system" fn fake_get_memory_load(this: *mut IHostMemoryManager, lo
     })
 }
 
-unsafe extern "system" fn fake_register(this: *mut IHostMemoryManager, cb: *mut ICLRMemoryNotificationCallback) -> HRESULT {
+unsafe extern "system" fn fake_register(
+    this: *mut IHostMemoryManager,
+    cb: *mut ICLRMemoryNotificationCallback,
+) -> HRESULT {
     guard(|| {
         // SAFETY: live object.
         let host = unsafe { fake(this) };
@@ -486,20 +605,32 @@ unsafe extern "system" fn fake_register(this: *mut IHostMemoryManager, cb: *mut 
     })
 }
 
-unsafe extern "system" fn fake_needs(this: *mut IHostMemoryManager, _s: *mut c_void, _n: usize) -> HRESULT {
+unsafe extern "system" fn fake_needs(
+    this: *mut IHostMemoryManager,
+    _s: *mut c_void,
+    _n: usize,
+) -> HRESULT {
     // SAFETY: live object.
     unsafe { fake(this) }.needs.fetch_add(1, Ordering::Relaxed);
     hr::S_OK
 }
 
-unsafe extern "system" fn fake_acquired(this: *mut IHostMemoryManager, _s: *mut c_void, _n: usize) -> HRESULT {
+unsafe extern "system" fn fake_acquired(
+    this: *mut IHostMemoryManager,
+    _s: *mut c_void,
+    _n: usize,
+) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }.acquired.fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }
+        .acquired
+        .fetch_add(1, Ordering::Relaxed);
     hr::S_OK
 }
 
 unsafe extern "system" fn fake_released(this: *mut IHostMemoryManager, _s: *mut c_void) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }.released.fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }
+        .released
+        .fetch_add(1, Ordering::Relaxed);
     hr::S_OK
 }
