@@ -55,10 +55,8 @@ fn process_wide_host_and_budget() {
     // A host whose vtable lacks a method napalloc calls is refused, and nothing changes.
     let bad = FakeHost::with_vtbl(&FAKE_VTBL_NO_FREE);
     // SAFETY: a live fake host.
-    assert_eq!(
-        unsafe { set_host_memory_manager(bad.cast()) },
-        hr::E_INVALIDARG
-    );
+    let h = unsafe { set_host_memory_manager(bad.cast()) };
+    assert_eq!(h, hr::E_INVALIDARG);
     assert!(default_source().is_os());
     // SAFETY: our reference from `with_vtbl`; napalloc took none.
     assert_eq!(unsafe { FakeHost::release(bad) }, 0);
@@ -68,10 +66,8 @@ fn process_wide_host_and_budget() {
     // SAFETY: the test holds its reference until the end.
     let fake = unsafe { &*fake_ptr };
     // SAFETY: a live, free-threaded fake host with a full vtable.
-    assert_eq!(
-        unsafe { set_host_memory_manager(fake_ptr.cast()) },
-        hr::S_OK
-    );
+    let h = unsafe { set_host_memory_manager(fake_ptr.cast()) };
+    assert_eq!(h, hr::S_OK);
     assert_eq!(fake.refs(), 2);
     assert_eq!(fake.registrations.load(Ordering::Relaxed), 1);
     assert!(fake.has_callback());
@@ -123,10 +119,8 @@ fn process_wide_host_and_budget() {
 
     // NULL: back to the OS for new regions; the existing region keeps its host.
     // SAFETY: NULL is allowed.
-    assert_eq!(
-        unsafe { set_host_memory_manager(core::ptr::null_mut()) },
-        hr::S_OK
-    );
+    let h = unsafe { set_host_memory_manager(core::ptr::null_mut()) };
+    assert_eq!(h, hr::S_OK);
     assert!(default_source().is_os());
     assert_eq!(
         fake.refs(),
