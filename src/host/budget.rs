@@ -67,6 +67,19 @@ fn percent_of(limit: usize, percent: usize) -> usize {
     limit / 100 * percent + limit % 100 * percent / 100
 }
 
+/// Subtract `n` from `a`, stopping at 0, with a compare-exchange loop; returns the previous
+/// value. (`fetch_sub` would wrap on a bad credit; `fetch_update` is being renamed.)
+#[inline]
+pub(crate) fn saturating_sub(a: &AtomicUsize, n: usize, success: Ordering) -> usize {
+    let mut cur = a.load(Ordering::Relaxed);
+    loop {
+        match a.compare_exchange_weak(cur, cur.saturating_sub(n), success, Ordering::Relaxed) {
+            Ok(prev) => return prev,
+            Err(now) => cur = now,
+        }
+    }
+}
+
 thread_local! {
     /// True while this thread runs a budget's trimmer: a nested slow path does not trim again.
     static IN_TRIMMER: Cell<bool> = const { Cell::new(false) };
@@ -267,12 +280,7 @@ impl Budget {
         if bytes == 0 {
             return;
         }
-        let prev = self
-            .committed
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
-                Some(c.saturating_sub(bytes))
-            })
-            .unwrap_or_else(|c| c);
+        let prev = saturating_sub(&self.committed, bytes, Ordering::AcqRel);
         debug_assert!(
             prev >= bytes,
             "credited {bytes} bytes but only {prev} were charged"

@@ -492,12 +492,7 @@ impl Pages {
                 h.guarded(self.budget.as_deref(), |s| s.decommit(addr, len))?
             }
         }
-        let prev = self
-            .charged
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some(c.saturating_sub(len))
-            })
-            .unwrap_or_else(|c| c);
+        let prev = budget::saturating_sub(&self.charged, len, Ordering::Relaxed);
         debug_assert!(
             prev >= len,
             "decommitted {len} bytes but only {prev} were committed through this handle"

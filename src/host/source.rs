@@ -114,6 +114,18 @@ impl HostErrorStats {
     }
 }
 
+/// A reservation whose release failed: the host's base pointer (kept as a pointer, with its
+/// provenance, since it is handed back to the host) and length.
+#[derive(Debug)]
+struct Parked {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a parked reservation is address space nobody uses any more; its pointer is only passed
+// back to the host's (free-threaded) release, from whichever thread retries.
+unsafe impl Send for Parked {}
+
 /// A host's [`PageSource`] with the failed state and error counters (see the module docs).
 ///
 /// [`Source::host`](super::Source::host) wraps a page source in one;
@@ -128,9 +140,9 @@ pub struct HostSource {
     refused: AtomicU64,
     /// Failures the host returned.
     errors: HostErrorCounters,
-    /// Reservations `(base, len)` whose release failed; replayed by `retry_parked`. The lock is
+    /// Reservations whose release failed; replayed by `retry_parked`. The lock is
     /// taken only on those two cold paths, never to commit or decommit.
-    parked: Mutex<Vec<(usize, usize)>>,
+    parked: Mutex<Vec<Parked>>,
 }
 
 impl fmt::Debug for HostSource {
@@ -177,11 +189,7 @@ impl HostSource {
     pub fn retry_parked(&self) -> usize {
         let parked = core::mem::take(&mut *self.parked.lock().unwrap_or_else(|e| e.into_inner()));
         let mut released = 0;
-        for (base, len) in parked {
-            // Parked entries came from `NonNull`s.
-            let Some(base) = NonNull::new(base as *mut u8) else {
-                continue;
-            };
+        for Parked { base, len } in parked {
             if self.release_via(base, len, None).is_ok() {
                 released += 1;
             }
@@ -244,7 +252,7 @@ impl HostSource {
             self.parked
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((base.as_ptr() as usize, len));
+                .push(Parked { base, len });
             log::warn!("release of {len} bytes at {base:p} failed ({e}); parked until retried");
         }
         r
