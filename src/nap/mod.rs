@@ -13,13 +13,11 @@
 pub mod types;
 
 pub use types::{
-    ComObject, Connections, CountedString, EMemoryAvailable, EMemoryCriticalLevel,
-    ExtendedIsolationState, FailureCategory, FileTime, FixupInfo, FixupState, Guid,
-    ICLRMemoryNotificationCallback, ICLRMemoryNotificationCallbackVtbl, IHostMalloc,
-    IHostMallocVtbl, IHostMemoryManager, IHostMemoryManagerVtbl, IMalloc, IMallocVtbl,
-    INapEnforcementClientConnection, IUnknownVtbl, Ipv4Address, Ipv4Addresses, Ipv6Address,
-    Ipv6Addresses, IsolationInfo, IsolationInfoEx, IsolationState, NapComponentRegistrationInfo,
-    NapallocScope, NapallocStats, NetworkSoH, OctetString, PrivateData, ResultCodes, SoH,
-    SoHAttribute, SoHAttributeType, SoHAttributeValue, SoHValueMember, SystemHealthAgentState,
-    VendorSpecific,
+    ComObject, Connections, CountedString, EMemoryAvailable, EMemoryCriticalLevel, ExtendedIsolationState,
+    FailureCategory, FileTime, FixupInfo, FixupState, Guid, ICLRMemoryNotificationCallback,
+    ICLRMemoryNotificationCallbackVtbl, IHostMalloc, IHostMallocVtbl, IHostMemoryManager, IHostMemoryManagerVtbl,
+    IMalloc, IMallocVtbl, INapEnforcementClientConnection, IUnknownVtbl, Ipv4Address, Ipv4Addresses, Ipv6Address,
+    Ipv6Addresses, IsolationInfo, IsolationInfoEx, IsolationState, NapComponentRegistrationInfo, NapallocScope,
+    NapallocStats, NetworkSoH, OctetString, PrivateData, ResultCodes, SoH, SoHAttribute, SoHAttributeType,
+    SoHAttributeValue, SoHValueMember, SystemHealthAgentState, VendorSpecific,
 };

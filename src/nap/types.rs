@@ -61,12 +61,7 @@ pub type CLSID = Guid;
 impl Guid {
     /// A GUID from its textual groups, `{data1-data2-data3-data4[0..2]-data4[2..8]}`.
     pub const fn new(data1: u32, data2: u16, data3: u16, data4: [u8; 8]) -> Guid {
-        Guid {
-            data1,
-            data2,
-            data3,
-            data4,
-        }
+        Guid { data1, data2, data3, data4 }
     }
 }
 
@@ -86,26 +81,14 @@ pub const IID_IUNKNOWN: Guid = Guid::new(0, 0, 0, [0xC0, 0, 0, 0, 0, 0, 0, 0x46]
 /// `{00000002-0000-0000-C000-000000000046}`
 pub const IID_IMALLOC: Guid = Guid::new(2, 0, 0, [0xC0, 0, 0, 0, 0, 0, 0, 0x46]);
 /// `{7BC698D1-F9E3-4460-9CDE-D04248E9FA25}`
-pub const IID_IHOST_MEMORY_MANAGER: Guid = Guid::new(
-    0x7BC6_98D1,
-    0xF9E3,
-    0x4460,
-    [0x9C, 0xDE, 0xD0, 0x42, 0x48, 0xE9, 0xFA, 0x25],
-);
+pub const IID_IHOST_MEMORY_MANAGER: Guid =
+    Guid::new(0x7BC6_98D1, 0xF9E3, 0x4460, [0x9C, 0xDE, 0xD0, 0x42, 0x48, 0xE9, 0xFA, 0x25]);
 /// `{1831991C-CC53-4A31-B218-04E910446479}`
-pub const IID_IHOST_MALLOC: Guid = Guid::new(
-    0x1831_991C,
-    0xCC53,
-    0x4A31,
-    [0xB2, 0x18, 0x04, 0xE9, 0x10, 0x44, 0x64, 0x79],
-);
+pub const IID_IHOST_MALLOC: Guid =
+    Guid::new(0x1831_991C, 0xCC53, 0x4A31, [0xB2, 0x18, 0x04, 0xE9, 0x10, 0x44, 0x64, 0x79]);
 /// `{47EB8E57-0846-4546-AF76-6F42FCFC2649}`
-pub const IID_ICLR_MEMORY_NOTIFICATION_CALLBACK: Guid = Guid::new(
-    0x47EB_8E57,
-    0x0846,
-    0x4546,
-    [0xAF, 0x76, 0x6F, 0x42, 0xFC, 0xFC, 0x26, 0x49],
-);
+pub const IID_ICLR_MEMORY_NOTIFICATION_CALLBACK: Guid =
+    Guid::new(0x47EB_8E57, 0x0846, 0x4546, [0xAF, 0x76, 0x6F, 0x42, 0xFC, 0xFC, 0x26, 0x49]);
 
 /// `FILETIME`: 100-ns intervals since 1601-01-01 UTC, in two 32-bit halves (4-aligned).
 #[repr(C)]
@@ -123,10 +106,7 @@ impl FileTime {
     }
     /// Split a 64-bit count into the two halves.
     pub const fn from_u64(t: u64) -> FileTime {
-        FileTime {
-            dw_low_date_time: t as u32,
-            dw_high_date_time: (t >> 32) as u32,
-        }
+        FileTime { dw_low_date_time: t as u32, dw_high_date_time: (t >> 32) as u32 }
     }
 }
 
@@ -356,9 +336,8 @@ pub const MAX_SYSTEM_HEALTH_ENTITY_COUNT: u16 = 20;
 /// `maxEnforcerCount`.
 pub const MAX_ENFORCER_COUNT: u16 = 20;
 /// `maxCachedSoHCount`.
-pub const MAX_CACHED_SOH_COUNT: u32 = MAX_SYSTEM_HEALTH_ENTITY_COUNT as u32
-    * MAX_ENFORCER_COUNT as u32
-    * MAX_CONNECTION_COUNT_PER_ENFORCER as u32;
+pub const MAX_CACHED_SOH_COUNT: u32 =
+    MAX_SYSTEM_HEALTH_ENTITY_COUNT as u32 * MAX_ENFORCER_COUNT as u32 * MAX_CONNECTION_COUNT_PER_ENFORCER as u32;
 /// `failureCategoryCount`.
 pub const FAILURE_CATEGORY_COUNT: usize = 5;
 /// `freshSoHRequest`.
@@ -390,11 +369,8 @@ pub const PAGE_READWRITE: DWORD = 0x04;
 // ---------------------------------------------------------------------------------------------
 
 /// `QueryInterface(This, riid, ppvObject)`.
-pub type QueryInterfaceFn<T> = unsafe extern "system" fn(
-    this: *mut T,
-    riid: *const Guid,
-    ppv_object: *mut *mut c_void,
-) -> HRESULT;
+pub type QueryInterfaceFn<T> =
+    unsafe extern "system" fn(this: *mut T, riid: *const Guid, ppv_object: *mut *mut c_void) -> HRESULT;
 /// `AddRef(This)` / `Release(This)`: the new reference count (for diagnostics only).
 pub type RefCountFn<T> = unsafe extern "system" fn(this: *mut T) -> ULONG;
 
@@ -473,8 +449,7 @@ pub struct IMallocVtbl {
     /// `void *Alloc(This, SIZE_T cb)`
     pub alloc: unsafe extern "system" fn(this: *mut IMalloc, cb: SIZE_T) -> *mut c_void,
     /// `void *Realloc(This, void *pv, SIZE_T cb)`
-    pub realloc:
-        unsafe extern "system" fn(this: *mut IMalloc, pv: *mut c_void, cb: SIZE_T) -> *mut c_void,
+    pub realloc: unsafe extern "system" fn(this: *mut IMalloc, pv: *mut c_void, cb: SIZE_T) -> *mut c_void,
     /// `void Free(This, void *pv)`
     pub free: unsafe extern "system" fn(this: *mut IMalloc, pv: *mut c_void),
     /// `SIZE_T GetSize(This, void *pv)`: `(SIZE_T)-1` for NULL.
@@ -510,10 +485,8 @@ pub struct ICLRMemoryNotificationCallbackVtbl {
     pub add_ref: RefCountFn<ICLRMemoryNotificationCallback>,
     pub release: RefCountFn<ICLRMemoryNotificationCallback>,
     /// `HRESULT OnMemoryNotification(This, EMemoryAvailable)`; must not block.
-    pub on_memory_notification: unsafe extern "system" fn(
-        this: *mut ICLRMemoryNotificationCallback,
-        e_memory_available: EMemoryAvailable,
-    ) -> HRESULT,
+    pub on_memory_notification:
+        unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback, e_memory_available: EMemoryAvailable) -> HRESULT,
 }
 
 /// `IHostMalloc`: a heap of the host's. napalloc never calls it; declared for `CreateMalloc`.
@@ -548,8 +521,7 @@ pub struct IHostMallocVtbl {
             pp_mem: *mut *mut c_void,
         ) -> HRESULT,
     >,
-    pub free:
-        Option<unsafe extern "system" fn(this: *mut IHostMalloc, p_mem: *mut c_void) -> HRESULT>,
+    pub free: Option<unsafe extern "system" fn(this: *mut IHostMalloc, p_mem: *mut c_void) -> HRESULT>,
 }
 
 /// `IHostMemoryManager`: a host's page source.
@@ -568,11 +540,7 @@ pub struct IHostMemoryManagerVtbl {
     pub release: Option<RefCountFn<IHostMemoryManager>>,
     /// `CreateMalloc(DWORD dwMallocType, IHostMalloc **ppMalloc)`
     pub create_malloc: Option<
-        unsafe extern "system" fn(
-            this: *mut IHostMemoryManager,
-            dw_malloc_type: DWORD,
-            pp_malloc: *mut *mut IHostMalloc,
-        ) -> HRESULT,
+        unsafe extern "system" fn(this: *mut IHostMemoryManager, dw_malloc_type: DWORD, pp_malloc: *mut *mut IHostMalloc) -> HRESULT,
     >,
     /// `VirtualAlloc(void *pAddress, SIZE_T dwSize, DWORD flAllocationType, DWORD flProtect,
     /// EMemoryCriticalLevel eCriticalLevel, void **ppMem)`; `*ppMem = NULL` on failure.
@@ -589,12 +557,7 @@ pub struct IHostMemoryManagerVtbl {
     >,
     /// `VirtualFree(LPVOID lpAddress, SIZE_T dwSize, DWORD dwFreeType)`
     pub virtual_free: Option<
-        unsafe extern "system" fn(
-            this: *mut IHostMemoryManager,
-            lp_address: LPVOID,
-            dw_size: SIZE_T,
-            dw_free_type: DWORD,
-        ) -> HRESULT,
+        unsafe extern "system" fn(this: *mut IHostMemoryManager, lp_address: LPVOID, dw_size: SIZE_T, dw_free_type: DWORD) -> HRESULT,
     >,
     /// `VirtualQuery(void *lpAddress, void *lpBuffer, SIZE_T dwLength, SIZE_T *pResult)`
     pub virtual_query: Option<
@@ -618,39 +581,21 @@ pub struct IHostMemoryManagerVtbl {
     >,
     /// `GetMemoryLoad(DWORD *pMemoryLoad, SIZE_T *pAvailableBytes)`
     pub get_memory_load: Option<
-        unsafe extern "system" fn(
-            this: *mut IHostMemoryManager,
-            p_memory_load: *mut DWORD,
-            p_available_bytes: *mut SIZE_T,
-        ) -> HRESULT,
+        unsafe extern "system" fn(this: *mut IHostMemoryManager, p_memory_load: *mut DWORD, p_available_bytes: *mut SIZE_T) -> HRESULT,
     >,
     /// `RegisterMemoryNotificationCallback(ICLRMemoryNotificationCallback *pCallback)`
     pub register_memory_notification_callback: Option<
-        unsafe extern "system" fn(
-            this: *mut IHostMemoryManager,
-            p_callback: *mut ICLRMemoryNotificationCallback,
-        ) -> HRESULT,
+        unsafe extern "system" fn(this: *mut IHostMemoryManager, p_callback: *mut ICLRMemoryNotificationCallback) -> HRESULT,
     >,
     /// `NeedsVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`
-    pub needs_virtual_address_space: Option<
-        unsafe extern "system" fn(
-            this: *mut IHostMemoryManager,
-            start_address: LPVOID,
-            size: SIZE_T,
-        ) -> HRESULT,
-    >,
+    pub needs_virtual_address_space:
+        Option<unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID, size: SIZE_T) -> HRESULT>,
     /// `AcquiredVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`
-    pub acquired_virtual_address_space: Option<
-        unsafe extern "system" fn(
-            this: *mut IHostMemoryManager,
-            start_address: LPVOID,
-            size: SIZE_T,
-        ) -> HRESULT,
-    >,
+    pub acquired_virtual_address_space:
+        Option<unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID, size: SIZE_T) -> HRESULT>,
     /// `ReleasedVirtualAddressSpace(LPVOID startAddress)`
-    pub released_virtual_address_space: Option<
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID) -> HRESULT,
-    >,
+    pub released_virtual_address_space:
+        Option<unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID) -> HRESULT>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -888,10 +833,7 @@ pub enum SoHValueMember {
 impl SoHValueMember {
     /// True if the member embeds a pointer (which `FreeSoHAttributeValue` frees).
     pub const fn has_pointer(self) -> bool {
-        !matches!(
-            self,
-            SoHValueMember::IdVal | SoHValueMember::DateTimeVal | SoHValueMember::Uint8Val
-        )
+        !matches!(self, SoHValueMember::IdVal | SoHValueMember::DateTimeVal | SoHValueMember::Uint8Val)
     }
 }
 
@@ -903,12 +845,8 @@ impl SoHAttributeType {
             SoHAttributeType::SYSTEM_HEALTH_ID => SoHValueMember::IdVal,
             SoHAttributeType::IPV4_FIXUP_SERVERS => SoHValueMember::V4AddressesVal,
             SoHAttributeType::IPV6_FIXUP_SERVERS => SoHValueMember::V6AddressesVal,
-            SoHAttributeType::COMPLIANCE_RESULT_CODES | SoHAttributeType::ERROR_CODES => {
-                SoHValueMember::CodesVal
-            }
-            SoHAttributeType::TIME_OF_LAST_UPDATE | SoHAttributeType::SOH_GENERATION_TIME => {
-                SoHValueMember::DateTimeVal
-            }
+            SoHAttributeType::COMPLIANCE_RESULT_CODES | SoHAttributeType::ERROR_CODES => SoHValueMember::CodesVal,
+            SoHAttributeType::TIME_OF_LAST_UPDATE | SoHAttributeType::SOH_GENERATION_TIME => SoHValueMember::DateTimeVal,
             SoHAttributeType::VENDOR_SPECIFIC => SoHValueMember::VendorSpecificVal,
             SoHAttributeType::HEALTH_CLASS
             | SoHAttributeType::FAILURE_CATEGORY
@@ -930,15 +868,11 @@ impl SoHAttributeValue {
         // plain data, valid for any bit pattern.
         unsafe {
             Some(match ty.value_member() {
-                SoHValueMember::IdVal | SoHValueMember::DateTimeVal | SoHValueMember::Uint8Val => {
-                    return None
-                }
+                SoHValueMember::IdVal | SoHValueMember::DateTimeVal | SoHValueMember::Uint8Val => return None,
                 SoHValueMember::V4AddressesVal => self.v4_addresses_val.addresses.cast(),
                 SoHValueMember::V6AddressesVal => self.v6_addresses_val.addresses.cast(),
                 SoHValueMember::CodesVal => self.codes_val.results.cast(),
-                SoHValueMember::VendorSpecificVal => {
-                    self.vendor_specific_val.vendor_specific_data.cast()
-                }
+                SoHValueMember::VendorSpecificVal => self.vendor_specific_val.vendor_specific_data.cast(),
                 SoHValueMember::OctetStringVal => self.octet_string_val.data.cast(),
             })
         }
@@ -998,24 +932,14 @@ pub struct NapallocScope {
 
 macro_rules! check_size {
     ($t:ty, $n:expr) => {
-        const _: () = assert!(
-            size_of::<$t>() == $n,
-            concat!("size_of::<", stringify!($t), ">() != ", stringify!($n))
-        );
+        const _: () = assert!(size_of::<$t>() == $n, concat!("size_of::<", stringify!($t), ">() != ", stringify!($n)));
     };
 }
 macro_rules! check_offset {
     ($t:ty, $f:ident, $n:expr) => {
         const _: () = assert!(
             offset_of!($t, $f) == $n,
-            concat!(
-                "offset_of!(",
-                stringify!($t),
-                ", ",
-                stringify!($f),
-                ") != ",
-                stringify!($n)
-            )
+            concat!("offset_of!(", stringify!($t), ", ", stringify!($f), ") != ", stringify!($n))
         );
     };
 }
@@ -1105,11 +1029,7 @@ mod layout64 {
     check_offset!(IMallocVtbl, did_alloc, 7 * 8);
     check_offset!(IMallocVtbl, heap_minimize, 8 * 8);
     check_size!(ICLRMemoryNotificationCallbackVtbl, 4 * 8);
-    check_offset!(
-        ICLRMemoryNotificationCallbackVtbl,
-        on_memory_notification,
-        3 * 8
-    );
+    check_offset!(ICLRMemoryNotificationCallbackVtbl, on_memory_notification, 3 * 8);
     check_size!(IHostMallocVtbl, 6 * 8);
     check_offset!(IHostMallocVtbl, free, 5 * 8);
     check_size!(IHostMemoryManagerVtbl, 13 * 8);
@@ -1119,22 +1039,10 @@ mod layout64 {
     check_offset!(IHostMemoryManagerVtbl, virtual_query, 6 * 8);
     check_offset!(IHostMemoryManagerVtbl, virtual_protect, 7 * 8);
     check_offset!(IHostMemoryManagerVtbl, get_memory_load, 8 * 8);
-    check_offset!(
-        IHostMemoryManagerVtbl,
-        register_memory_notification_callback,
-        9 * 8
-    );
+    check_offset!(IHostMemoryManagerVtbl, register_memory_notification_callback, 9 * 8);
     check_offset!(IHostMemoryManagerVtbl, needs_virtual_address_space, 10 * 8);
-    check_offset!(
-        IHostMemoryManagerVtbl,
-        acquired_virtual_address_space,
-        11 * 8
-    );
-    check_offset!(
-        IHostMemoryManagerVtbl,
-        released_virtual_address_space,
-        12 * 8
-    );
+    check_offset!(IHostMemoryManagerVtbl, acquired_virtual_address_space, 11 * 8);
+    check_offset!(IHostMemoryManagerVtbl, released_virtual_address_space, 12 * 8);
 }
 
 #[cfg(test)]
@@ -1149,12 +1057,7 @@ mod tests {
         assert_eq!(offset_of!(Connections, connections), 8);
         assert_eq!(size_of::<FixupInfo>(), 32);
         assert_eq!(
-            [
-                offset_of!(FixupInfo, state),
-                offset_of!(FixupInfo, percentage),
-                offset_of!(FixupInfo, result_codes),
-                offset_of!(FixupInfo, fixup_msg_id)
-            ],
+            [offset_of!(FixupInfo, state), offset_of!(FixupInfo, percentage), offset_of!(FixupInfo, result_codes), offset_of!(FixupInfo, fixup_msg_id)],
             [0, 4, 8, 24]
         );
         assert_eq!(size_of::<SystemHealthAgentState>(), 64);
@@ -1167,20 +1070,8 @@ mod tests {
             ],
             [0, 8, 24, 32]
         );
-        assert_eq!(
-            (
-                size_of::<IsolationInfo>(),
-                offset_of!(IsolationInfo, failure_url)
-            ),
-            (32, 16)
-        );
-        assert_eq!(
-            (
-                size_of::<IsolationInfoEx>(),
-                offset_of!(IsolationInfoEx, failure_url)
-            ),
-            (32, 16)
-        );
+        assert_eq!((size_of::<IsolationInfo>(), offset_of!(IsolationInfo, failure_url)), (32, 16));
+        assert_eq!((size_of::<IsolationInfoEx>(), offset_of!(IsolationInfoEx, failure_url)), (32, 16));
         assert_eq!(size_of::<NapComponentRegistrationInfo>(), 120);
         assert_eq!(size_of::<IHostMemoryManagerVtbl>(), 13 * size_of::<usize>());
         assert_eq!(size_of::<IMallocVtbl>(), 9 * size_of::<usize>());
@@ -1194,29 +1085,17 @@ mod tests {
         assert_eq!(align_of::<SoHAttributeValue>(), 8);
         let mut byte = 0u8;
         let p: *mut u8 = &mut byte;
-        let v = SoHAttributeValue {
-            vendor_specific_val: VendorSpecific {
-                vendor_id: 7,
-                size: 3,
-                vendor_specific_data: p,
-            },
-        };
+        let v = SoHAttributeValue { vendor_specific_val: VendorSpecific { vendor_id: 7, size: 3, vendor_specific_data: p } };
         // SAFETY: every member is plain data; the bytes at offset 8 were written as a pointer
         // by the initialisation of `vendor_specific_val`, the union's largest member.
         let octets = unsafe { v.octet_string_val };
-        assert_eq!(
-            octets.data, p,
-            "vendorSpecificData and octetStringVal.data share offset 8"
-        );
+        assert_eq!(octets.data, p, "vendorSpecificData and octetStringVal.data share offset 8");
     }
 
     #[test]
     fn option_fn_pointers_are_pointer_sized() {
         // The reason the received vtables may use Option<fn>: NULL is None, same size.
-        assert_eq!(
-            size_of::<Option<RefCountFn<ComObject>>>(),
-            size_of::<*const ()>()
-        );
+        assert_eq!(size_of::<Option<RefCountFn<ComObject>>>(), size_of::<*const ()>());
         assert_eq!(size_of::<IUnknownVtbl>(), 3 * size_of::<*const ()>());
     }
 
@@ -1248,9 +1127,7 @@ mod tests {
         for (t, m) in expect {
             assert_eq!(SoHAttributeType(t).value_member(), m, "type {t}");
         }
-        let no_pointer: Vec<i32> = (0..=17)
-            .filter(|&t| !SoHAttributeType(t).value_member().has_pointer())
-            .collect();
+        let no_pointer: Vec<i32> = (0..=17).filter(|&t| !SoHAttributeType(t).value_member().has_pointer()).collect();
         assert_eq!(no_pointer, [2, 5, 8, 12, 14, 16]);
     }
 
@@ -1258,32 +1135,17 @@ mod tests {
     fn embedded_pointer_reads_only_pointer_members() {
         let mut addr = Ipv4Address::default();
         let p: *mut Ipv4Address = &mut addr;
-        let v = SoHAttributeValue {
-            v4_addresses_val: Ipv4Addresses {
-                count: 1,
-                addresses: p,
-            },
-        };
+        let v = SoHAttributeValue { v4_addresses_val: Ipv4Addresses { count: 1, addresses: p } };
         // SAFETY: the v4AddressesVal member is initialised, so offset 8 holds a pointer.
         unsafe {
-            assert_eq!(
-                v.embedded_pointer(SoHAttributeType::IPV4_FIXUP_SERVERS),
-                Some(p.cast())
-            );
-            assert_eq!(
-                v.embedded_pointer(SoHAttributeType::ERROR_CODES),
-                Some(p.cast())
-            );
+            assert_eq!(v.embedded_pointer(SoHAttributeType::IPV4_FIXUP_SERVERS), Some(p.cast()));
+            assert_eq!(v.embedded_pointer(SoHAttributeType::ERROR_CODES), Some(p.cast()));
             assert_eq!(v.embedded_pointer(SoHAttributeType(99)), Some(p.cast()));
         }
         // Only the first 4 bytes are initialised: a type without a pointer must not read offset 8
         // (Miri would report the read of uninitialised memory).
         let id = SoHAttributeValue { id_val: 5 };
-        for t in [
-            SoHAttributeType::SYSTEM_HEALTH_ID,
-            SoHAttributeType::TIME_OF_LAST_UPDATE,
-            SoHAttributeType::HEALTH_CLASS,
-        ] {
+        for t in [SoHAttributeType::SYSTEM_HEALTH_ID, SoHAttributeType::TIME_OF_LAST_UPDATE, SoHAttributeType::HEALTH_CLASS] {
             // SAFETY: `t` selects a member without a pointer, so nothing past `id_val` is read.
             assert_eq!(unsafe { id.embedded_pointer(t) }, None, "{t:?}");
         }
@@ -1291,16 +1153,10 @@ mod tests {
 
     #[test]
     fn enums_accept_any_value_and_name_the_known_ones() {
-        assert_eq!(
-            format!("{:?}", FixupState::IN_PROGRESS),
-            "fixupStateInProgress(1)"
-        );
+        assert_eq!(format!("{:?}", FixupState::IN_PROGRESS), "fixupStateInProgress(1)");
         assert_eq!(format!("{:?}", FixupState(77)), "FixupState(77)");
         assert_eq!(SoHAttributeType::EXTENDED_ISOLATION_STATE.0, 16);
-        assert_eq!(
-            SoHAttributeType(16).c_name(),
-            Some("sohAttributeTypeExtendedIsolationState")
-        );
+        assert_eq!(SoHAttributeType(16).c_name(), Some("sohAttributeTypeExtendedIsolationState"));
         assert_eq!(IsolationState(0).c_name(), None);
         assert_eq!(HealthClassValue::RESERVED.0, 128);
         assert_eq!(EMemoryAvailable::HIGH.0, 3);
@@ -1308,11 +1164,7 @@ mod tests {
 
     #[test]
     fn critical_levels_round_trip() {
-        for level in [
-            CriticalLevel::Task,
-            CriticalLevel::AppDomain,
-            CriticalLevel::Process,
-        ] {
+        for level in [CriticalLevel::Task, CriticalLevel::AppDomain, CriticalLevel::Process] {
             let c = EMemoryCriticalLevel::from(level);
             assert_eq!(c.0, level as i32);
             assert_eq!(c.critical_level(), Some(level));
@@ -1332,40 +1184,19 @@ mod tests {
         assert_eq!(MAX_PRIVATE_DATA_SIZE, 200);
         assert_eq!(MAX_DWORD_COUNT_PER_SOH_ATTRIBUTE, 1000);
         assert_eq!(PERCENTAGE_NOT_SUPPORTED, 101);
-        assert_eq!(
-            (MAX_SYSTEM_HEALTH_ENTITY_COUNT, MAX_ENFORCER_COUNT),
-            (20, 20)
-        );
+        assert_eq!((MAX_SYSTEM_HEALTH_ENTITY_COUNT, MAX_ENFORCER_COUNT), (20, 20));
         assert_eq!(MAX_CACHED_SOH_COUNT, 8000);
-        assert_eq!(
-            (MEM_COMMIT, MEM_RESERVE, MEM_DECOMMIT, MEM_RELEASE),
-            (0x1000, 0x2000, 0x4000, 0x8000)
-        );
+        assert_eq!((MEM_COMMIT, MEM_RESERVE, MEM_DECOMMIT, MEM_RELEASE), (0x1000, 0x2000, 0x4000, 0x8000));
         assert_eq!((PAGE_NOACCESS, PAGE_READWRITE), (1, 4));
     }
 
     #[test]
     fn guids_print_in_registry_form() {
-        assert_eq!(
-            IID_IMALLOC.to_string(),
-            "{00000002-0000-0000-C000-000000000046}"
-        );
-        assert_eq!(
-            IID_IHOST_MEMORY_MANAGER.to_string(),
-            "{7BC698D1-F9E3-4460-9CDE-D04248E9FA25}"
-        );
-        assert_eq!(
-            IID_ICLR_MEMORY_NOTIFICATION_CALLBACK.to_string(),
-            "{47EB8E57-0846-4546-AF76-6F42FCFC2649}"
-        );
-        assert_eq!(
-            IID_IHOST_MALLOC.to_string(),
-            "{1831991C-CC53-4A31-B218-04E910446479}"
-        );
-        assert_eq!(
-            IID_IUNKNOWN.to_string(),
-            "{00000000-0000-0000-C000-000000000046}"
-        );
+        assert_eq!(IID_IMALLOC.to_string(), "{00000002-0000-0000-C000-000000000046}");
+        assert_eq!(IID_IHOST_MEMORY_MANAGER.to_string(), "{7BC698D1-F9E3-4460-9CDE-D04248E9FA25}");
+        assert_eq!(IID_ICLR_MEMORY_NOTIFICATION_CALLBACK.to_string(), "{47EB8E57-0846-4546-AF76-6F42FCFC2649}");
+        assert_eq!(IID_IHOST_MALLOC.to_string(), "{1831991C-CC53-4A31-B218-04E910446479}");
+        assert_eq!(IID_IUNKNOWN.to_string(), "{00000000-0000-0000-C000-000000000046}");
         assert_ne!(IID_IUNKNOWN, IID_IMALLOC);
     }
 
@@ -1382,15 +1213,7 @@ mod tests {
         };
         let s = NapallocStats::from(h);
         assert_eq!(
-            [
-                s.live_blocks,
-                s.live_bytes,
-                s.committed_bytes,
-                s.reserved_bytes,
-                s.bad_pointer_reports,
-                s.failed_allocations,
-                s.trims
-            ],
+            [s.live_blocks, s.live_bytes, s.committed_bytes, s.reserved_bytes, s.bad_pointer_reports, s.failed_allocations, s.trims],
             [1, 2, 3, 4, 5, 6, 7]
         );
     }
@@ -1398,10 +1221,7 @@ mod tests {
     #[test]
     fn filetime_halves() {
         let t = FileTime::from_u64(0x0123_4567_89AB_CDEF);
-        assert_eq!(
-            (t.dw_low_date_time, t.dw_high_date_time),
-            (0x89AB_CDEF, 0x0123_4567)
-        );
+        assert_eq!((t.dw_low_date_time, t.dw_high_date_time), (0x89AB_CDEF, 0x0123_4567));
         assert_eq!(t.as_u64(), 0x0123_4567_89AB_CDEF);
     }
 
@@ -1426,20 +1246,9 @@ mod tests {
 
     #[test]
     fn com_object_release_calls_the_vtable_and_tolerates_nulls() {
-        static FULL: IUnknownVtbl = IUnknownVtbl {
-            query_interface: None,
-            add_ref: Some(counted_add_ref),
-            release: Some(counted_release),
-        };
-        static NO_RELEASE: IUnknownVtbl = IUnknownVtbl {
-            query_interface: None,
-            add_ref: None,
-            release: None,
-        };
-        let mut obj = Counted {
-            base: ComObject { vtbl: &FULL },
-            refs: AtomicU32::new(1),
-        };
+        static FULL: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: Some(counted_add_ref), release: Some(counted_release) };
+        static NO_RELEASE: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: None, release: None };
+        let mut obj = Counted { base: ComObject { vtbl: &FULL }, refs: AtomicU32::new(1) };
         // The pointer covers the whole object: the vtable functions read `refs` through it.
         let p: *mut ComObject = core::ptr::addr_of_mut!(obj).cast();
         // SAFETY: `p` points to a live object with a full vtable; we own the references.
@@ -1450,26 +1259,12 @@ mod tests {
         }
         assert_eq!(obj.refs.load(Ordering::Relaxed), 0);
 
-        let mut null_entry = Counted {
-            base: ComObject { vtbl: &NO_RELEASE },
-            refs: AtomicU32::new(1),
-        };
-        let mut null_vtbl = Counted {
-            base: ComObject {
-                vtbl: core::ptr::null(),
-            },
-            refs: AtomicU32::new(1),
-        };
+        let mut null_entry = Counted { base: ComObject { vtbl: &NO_RELEASE }, refs: AtomicU32::new(1) };
+        let mut null_vtbl = Counted { base: ComObject { vtbl: core::ptr::null() }, refs: AtomicU32::new(1) };
         // SAFETY: live objects whose vtable is NULL or has NULL entries.
         unsafe {
-            assert_eq!(
-                ComObject::release(core::ptr::addr_of_mut!(null_entry).cast()),
-                None
-            );
-            assert_eq!(
-                ComObject::release(core::ptr::addr_of_mut!(null_vtbl).cast()),
-                None
-            );
+            assert_eq!(ComObject::release(core::ptr::addr_of_mut!(null_entry).cast()), None);
+            assert_eq!(ComObject::release(core::ptr::addr_of_mut!(null_vtbl).cast()), None);
         }
         assert_eq!(null_entry.refs.load(Ordering::Relaxed), 1);
     }
