@@ -4,17 +4,12 @@
 
 mod common;
 
-use common::{
-    FakeHost, FaultySource, Rng, Tracker, FAKE_LOAD, FAKE_VTBL_MINIMAL, FAKE_VTBL_NO_FREE,
-    HOST_HRESULTS,
-};
+use common::{FakeHost, FaultySource, Rng, Tracker, FAKE_LOAD, FAKE_VTBL_MINIMAL, FAKE_VTBL_NO_FREE, HOST_HRESULTS};
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use napalloc::host::com::{ComHostMemoryManager, E_NOTIMPL};
-use napalloc::host::{
-    Budget, HostSource, MemoryAvailable, PageSource, Source, FAILED_SOURCE_HRESULT,
-};
+use napalloc::host::{Budget, HostSource, MemoryAvailable, PageSource, Source, FAILED_SOURCE_HRESULT};
 use napalloc::hr::{self, HRESULT};
 use napalloc::{CriticalLevel, Error, PageArena};
 use std::collections::VecDeque;
@@ -23,12 +18,7 @@ use std::sync::{Arc, Mutex};
 const KIB: usize = 1024;
 
 fn arena(source: &Source, level: CriticalLevel) -> Result<PageArena, Error> {
-    PageArena::builder()
-        .reserve(256 * KIB)
-        .commit_chunk(8 * KIB)
-        .critical_level(level)
-        .source(source.clone())
-        .build()
+    PageArena::builder().reserve(256 * KIB).commit_chunk(8 * KIB).critical_level(level).source(source.clone()).build()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -60,10 +50,9 @@ fn budget_over_concurrent_arenas_balances_and_never_passes_hard() {
                         1 => {
                             a.trim(0).unwrap();
                         }
-                        _ => match a.alloc_layout(
-                            Layout::from_size_align(1 + rng.below(3 * page as u64) as usize, 8)
-                                .unwrap(),
-                        ) {
+                        _ => match a
+                            .alloc_layout(Layout::from_size_align(1 + rng.below(3 * page as u64) as usize, 8).unwrap())
+                        {
                             Ok(_) => {}
                             Err(Error::LimitExceeded) => refused += 1,
                             Err(Error::ReservationExhausted) => a.reset(),
@@ -78,25 +67,12 @@ fn budget_over_concurrent_arenas_balances_and_never_passes_hard() {
     let results: Vec<(PageArena, u64)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let live: usize = results.iter().map(|(a, _)| a.stats().committed).sum();
     let s = budget.stats();
-    assert_eq!(
-        s.committed, live,
-        "the budget holds exactly what the arenas committed"
-    );
+    assert_eq!(s.committed, live, "the budget holds exactly what the arenas committed");
     assert!(s.peak <= hard, "{s:?}");
-    assert!(
-        results.iter().map(|r| r.1).sum::<u64>() > 0,
-        "the workload reached the limits: {s:?}"
-    );
-    assert_eq!(
-        s.failures.iter().sum::<u64>(),
-        results.iter().map(|r| r.1).sum::<u64>()
-    );
+    assert!(results.iter().map(|r| r.1).sum::<u64>() > 0, "the workload reached the limits: {s:?}");
+    assert_eq!(s.failures.iter().sum::<u64>(), results.iter().map(|r| r.1).sum::<u64>());
     drop(results);
-    assert_eq!(
-        budget.committed(),
-        0,
-        "dropping the arenas credits everything"
-    );
+    assert_eq!(budget.committed(), 0, "dropping the arenas credits everything");
 }
 
 #[test]
@@ -118,9 +94,7 @@ fn each_level_past_the_soft_limit_through_arenas() {
     };
 
     // idle arenas holding 6 pages, which the trimmer may give back
-    let idle: Vec<PageArena> = (0..6)
-        .map(|_| one_page(CriticalLevel::Task).unwrap())
-        .collect();
+    let idle: Vec<PageArena> = (0..6).map(|_| one_page(CriticalLevel::Task).unwrap()).collect();
     let idle = Arc::new(Mutex::new(idle));
     for a in idle.lock().unwrap().iter_mut() {
         a.reset();
@@ -130,30 +104,13 @@ fn each_level_past_the_soft_limit_through_arenas() {
         Ok(mut arenas) => arenas.iter_mut().map(|a| a.trim(0).unwrap_or(0)).sum(),
         Err(_) => 0, // never block
     }));
-    let idle_committed = || {
-        idle.lock()
-            .unwrap()
-            .iter()
-            .map(|a| a.stats().committed)
-            .sum::<usize>()
-    };
+    let idle_committed = || idle.lock().unwrap().iter().map(|a| a.stats().committed).sum::<usize>();
 
-    let mut held = vec![
-        one_page(CriticalLevel::Task).unwrap(),
-        one_page(CriticalLevel::Task).unwrap(),
-    ];
+    let mut held = vec![one_page(CriticalLevel::Task).unwrap(), one_page(CriticalLevel::Task).unwrap()];
     assert_eq!(budget.committed(), 8 * page, "at the soft limit");
-    assert_eq!(
-        one_page(CriticalLevel::Task).unwrap_err(),
-        Error::LimitExceeded,
-        "task: fails at once"
-    );
+    assert_eq!(one_page(CriticalLevel::Task).unwrap_err(), Error::LimitExceeded, "task: fails at once");
     assert_eq!(budget.stats().trims, 0);
-    assert_eq!(
-        idle_committed(),
-        6 * page,
-        "nothing was trimmed for a task request"
-    );
+    assert_eq!(idle_committed(), 6 * page, "nothing was trimmed for a task request");
 
     held.push(one_page(CriticalLevel::AppDomain).unwrap());
     let s = budget.stats();
@@ -166,27 +123,15 @@ fn each_level_past_the_soft_limit_through_arenas() {
     for _ in 0..5 {
         held.push(one_page(CriticalLevel::AppDomain).unwrap());
     }
-    assert_eq!(
-        one_page(CriticalLevel::AppDomain).unwrap_err(),
-        Error::LimitExceeded,
-        "nothing left to trim"
-    );
+    assert_eq!(one_page(CriticalLevel::AppDomain).unwrap_err(), Error::LimitExceeded, "nothing left to trim");
     assert_eq!(budget.committed(), 8 * page);
 
     for _ in 0..4 {
         held.push(one_page(CriticalLevel::Process).unwrap()); // the reserve: 8 -> 12 pages
     }
-    assert_eq!(
-        one_page(CriticalLevel::Process).unwrap_err(),
-        Error::LimitExceeded,
-        "never past hard"
-    );
+    assert_eq!(one_page(CriticalLevel::Process).unwrap_err(), Error::LimitExceeded, "never past hard");
     let s = budget.stats();
-    assert_eq!(
-        (s.committed, s.peak, s.reserve_uses, s.trims),
-        (12 * page, 12 * page, 4, 7),
-        "{s:?}"
-    );
+    assert_eq!((s.committed, s.peak, s.reserve_uses, s.trims), (12 * page, 12 * page, 4, 7), "{s:?}");
     assert_eq!(s.failures, [1, 1, 1]);
     drop(held);
     assert_eq!(budget.committed(), 0);
@@ -220,11 +165,8 @@ fn fault_workload(seed: u64, cov: &mut Coverage) {
 
     for step in 0..2500 {
         let slot = rng.below(arenas.len() as u64) as usize;
-        let (e_fail_before, calls_before, was_failed) = (
-            faulty.injected(hr::E_FAIL),
-            faulty.calls.load(Ordering::Relaxed),
-            host.is_failed(),
-        );
+        let (e_fail_before, calls_before, was_failed) =
+            (faulty.injected(hr::E_FAIL), faulty.calls.load(Ordering::Relaxed), host.is_failed());
         let level = CriticalLevel::ALL[rng.below(3) as usize];
         let op = rng.below(12);
         let result: Result<(), Error> = if arenas[slot].is_none() {
@@ -248,10 +190,7 @@ fn fault_workload(seed: u64, cov: &mut Coverage) {
                         Ok(p) => {
                             // SAFETY: `size` fresh bytes.
                             unsafe { p.as_ptr().write_bytes(0x5A, size) };
-                            assert!(
-                                faulty.tracker.owns_committed(p.as_ptr(), size),
-                                "seed {seed} step {step}"
-                            );
+                            assert!(faulty.tracker.owns_committed(p.as_ptr(), size), "seed {seed} step {step}");
                             cov.allocs += 1;
                             Ok(())
                         }
@@ -285,18 +224,11 @@ fn fault_workload(seed: u64, cov: &mut Coverage) {
                 "seed {seed} step {step}: a failed source must not reach the host"
             );
             if let Err(e) = result {
-                assert_eq!(
-                    e,
-                    Error::Host(FAILED_SOURCE_HRESULT),
-                    "seed {seed} step {step}"
-                );
+                assert_eq!(e, Error::Host(FAILED_SOURCE_HRESULT), "seed {seed} step {step}");
             }
         }
         if faulty.injected(hr::E_FAIL) > e_fail_before {
-            assert!(
-                host.is_failed(),
-                "seed {seed} step {step}: E_FAIL fails the source"
-            );
+            assert!(host.is_failed(), "seed {seed} step {step}: E_FAIL fails the source");
             cov.fails_entered += 1;
         }
         if host.is_failed() && rng.below(4) == 0 {
@@ -305,42 +237,24 @@ fn fault_workload(seed: u64, cov: &mut Coverage) {
             faulty.enabled.store(false, Ordering::Relaxed);
             host.reset();
             faulty.enabled.store(true, Ordering::Relaxed);
-            assert_eq!(
-                host.parked(),
-                0,
-                "seed {seed} step {step}: reset releases what was parked"
-            );
+            assert_eq!(host.parked(), 0, "seed {seed} step {step}: reset releases what was parked");
         }
 
         // The books, after every step.
         let live: usize = arenas.iter().flatten().map(|a| a.stats().committed).sum();
-        assert_eq!(
-            budget.committed(),
-            live,
-            "seed {seed} step {step}: budget == arenas"
-        );
+        assert_eq!(budget.committed(), live, "seed {seed} step {step}: budget == arenas");
         let truth = faulty.tracker.committed_bytes();
         if host.parked() == 0 {
-            assert_eq!(
-                truth, live,
-                "seed {seed} step {step}: host's committed pages == arenas'"
-            );
+            assert_eq!(truth, live, "seed {seed} step {step}: host's committed pages == arenas'");
         } else {
             assert!(truth >= live, "seed {seed} step {step}");
         }
         for a in arenas.iter().flatten() {
             let s = a.stats();
-            assert!(
-                s.used <= s.committed && s.committed <= s.reserved,
-                "seed {seed} step {step}: {s:?}"
-            );
+            assert!(s.used <= s.committed && s.committed <= s.reserved, "seed {seed} step {step}: {s:?}");
         }
     }
-    assert_eq!(
-        faulty.tracker.violations(),
-        Vec::<String>::new(),
-        "seed {seed}"
-    );
+    assert_eq!(faulty.tracker.violations(), Vec::<String>::new(), "seed {seed}");
 
     // The host recovers for good: every arena allocates again.
     faulty.enabled.store(false, Ordering::Relaxed);
@@ -349,32 +263,21 @@ fn fault_workload(seed: u64, cov: &mut Coverage) {
     for slot in &mut arenas {
         let a = match slot {
             Some(a) => a,
-            None => {
-                slot.insert(arena(&source, CriticalLevel::Task).expect("a recovered host reserves"))
-            }
+            None => slot.insert(arena(&source, CriticalLevel::Task).expect("a recovered host reserves")),
         };
         a.reset();
         for _ in 0..20 {
-            a.alloc_layout(Layout::from_size_align(4000, 16).unwrap())
-                .expect("a recovered host commits");
+            a.alloc_layout(Layout::from_size_align(4000, 16).unwrap()).expect("a recovered host commits");
         }
     }
     cov.refused_while_failed += host.refused_while_failed();
     drop(arenas);
     host.retry_parked();
     assert_eq!(host.parked(), 0);
-    assert_eq!(
-        faulty.tracker.live_reservations(),
-        0,
-        "seed {seed}: every reservation went back to the host"
-    );
+    assert_eq!(faulty.tracker.live_reservations(), 0, "seed {seed}: every reservation went back to the host");
     assert_eq!(faulty.tracker.committed_bytes(), 0);
     assert_eq!(budget.committed(), 0);
-    assert_eq!(
-        faulty.tracker.violations(),
-        Vec::<String>::new(),
-        "seed {seed}"
-    );
+    assert_eq!(faulty.tracker.violations(), Vec::<String>::new(), "seed {seed}");
 
     // Every injected fault was recorded, by HRESULT, in the source and in the budget.
     let errs = host.errors();
@@ -393,14 +296,8 @@ fn fault_injection_through_arenas() {
         fault_workload(seed, &mut cov);
     }
     assert!(cov.errors > 100 && cov.allocs > 1000, "{cov:?}");
-    assert!(
-        cov.injected.iter().all(|&n| n > 0),
-        "every HRESULT was injected: {cov:?}"
-    );
-    assert!(
-        cov.fails_entered > 0 && cov.refused_while_failed > 0,
-        "{cov:?}"
-    );
+    assert!(cov.injected.iter().all(|&n| n > 0), "every HRESULT was injected: {cov:?}");
+    assert!(cov.fails_entered > 0 && cov.refused_while_failed > 0, "{cov:?}");
 }
 
 /// A page source over a tracker whose next calls fail with scripted HRESULTs.
@@ -431,21 +328,15 @@ impl PageSource for Scripted {
     }
     fn commit(&self, addr: NonNull<u8>, len: usize, _: CriticalLevel) -> Result<(), Error> {
         self.next()?;
-        self.tracker
-            .commit(addr.as_ptr() as usize, len)
-            .map_err(Error::Host)
+        self.tracker.commit(addr.as_ptr() as usize, len).map_err(Error::Host)
     }
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.next()?;
-        self.tracker
-            .decommit(addr.as_ptr() as usize, len)
-            .map_err(Error::Host)
+        self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host)
     }
     fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.next()?;
-        self.tracker
-            .release(base.as_ptr() as usize, Some(len))
-            .map_err(Error::Host)
+        self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host)
     }
 }
 
@@ -461,10 +352,7 @@ fn e_fail_fails_the_source_until_reset_and_parks_releases() {
     a.alloc_layout(l).unwrap();
     scripted.fail(hr::HOST_E_TIMEOUT);
     let big = Layout::from_size_align(64 * KIB, 8).unwrap();
-    assert_eq!(
-        a.alloc_layout(big).unwrap_err(),
-        Error::Host(hr::HOST_E_TIMEOUT)
-    );
+    assert_eq!(a.alloc_layout(big).unwrap_err(), Error::Host(hr::HOST_E_TIMEOUT));
     assert!(!host.is_failed(), "a timeout is transient");
     a.alloc_layout(big).unwrap();
 
@@ -472,23 +360,10 @@ fn e_fail_fails_the_source_until_reset_and_parks_releases() {
     assert_eq!(a.alloc_layout(big).unwrap_err(), Error::Host(hr::E_FAIL));
     assert!(host.is_failed());
     let calls = scripted.calls.load(Ordering::Relaxed);
-    assert_eq!(
-        a.alloc_layout(big).unwrap_err(),
-        Error::Host(FAILED_SOURCE_HRESULT)
-    );
-    assert_eq!(
-        arena(&source, CriticalLevel::Process).unwrap_err(),
-        Error::Host(FAILED_SOURCE_HRESULT)
-    );
-    assert_eq!(
-        source.memory_load().unwrap_err(),
-        Error::Host(FAILED_SOURCE_HRESULT)
-    );
-    assert_eq!(
-        scripted.calls.load(Ordering::Relaxed),
-        calls,
-        "fail fast: the host was not called"
-    );
+    assert_eq!(a.alloc_layout(big).unwrap_err(), Error::Host(FAILED_SOURCE_HRESULT));
+    assert_eq!(arena(&source, CriticalLevel::Process).unwrap_err(), Error::Host(FAILED_SOURCE_HRESULT));
+    assert_eq!(source.memory_load().unwrap_err(), Error::Host(FAILED_SOURCE_HRESULT));
+    assert_eq!(scripted.calls.load(Ordering::Relaxed), calls, "fail fast: the host was not called");
     assert_eq!(host.refused_while_failed(), 3);
     a.alloc_layout(l).unwrap(); // what is already committed still serves
 
@@ -497,17 +372,10 @@ fn e_fail_fails_the_source_until_reset_and_parks_releases() {
     drop(a);
     assert_eq!(host.parked(), 1, "the release waits for the host");
     assert_eq!(scripted.tracker.live_reservations(), 1);
-    assert_eq!(
-        budget.committed(),
-        0,
-        "napalloc no longer uses the parked pages"
-    );
+    assert_eq!(budget.committed(), 0, "napalloc no longer uses the parked pages");
 
     assert_eq!(host.reset(), 1);
-    assert_eq!(
-        (host.parked(), scripted.tracker.live_reservations()),
-        (0, 0)
-    );
+    assert_eq!((host.parked(), scripted.tracker.live_reservations()), (0, 0));
     let a = arena(&source, CriticalLevel::Task).unwrap();
     a.alloc_layout(big).unwrap();
 
@@ -520,17 +388,9 @@ fn e_fail_fails_the_source_until_reset_and_parks_releases() {
     assert_eq!(scripted.tracker.live_reservations(), 0);
 
     let e = host.errors();
-    assert_eq!(
-        (e.count, e.timeout, e.fail, e.abandoned, e.last),
-        (3, 1, 1, 1, hr::HOST_E_ABANDONED),
-        "{e:?}"
-    );
+    assert_eq!((e.count, e.timeout, e.fail, e.abandoned, e.last), (3, 1, 1, 1, hr::HOST_E_ABANDONED), "{e:?}");
     assert_eq!(budget.stats().host_errors, e);
-    assert_eq!(
-        budget.stats().failures,
-        [3, 0, 0],
-        "timeout, E_FAIL and the fail-fast refusal, all at task level"
-    );
+    assert_eq!(budget.stats().failures, [3, 0, 0], "timeout, E_FAIL and the fail-fast refusal, all at task level");
     assert!(scripted.tracker.violations().is_empty());
 }
 
@@ -597,10 +457,7 @@ impl PageSource for Observer {
         Err(Error::Host(E_NOTIMPL))
     }
     fn needs_virtual_address_space(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
-        self.needs
-            .lock()
-            .unwrap()
-            .push((addr.as_ptr() as usize, len));
+        self.needs.lock().unwrap().push((addr.as_ptr() as usize, len));
         if self.veto.load(Ordering::Relaxed) {
             Err(Error::Host(hr::E_OUTOFMEMORY))
         } else {
@@ -608,10 +465,7 @@ impl PageSource for Observer {
         }
     }
     fn acquired_virtual_address_space(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
-        self.acquired
-            .lock()
-            .unwrap()
-            .push((addr.as_ptr() as usize, len));
+        self.acquired.lock().unwrap().push((addr.as_ptr() as usize, len));
         Ok(())
     }
     fn released_virtual_address_space(&self, addr: NonNull<u8>) -> Result<(), Error> {
@@ -628,43 +482,25 @@ fn os_pages_observed_by_a_host() {
     let source = Source::os_observed_by(Arc::clone(&host)).with_budget(Arc::clone(&budget));
     assert!(source.is_os());
     let mut a = arena(&source, CriticalLevel::Task).unwrap();
-    let p = a
-        .alloc_layout(Layout::from_size_align(50_000, 8).unwrap())
-        .unwrap();
+    let p = a.alloc_layout(Layout::from_size_align(50_000, 8).unwrap()).unwrap();
     // SAFETY: 50 000 fresh bytes.
     unsafe { p.as_ptr().write_bytes(1, 50_000) };
     a.trim(0).unwrap();
     assert!(budget.committed() > 0);
-    let (needs, acquired) = (
-        obs.needs.lock().unwrap().clone(),
-        obs.acquired.lock().unwrap().clone(),
-    );
+    let (needs, acquired) = (obs.needs.lock().unwrap().clone(), obs.acquired.lock().unwrap().clone());
     assert_eq!(needs.len(), 1);
-    assert_eq!(
-        needs, acquired,
-        "told before use and after acquisition, with the same range"
-    );
+    assert_eq!(needs, acquired, "told before use and after acquisition, with the same range");
     assert!(needs[0].0 <= p.as_ptr() as usize && (p.as_ptr() as usize) < needs[0].0 + needs[0].1);
     assert!(obs.released.lock().unwrap().is_empty());
     drop(a);
     assert_eq!(*obs.released.lock().unwrap(), [needs[0].0]);
-    assert_eq!(
-        obs.page_calls.load(Ordering::Relaxed),
-        0,
-        "the pages themselves came from the OS"
-    );
+    assert_eq!(obs.page_calls.load(Ordering::Relaxed), 0, "the pages themselves came from the OS");
     assert_eq!(budget.committed(), 0);
 
     obs.veto.store(true, Ordering::Relaxed);
+    assert_eq!(arena(&source, CriticalLevel::Task).unwrap_err(), Error::Host(hr::E_OUTOFMEMORY));
     assert_eq!(
-        arena(&source, CriticalLevel::Task).unwrap_err(),
-        Error::Host(hr::E_OUTOFMEMORY)
-    );
-    assert_eq!(
-        (
-            obs.needs.lock().unwrap().len(),
-            obs.acquired.lock().unwrap().len()
-        ),
+        (obs.needs.lock().unwrap().len(), obs.acquired.lock().unwrap().len()),
         (2, 1),
         "a veto stops the reservation"
     );
@@ -676,8 +512,7 @@ fn page_source_defaults_are_the_os() {
     let obs = Observer::default();
     let (load, avail) = obs.memory_load().unwrap();
     assert!(load <= 100 && avail > 0);
-    obs.register_memory_notify(Box::new(|_| unreachable!("the default never notifies")))
-        .unwrap();
+    obs.register_memory_notify(Box::new(|_| unreachable!("the default never notifies"))).unwrap();
     assert_eq!(CriticalLevel::from_raw(2), Some(CriticalLevel::Process));
     assert_eq!(CriticalLevel::from_raw(3), None);
     assert_eq!(MemoryAvailable::from_raw(2), Some(MemoryAvailable::Neutral));
@@ -705,18 +540,14 @@ fn every_page_comes_from_the_c_host_and_goes_back_to_it() {
         0
     }));
     let b = Arc::clone(&budget);
-    com.register_memory_notify(Box::new(move |m| b.on_host_notification(m)))
-        .unwrap();
+    com.register_memory_notify(Box::new(move |m| b.on_host_notification(m))).unwrap();
     assert!(fake.has_callback());
     let host = HostSource::new(Arc::new(com));
     let source = Source::from_host(Arc::clone(&host)).with_budget(Arc::clone(&budget));
     assert!(!source.is_os());
     assert_eq!(source.memory_load().unwrap(), FAKE_LOAD);
 
-    let mut arenas: Vec<PageArena> = CriticalLevel::ALL
-        .iter()
-        .map(|&l| arena(&source, l).unwrap())
-        .collect();
+    let mut arenas: Vec<PageArena> = CriticalLevel::ALL.iter().map(|&l| arena(&source, l).unwrap()).collect();
     let mut rng = Rng::new(99);
     for i in 0..3000 {
         let a = &arenas[i % 3];
@@ -728,19 +559,13 @@ fn every_page_comes_from_the_c_host_and_goes_back_to_it() {
         };
         // SAFETY: `size` fresh bytes.
         unsafe { p.as_ptr().write_bytes(0xC3, size) };
-        assert!(
-            fake.tracker.owns_committed(p.as_ptr(), size),
-            "block {i} is in pages the host committed"
-        );
+        assert!(fake.tracker.owns_committed(p.as_ptr(), size), "block {i} is in pages the host committed");
     }
     let live = |arenas: &[PageArena]| arenas.iter().map(|a| a.stats().committed).sum::<usize>();
     assert_eq!(fake.tracker.committed_bytes(), live(&arenas));
     assert_eq!(fake.tracker.reserves.load(Ordering::Relaxed), 3);
     assert!(fake.tracker.commits.load(Ordering::Relaxed) >= 3);
-    assert!(
-        fake.levels.iter().all(|n| n.load(Ordering::Relaxed) > 0),
-        "each critical level reached the host"
-    );
+    assert!(fake.levels.iter().all(|n| n.load(Ordering::Relaxed) > 0), "each critical level reached the host");
 
     for a in &mut arenas {
         a.reset();
@@ -760,20 +585,13 @@ fn every_page_comes_from_the_c_host_and_goes_back_to_it() {
     // a host failure is a clean error; the next request reaches the host again
     fake.fail_next(hr::HOST_E_NOT_OWNER);
     let big = Layout::from_size_align(200 * KIB, 8).unwrap();
-    assert_eq!(
-        arenas[0].alloc_layout(big).unwrap_err(),
-        Error::Host(hr::HOST_E_NOT_OWNER)
-    );
+    assert_eq!(arenas[0].alloc_layout(big).unwrap_err(), Error::Host(hr::HOST_E_NOT_OWNER));
     arenas[0].alloc_layout(big).unwrap();
     assert_eq!(host.errors().not_owner, 1);
 
     drop(arenas);
     assert_eq!(fake.tracker.releases.load(Ordering::Relaxed), 3);
-    assert_eq!(
-        fake.tracker.live_reservations(),
-        0,
-        "every reservation was released, at its base"
-    );
+    assert_eq!(fake.tracker.live_reservations(), 0, "every reservation was released, at its base");
     assert_eq!(fake.tracker.violations(), Vec::<String>::new());
     assert_eq!(fake.unexpected_calls.load(Ordering::Relaxed), 0);
     assert_eq!(fake.needs.load(Ordering::Relaxed), 0);
@@ -782,18 +600,10 @@ fn every_page_comes_from_the_c_host_and_goes_back_to_it() {
     drop(source);
     drop(host);
     assert_eq!(fake.refs(), 1, "napalloc gave its reference back");
-    assert_eq!(
-        Arc::strong_count(&budget),
-        2,
-        "the host still holds the callback, which holds the budget"
-    );
+    assert_eq!(Arc::strong_count(&budget), 2, "the host still holds the callback, which holds the budget");
     // SAFETY: the test's own reference, given up once; the fake frees itself and its callback.
     unsafe { FakeHost::release(fake_ptr) };
-    assert_eq!(
-        Arc::strong_count(&budget),
-        1,
-        "the callback object was freed with the host's reference"
-    );
+    assert_eq!(Arc::strong_count(&budget), 1, "the callback object was freed with the host's reference");
 }
 
 #[test]
@@ -844,21 +654,9 @@ fn a_refused_callback_registration_is_reported() {
         }
     }
     let host = HostSource::new(Arc::new(NoNotify));
-    assert_eq!(
-        host.register_memory_notify(Box::new(|_| {})).unwrap_err(),
-        Error::Host(hr::E_FAIL)
-    );
-    assert!(
-        host.is_failed(),
-        "E_FAIL from any host call fails the source"
-    );
-    assert_eq!(
-        host.reserve(4096, CriticalLevel::Task).unwrap_err(),
-        Error::Host(FAILED_SOURCE_HRESULT)
-    );
+    assert_eq!(host.register_memory_notify(Box::new(|_| {})).unwrap_err(), Error::Host(hr::E_FAIL));
+    assert!(host.is_failed(), "E_FAIL from any host call fails the source");
+    assert_eq!(host.reserve(4096, CriticalLevel::Task).unwrap_err(), Error::Host(FAILED_SOURCE_HRESULT));
     host.reset();
-    assert_eq!(
-        host.reserve(4096, CriticalLevel::Task).unwrap_err(),
-        Error::Host(hr::E_OUTOFMEMORY)
-    );
+    assert_eq!(host.reserve(4096, CriticalLevel::Task).unwrap_err(), Error::Host(hr::E_OUTOFMEMORY));
 }

@@ -7,8 +7,8 @@ use common::{FakeHost, FAKE_LOAD, FAKE_VTBL_NO_FREE};
 use core::alloc::Layout;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use napalloc::host::{
-    default_host, default_source, global_budget, reset_host_failure, set_budget,
-    set_host_memory_manager, MemoryAvailable,
+    default_host, default_source, global_budget, reset_host_failure, set_budget, set_host_memory_manager,
+    MemoryAvailable,
 };
 use napalloc::hr;
 use napalloc::{CriticalLevel, Error, PageArena};
@@ -24,31 +24,18 @@ fn process_wide_host_and_budget() {
 
     let page = napalloc::os::page_size();
     let build = |level| {
-        PageArena::builder()
-            .reserve(1 << 20)
-            .commit_chunk(page)
-            .critical_level(level)
-            .source(default_source())
-            .build()
+        PageArena::builder().reserve(1 << 20).commit_chunk(page).critical_level(level).source(default_source()).build()
     };
     let os_arena = build(CriticalLevel::Task).unwrap();
-    os_arena
-        .alloc_layout(Layout::from_size_align(page, page).unwrap())
-        .unwrap();
+    os_arena.alloc_layout(Layout::from_size_align(page, page).unwrap()).unwrap();
     assert_eq!(global_budget().committed(), page);
 
     // set_budget: 0 is "no limit"; soft > hard is refused
     assert_eq!(set_budget(3 * page, 2 * page), hr::E_INVALIDARG);
     assert_eq!(set_budget(2 * page, 3 * page), hr::S_OK);
-    assert_eq!(
-        (global_budget().soft_limit(), global_budget().hard_limit()),
-        (2 * page, 3 * page)
-    );
+    assert_eq!((global_budget().soft_limit(), global_budget().hard_limit()), (2 * page, 3 * page));
     assert_eq!(set_budget(0, 4 * page), hr::S_OK);
-    assert_eq!(
-        (global_budget().soft_limit(), global_budget().hard_limit()),
-        (4 * page, 4 * page)
-    );
+    assert_eq!((global_budget().soft_limit(), global_budget().hard_limit()), (4 * page, 4 * page));
     assert_eq!(set_budget(0, 0), hr::S_OK);
     assert_eq!(global_budget().hard_limit(), usize::MAX);
 
@@ -76,13 +63,8 @@ fn process_wide_host_and_budget() {
     assert_eq!(src.memory_load().unwrap(), FAKE_LOAD);
 
     let host_arena = build(CriticalLevel::AppDomain).unwrap();
-    let p = host_arena
-        .alloc_layout(Layout::from_size_align(10_000, 8).unwrap())
-        .unwrap();
-    assert!(
-        fake.tracker.owns_committed(p.as_ptr(), 10_000),
-        "new regions take pages from the host"
-    );
+    let p = host_arena.alloc_layout(Layout::from_size_align(10_000, 8).unwrap()).unwrap();
+    assert!(fake.tracker.owns_committed(p.as_ptr(), 10_000), "new regions take pages from the host");
     assert_eq!(fake.tracker.committed_bytes(), host_arena.stats().committed);
     assert_eq!(
         global_budget().committed(),
@@ -104,15 +86,9 @@ fn process_wide_host_and_budget() {
     assert_eq!(reset_host_failure(), hr::S_FALSE);
     fake.fail_next(hr::E_FAIL);
     let big = Layout::from_size_align(300 * 1024, 8).unwrap();
-    assert_eq!(
-        host_arena.alloc_layout(big).unwrap_err(),
-        Error::Host(hr::E_FAIL)
-    );
+    assert_eq!(host_arena.alloc_layout(big).unwrap_err(), Error::Host(hr::E_FAIL));
     assert!(default_host().unwrap().is_failed());
-    assert_eq!(
-        build(CriticalLevel::Process).unwrap_err(),
-        Error::Host(hr::HOST_E_CLRNOTAVAILABLE)
-    );
+    assert_eq!(build(CriticalLevel::Process).unwrap_err(), Error::Host(hr::HOST_E_CLRNOTAVAILABLE));
     assert_eq!(reset_host_failure(), hr::S_OK);
     host_arena.alloc_layout(big).unwrap();
     assert_eq!(global_budget().stats().host_errors.fail, 1);
@@ -122,11 +98,7 @@ fn process_wide_host_and_budget() {
     let h = unsafe { set_host_memory_manager(core::ptr::null_mut()) };
     assert_eq!(h, hr::S_OK);
     assert!(default_source().is_os());
-    assert_eq!(
-        fake.refs(),
-        2,
-        "the live region (and `src`) still hold the host"
-    );
+    assert_eq!(fake.refs(), 2, "the live region (and `src`) still hold the host");
     drop(src);
     assert_eq!(fake.refs(), 2, "the live region still holds the host");
     drop(host_arena);

@@ -132,9 +132,7 @@ pub struct Budget {
 
 impl fmt::Debug for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Budget")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
+        f.debug_struct("Budget").field("stats", &self.stats()).finish_non_exhaustive()
     }
 }
 
@@ -237,11 +235,7 @@ impl Budget {
     /// 100), and the bytes left below the soft limit.
     pub fn memory_load(&self) -> (u32, usize) {
         let (c, soft) = (self.committed(), self.soft_limit());
-        let load = if soft == 0 {
-            100
-        } else {
-            (c as u128 * 100 / soft as u128).min(100) as u32
-        };
+        let load = if soft == 0 { 100 } else { (c as u128 * 100 / soft as u128).min(100) as u32 };
         (load, soft.saturating_sub(c))
     }
 
@@ -281,10 +275,7 @@ impl Budget {
             return;
         }
         let prev = saturating_sub(&self.committed, bytes, Ordering::AcqRel);
-        debug_assert!(
-            prev >= bytes,
-            "credited {bytes} bytes but only {prev} were charged"
-        );
+        debug_assert!(prev >= bytes, "credited {bytes} bytes but only {prev} were charged");
         self.update_pressure();
     }
 
@@ -306,8 +297,7 @@ impl Budget {
         let _leave = Leave;
         let freed = trimmer(wanted);
         self.trims.fetch_add(1, Ordering::Relaxed);
-        self.bytes_trimmed
-            .fetch_add(freed as u64, Ordering::Relaxed);
+        self.bytes_trimmed.fetch_add(freed as u64, Ordering::Relaxed);
         freed
     }
 
@@ -342,11 +332,7 @@ impl Budget {
             peak: self.peak.load(Ordering::Relaxed),
             soft_limit: self.soft_limit(),
             hard_limit: self.hard_limit(),
-            failures: [
-                r(&self.failures[0]),
-                r(&self.failures[1]),
-                r(&self.failures[2]),
-            ],
+            failures: [r(&self.failures[0]), r(&self.failures[1]), r(&self.failures[2])],
             trims: r(&self.trims),
             bytes_trimmed: r(&self.bytes_trimmed),
             reserve_uses: r(&self.reserve_uses),
@@ -359,16 +345,13 @@ impl Budget {
 
     /// The pressure state (`Low` or `High`, see the module docs).
     pub fn pressure(&self) -> MemoryAvailable {
-        MemoryAvailable::from_raw(i32::from(self.pressure.load(Ordering::Acquire)))
-            .unwrap_or(MemoryAvailable::High)
+        MemoryAvailable::from_raw(i32::from(self.pressure.load(Ordering::Acquire))).unwrap_or(MemoryAvailable::High)
     }
 
     /// The limit for `Task` and `AppDomain` charges.
     #[inline]
     fn soft_cap(&self) -> usize {
-        self.soft
-            .load(Ordering::Relaxed)
-            .min(self.hard.load(Ordering::Relaxed))
+        self.soft.load(Ordering::Relaxed).min(self.hard.load(Ordering::Relaxed))
     }
 
     /// Add `bytes` if the total stays `<= limit`. The only place `committed` grows.
@@ -380,12 +363,7 @@ impl Budget {
                 Some(n) if n <= limit => n,
                 _ => return false,
             };
-            match self.committed.compare_exchange_weak(
-                cur,
-                new,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self.committed.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
                     self.peak.fetch_max(new, Ordering::Relaxed);
                     self.update_pressure();
@@ -400,17 +378,12 @@ impl Budget {
     #[inline(never)]
     fn charge_slow(&self, bytes: usize, level: CriticalLevel) -> Result<(), Error> {
         if level >= CriticalLevel::AppDomain {
-            let wanted = self
-                .committed()
-                .saturating_add(bytes)
-                .saturating_sub(self.soft_cap());
+            let wanted = self.committed().saturating_add(bytes).saturating_sub(self.soft_cap());
             self.trim(wanted.max(1));
             if self.try_charge(bytes, self.soft_cap()) {
                 return Ok(());
             }
-            if level == CriticalLevel::Process
-                && self.try_charge(bytes, self.hard.load(Ordering::Relaxed))
-            {
+            if level == CriticalLevel::Process && self.try_charge(bytes, self.hard.load(Ordering::Relaxed)) {
                 self.reserve_uses.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -437,11 +410,7 @@ impl Budget {
             if want as u8 == state {
                 return;
             }
-            if self
-                .pressure
-                .compare_exchange(state, want as u8, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if self.pressure.compare_exchange(state, want as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 self.notifications.fetch_add(1, Ordering::Relaxed);
                 if let Some(notify) = self.notify.get() {
                     notify(want);
@@ -475,10 +444,7 @@ unsafe impl<F: ?Sized + Send + Sync> Sync for HookCell<F> {}
 
 impl<F: ?Sized + Send + Sync> HookCell<F> {
     fn new() -> Self {
-        HookCell {
-            current: AtomicPtr::new(ptr::null_mut()),
-            owned: Mutex::new(Vec::new()),
-        }
+        HookCell { current: AtomicPtr::new(ptr::null_mut()), owned: Mutex::new(Vec::new()) }
     }
 
     fn set(&self, hook: Option<Box<F>>) {
@@ -517,11 +483,7 @@ impl<F: ?Sized> Drop for HookCell<F> {
 
 impl<F: ?Sized> fmt::Debug for HookCell<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.current.load(Ordering::Relaxed).is_null() {
-            "HookCell(empty)"
-        } else {
-            "HookCell(set)"
-        })
+        f.write_str(if self.current.load(Ordering::Relaxed).is_null() { "HookCell(empty)" } else { "HookCell(set)" })
     }
 }
 
@@ -573,23 +535,12 @@ mod tests {
         b.charge(90, CriticalLevel::Task).unwrap(); // 30 of which are "idle"
         b.charge(30, CriticalLevel::AppDomain).unwrap(); // needs 20 trimmed
         let s = b.stats();
-        assert_eq!(
-            (s.committed, s.trims, s.bytes_trimmed),
-            (100, 1, 20),
-            "{s:?}"
-        );
+        assert_eq!((s.committed, s.trims, s.bytes_trimmed), (100, 1, 20), "{s:?}");
         assert_eq!(idle.load(Ordering::Relaxed), 10);
         // now the trimmer can free only 10: the retry fails, nothing stays charged
-        assert_eq!(
-            b.charge(50, CriticalLevel::AppDomain),
-            Err(Error::LimitExceeded)
-        );
+        assert_eq!(b.charge(50, CriticalLevel::AppDomain), Err(Error::LimitExceeded));
         let s = b.stats();
-        assert_eq!(
-            (s.committed, s.trims, s.failures),
-            (90, 2, [0, 1, 0]),
-            "{s:?}"
-        );
+        assert_eq!((s.committed, s.trims, s.failures), (90, 2, [0, 1, 0]), "{s:?}");
         // an app-domain request never uses the reserve, even when it would fit under hard
         assert!(b.charge(11, CriticalLevel::AppDomain).is_err());
         assert_eq!(b.committed(), 90);
@@ -604,26 +555,13 @@ mod tests {
         b.charge(40, CriticalLevel::Process).unwrap();
         let s = b.stats();
         assert_eq!((s.committed, s.reserve_uses, s.trims), (140, 1, 1), "{s:?}");
-        assert_eq!(
-            b.charge(11, CriticalLevel::Process),
-            Err(Error::LimitExceeded)
-        );
+        assert_eq!(b.charge(11, CriticalLevel::Process), Err(Error::LimitExceeded));
         b.charge(10, CriticalLevel::Process).unwrap(); // exactly the hard limit
-        assert_eq!(
-            b.charge(1, CriticalLevel::Process),
-            Err(Error::LimitExceeded)
-        );
+        assert_eq!(b.charge(1, CriticalLevel::Process), Err(Error::LimitExceeded));
         let s = b.stats();
-        assert_eq!(
-            (s.committed, s.peak, s.failures),
-            (150, 150, [0, 0, 2]),
-            "{s:?}"
-        );
+        assert_eq!((s.committed, s.peak, s.failures), (150, 150, [0, 0, 2]), "{s:?}");
         // a huge request cannot overflow its way past the limit
-        assert_eq!(
-            b.charge(usize::MAX, CriticalLevel::Process),
-            Err(Error::LimitExceeded)
-        );
+        assert_eq!(b.charge(usize::MAX, CriticalLevel::Process), Err(Error::LimitExceeded));
         assert_eq!(b.committed(), 150);
     }
 
@@ -634,11 +572,7 @@ mod tests {
         b.charge(100, CriticalLevel::Task).unwrap();
         b.charge(40, CriticalLevel::Process).unwrap();
         let s = b.stats();
-        assert_eq!(
-            (s.committed, s.reserve_uses, s.bytes_trimmed),
-            (100, 0, 40),
-            "{s:?}"
-        );
+        assert_eq!((s.committed, s.reserve_uses, s.bytes_trimmed), (100, 0, 40), "{s:?}");
     }
 
     #[test]
@@ -675,10 +609,7 @@ mod tests {
         let held: usize = results.iter().map(|r| r.0).sum();
         let refused: u64 = results.iter().map(|r| r.1).sum();
         let s = b.stats();
-        assert_eq!(
-            s.committed, held,
-            "every charge and credit is accounted for exactly"
-        );
+        assert_eq!(s.committed, held, "every charge and credit is accounted for exactly");
         assert!(s.peak <= s.hard_limit, "{s:?}");
         assert!(refused > 0, "the workload reaches the limits");
         assert_eq!(s.failures.iter().sum::<u64>(), refused);
@@ -689,10 +620,7 @@ mod tests {
         let b = Budget::new(1000, 2000).unwrap();
         let seen = counting_notify(&b);
         b.charge(800, CriticalLevel::Task).unwrap();
-        assert!(
-            seen.lock().unwrap().is_empty(),
-            "80 % is below the low mark"
-        );
+        assert!(seen.lock().unwrap().is_empty(), "80 % is below the low mark");
         b.charge(150, CriticalLevel::Task).unwrap(); // 950 > 900
         assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low]);
         assert_eq!(b.pressure(), MemoryAvailable::Low);
@@ -704,24 +632,14 @@ mod tests {
         b.credit(350); // 600: between the marks
         assert_eq!(seen.lock().unwrap().len(), 1);
         b.credit(200); // 400 < 500
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [MemoryAvailable::Low, MemoryAvailable::High]
-        );
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High]);
         for _ in 0..10 {
             b.charge(300, CriticalLevel::Task).unwrap();
             b.credit(300);
         }
         assert_eq!(seen.lock().unwrap().len(), 2, "hovering below the low mark");
         b.charge(600, CriticalLevel::Task).unwrap(); // 1000
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [
-                MemoryAvailable::Low,
-                MemoryAvailable::High,
-                MemoryAvailable::Low
-            ]
-        );
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High, MemoryAvailable::Low]);
         assert_eq!(b.stats().notifications, 3);
         // lowering the limits is a crossing too; raising them back is another
         b.credit(1000);
@@ -775,16 +693,9 @@ mod tests {
         b.on_host_notification(MemoryAvailable::Low);
         assert_eq!(idle.load(Ordering::Relaxed), 0, "asked for everything idle");
         assert_eq!(b.committed(), 700);
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [MemoryAvailable::Neutral, MemoryAvailable::Low]
-        );
+        assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Neutral, MemoryAvailable::Low]);
         assert_eq!(b.stats().host_notifications, 2);
-        assert_eq!(
-            b.pressure(),
-            MemoryAvailable::High,
-            "host notifications do not move the budget's state"
-        );
+        assert_eq!(b.pressure(), MemoryAvailable::High, "host notifications do not move the budget's state");
     }
 
     #[test]
@@ -800,10 +711,7 @@ mod tests {
         assert!(b.charge(1, CriticalLevel::AppDomain).is_err());
         b.charge(150, CriticalLevel::Process).unwrap();
         assert!(b.charge(1, CriticalLevel::Process).is_err());
-        assert_eq!(
-            percent_of(usize::MAX, 90),
-            usize::MAX / 100 * 90 + usize::MAX % 100 * 90 / 100
-        );
+        assert_eq!(percent_of(usize::MAX, 90), usize::MAX / 100 * 90 + usize::MAX % 100 * 90 / 100);
         assert_eq!(percent_of(1000, 90), 900);
         assert_eq!(Budget::unlimited().soft_limit(), usize::MAX);
     }
@@ -816,10 +724,7 @@ mod tests {
         b.record_host_error(crate::hr::E_FAIL);
         b.record_host_error(0x8000_FFFFu32 as i32);
         let e = b.stats().host_errors;
-        assert_eq!(
-            (e.count, e.last, e.timeout, e.fail, e.other),
-            (4, 0x8000_FFFFu32 as i32, 2, 1, 1)
-        );
+        assert_eq!((e.count, e.last, e.timeout, e.fail, e.other), (4, 0x8000_FFFFu32 as i32, 2, 1, 1));
         assert_eq!(e.of(crate::hr::HOST_E_TIMEOUT), 2);
         assert_eq!(e.of(crate::hr::E_OUTOFMEMORY), 0);
     }

@@ -51,26 +51,13 @@ pub struct Guid {
 }
 
 /// `IID_IUnknown` {00000000-0000-0000-C000-000000000046}.
-pub const IID_IUNKNOWN: Guid = Guid {
-    data1: 0,
-    data2: 0,
-    data3: 0,
-    data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46],
-};
+pub const IID_IUNKNOWN: Guid = Guid { data1: 0, data2: 0, data3: 0, data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46] };
 /// `IID_IHostMemoryManager` {7BC698D1-F9E3-4460-9CDE-D04248E9FA25}.
-pub const IID_IHOST_MEMORY_MANAGER: Guid = Guid {
-    data1: 0x7BC6_98D1,
-    data2: 0xF9E3,
-    data3: 0x4460,
-    data4: [0x9C, 0xDE, 0xD0, 0x42, 0x48, 0xE9, 0xFA, 0x25],
-};
+pub const IID_IHOST_MEMORY_MANAGER: Guid =
+    Guid { data1: 0x7BC6_98D1, data2: 0xF9E3, data3: 0x4460, data4: [0x9C, 0xDE, 0xD0, 0x42, 0x48, 0xE9, 0xFA, 0x25] };
 /// `IID_ICLRMemoryNotificationCallback` {47EB8E57-0846-4546-AF76-6F42FCFC2649}.
-pub const IID_ICLR_MEMORY_NOTIFICATION_CALLBACK: Guid = Guid {
-    data1: 0x47EB_8E57,
-    data2: 0x0846,
-    data3: 0x4546,
-    data4: [0xAF, 0x76, 0x6F, 0x42, 0xFC, 0xFC, 0x26, 0x49],
-};
+pub const IID_ICLR_MEMORY_NOTIFICATION_CALLBACK: Guid =
+    Guid { data1: 0x47EB_8E57, data2: 0x0846, data3: 0x4546, data4: [0xAF, 0x76, 0x6F, 0x42, 0xFC, 0xFC, 0x26, 0x49] };
 
 /// An `IHostMemoryManager` object: its first field points to its vtable.
 #[repr(C)]
@@ -80,19 +67,13 @@ pub struct IHostMemoryManager {
 }
 
 /// `QueryInterface(REFIID riid, void **ppvObject)` of `IHostMemoryManager`.
-pub type HostQueryInterfaceFn = unsafe extern "system" fn(
-    this: *mut IHostMemoryManager,
-    riid: *const Guid,
-    ppv: *mut *mut c_void,
-) -> HRESULT;
+pub type HostQueryInterfaceFn =
+    unsafe extern "system" fn(this: *mut IHostMemoryManager, riid: *const Guid, ppv: *mut *mut c_void) -> HRESULT;
 /// `AddRef()` / `Release()` of `IHostMemoryManager`.
 pub type HostRefCountFn = unsafe extern "system" fn(this: *mut IHostMemoryManager) -> u32;
 /// `CreateMalloc(DWORD dwMallocType, IHostMalloc **ppMalloc)`.
-pub type CreateMallocFn = unsafe extern "system" fn(
-    this: *mut IHostMemoryManager,
-    malloc_type: u32,
-    pp_malloc: *mut *mut c_void,
-) -> HRESULT;
+pub type CreateMallocFn =
+    unsafe extern "system" fn(this: *mut IHostMemoryManager, malloc_type: u32, pp_malloc: *mut *mut c_void) -> HRESULT;
 /// `VirtualAlloc(void *pAddress, SIZE_T dwSize, DWORD flAllocationType, DWORD flProtect,
 /// EMemoryCriticalLevel eCriticalLevel, void **ppMem)`.
 pub type VirtualAllocFn = unsafe extern "system" fn(
@@ -128,22 +109,14 @@ pub type VirtualProtectFn = unsafe extern "system" fn(
     old_protect: *mut u32,
 ) -> HRESULT;
 /// `GetMemoryLoad(DWORD *pMemoryLoad, SIZE_T *pAvailableBytes)`.
-pub type GetMemoryLoadFn = unsafe extern "system" fn(
-    this: *mut IHostMemoryManager,
-    memory_load: *mut u32,
-    available: *mut usize,
-) -> HRESULT;
+pub type GetMemoryLoadFn =
+    unsafe extern "system" fn(this: *mut IHostMemoryManager, memory_load: *mut u32, available: *mut usize) -> HRESULT;
 /// `RegisterMemoryNotificationCallback(ICLRMemoryNotificationCallback *pCallback)`.
-pub type RegisterCallbackFn = unsafe extern "system" fn(
-    this: *mut IHostMemoryManager,
-    callback: *mut ICLRMemoryNotificationCallback,
-) -> HRESULT;
+pub type RegisterCallbackFn =
+    unsafe extern "system" fn(this: *mut IHostMemoryManager, callback: *mut ICLRMemoryNotificationCallback) -> HRESULT;
 /// `NeedsVirtualAddressSpace` / `AcquiredVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`.
-pub type AddressSpaceFn = unsafe extern "system" fn(
-    this: *mut IHostMemoryManager,
-    start: *mut c_void,
-    size: usize,
-) -> HRESULT;
+pub type AddressSpaceFn =
+    unsafe extern "system" fn(this: *mut IHostMemoryManager, start: *mut c_void, size: usize) -> HRESULT;
 /// `ReleasedVirtualAddressSpace(LPVOID startAddress)`.
 pub type ReleasedAddressSpaceFn =
     unsafe extern "system" fn(this: *mut IHostMemoryManager, start: *mut c_void) -> HRESULT;
@@ -229,10 +202,8 @@ pub struct ICLRMemoryNotificationCallbackVtbl {
     pub add_ref: unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback) -> u32,
     pub release: unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback) -> u32,
     /// `OnMemoryNotification(EMemoryAvailable eMemoryAvailable)`: must never block.
-    pub on_memory_notification: unsafe extern "system" fn(
-        this: *mut ICLRMemoryNotificationCallback,
-        available: i32,
-    ) -> HRESULT,
+    pub on_memory_notification:
+        unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback, available: i32) -> HRESULT,
 }
 
 impl fmt::Debug for ICLRMemoryNotificationCallbackVtbl {
@@ -280,13 +251,9 @@ static CALLBACK_VTBL: ICLRMemoryNotificationCallbackVtbl = ICLRMemoryNotificatio
 /// `OnMemoryNotification(e)` calls `notify` for `e` = 1, 2 or 3 (`E_INVALIDARG` otherwise) and
 /// returns `S_OK`; a panic in `notify` is caught and reported as `E_FAIL`.
 /// `QueryInterface` answers `IID_IUnknown` and `IID_ICLRMemoryNotificationCallback`.
-pub fn new_memory_notification_callback(
-    notify: MemoryNotify,
-) -> NonNull<ICLRMemoryNotificationCallback> {
+pub fn new_memory_notification_callback(notify: MemoryNotify) -> NonNull<ICLRMemoryNotificationCallback> {
     let obj = Box::new(NotificationCallback {
-        iface: ICLRMemoryNotificationCallback {
-            vtbl: &CALLBACK_VTBL,
-        },
+        iface: ICLRMemoryNotificationCallback { vtbl: &CALLBACK_VTBL },
         refs: AtomicU32::new(1),
         notify,
     });
@@ -404,9 +371,7 @@ unsafe impl Sync for ComHostMemoryManager {}
 
 impl fmt::Debug for ComHostMemoryManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ComHostMemoryManager")
-            .field("this", &self.this)
-            .finish_non_exhaustive()
+        f.debug_struct("ComHostMemoryManager").field("this", &self.this).finish_non_exhaustive()
     }
 }
 
@@ -423,21 +388,14 @@ impl ComHostMemoryManager {
     /// from any thread, concurrently) and whose methods keep the contracts of mscoree.h and
     /// SPEC §6.
     pub unsafe fn adopt(host: *mut c_void) -> Result<ComHostMemoryManager, Error> {
-        let this =
-            NonNull::new(host.cast::<IHostMemoryManager>()).ok_or(Error::Host(hr::E_POINTER))?;
+        let this = NonNull::new(host.cast::<IHostMemoryManager>()).ok_or(Error::Host(hr::E_POINTER))?;
         // SAFETY: `this` is a live COM object (caller's guarantee): its first field is readable.
         let vtbl = unsafe { this.as_ref().vtbl };
         // SAFETY: a non-null vtable pointer of a live COM object points to its vtable.
-        let methods = unsafe { vtbl.as_ref() }
-            .and_then(Methods::from_vtbl)
-            .ok_or(Error::Host(hr::E_INVALIDARG))?;
+        let methods = unsafe { vtbl.as_ref() }.and_then(Methods::from_vtbl).ok_or(Error::Host(hr::E_INVALIDARG))?;
         // SAFETY: `this` is live; AddRef has no preconditions.
         unsafe { (methods.add_ref)(this.as_ptr()) };
-        Ok(ComHostMemoryManager {
-            this,
-            methods,
-            callback: AtomicPtr::new(ptr::null_mut()),
-        })
+        Ok(ComHostMemoryManager { this, methods, callback: AtomicPtr::new(ptr::null_mut()) })
     }
 
     /// The adopted interface pointer (still owned by `self`).
@@ -500,16 +458,12 @@ impl PageSource for ComHostMemoryManager {
 
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; the range is inside a reservation of this host (trait contract).
-        check(unsafe {
-            (self.methods.virtual_free)(self.as_raw(), addr.as_ptr().cast(), len, MEM_DECOMMIT)
-        })
+        check(unsafe { (self.methods.virtual_free)(self.as_raw(), addr.as_ptr().cast(), len, MEM_DECOMMIT) })
     }
 
     fn release(&self, base: NonNull<u8>, _len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; `base` is the base of a reservation of this host.
-        check(unsafe {
-            (self.methods.virtual_free)(self.as_raw(), base.as_ptr().cast(), 0, MEM_RELEASE)
-        })
+        check(unsafe { (self.methods.virtual_free)(self.as_raw(), base.as_ptr().cast(), 0, MEM_RELEASE) })
     }
 
     fn memory_load(&self) -> Result<(u32, usize), Error> {
@@ -524,9 +478,7 @@ impl PageSource for ComHostMemoryManager {
     fn register_memory_notify(&self, notify: MemoryNotify) -> Result<(), Error> {
         let cb = new_memory_notification_callback(notify);
         // SAFETY: `this` is live; `cb` is a live callback object on which we hold a reference.
-        let h = unsafe {
-            (self.methods.register_memory_notification_callback)(self.as_raw(), cb.as_ptr())
-        };
+        let h = unsafe { (self.methods.register_memory_notification_callback)(self.as_raw(), cb.as_ptr()) };
         if let Err(e) = check(h) {
             // SAFETY: we own the only reference napalloc took on `cb` (the host refused it).
             unsafe { release_callback(cb) };
@@ -541,23 +493,17 @@ impl PageSource for ComHostMemoryManager {
 
     fn needs_virtual_address_space(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; the call only informs the host.
-        check(unsafe {
-            (self.methods.needs_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len)
-        })
+        check(unsafe { (self.methods.needs_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len) })
     }
 
     fn acquired_virtual_address_space(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         // SAFETY: `this` is live; the call only informs the host.
-        check(unsafe {
-            (self.methods.acquired_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len)
-        })
+        check(unsafe { (self.methods.acquired_virtual_address_space)(self.as_raw(), addr.as_ptr().cast(), len) })
     }
 
     fn released_virtual_address_space(&self, addr: NonNull<u8>) -> Result<(), Error> {
         // SAFETY: `this` is live; the call only informs the host.
-        check(unsafe {
-            (self.methods.released_virtual_address_space)(self.as_raw(), addr.as_ptr().cast())
-        })
+        check(unsafe { (self.methods.released_virtual_address_space)(self.as_raw(), addr.as_ptr().cast()) })
     }
 }
 
@@ -579,22 +525,10 @@ mod tests {
     fn vtable_layouts_match_mscoree() {
         let slot = core::mem::size_of::<usize>();
         assert_eq!(core::mem::size_of::<IHostMemoryManagerVtbl>(), 13 * slot);
-        assert_eq!(
-            core::mem::offset_of!(IHostMemoryManagerVtbl, virtual_alloc),
-            4 * slot
-        );
-        assert_eq!(
-            core::mem::offset_of!(IHostMemoryManagerVtbl, get_memory_load),
-            8 * slot
-        );
-        assert_eq!(
-            core::mem::offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space),
-            12 * slot
-        );
-        assert_eq!(
-            core::mem::size_of::<ICLRMemoryNotificationCallbackVtbl>(),
-            4 * slot
-        );
+        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, virtual_alloc), 4 * slot);
+        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, get_memory_load), 8 * slot);
+        assert_eq!(core::mem::offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space), 12 * slot);
+        assert_eq!(core::mem::size_of::<ICLRMemoryNotificationCallbackVtbl>(), 4 * slot);
         assert_eq!(core::mem::size_of::<Guid>(), 16);
     }
 
@@ -616,31 +550,14 @@ mod tests {
             assert_eq!((vt.on_memory_notification)(p, 3), hr::S_OK);
             assert_eq!((vt.on_memory_notification)(p, 0), hr::E_INVALIDARG);
             assert_eq!((vt.on_memory_notification)(p, 4), hr::E_INVALIDARG);
-            assert_eq!(
-                *seen.lock().unwrap(),
-                [MemoryAvailable::Low, MemoryAvailable::High]
-            );
+            assert_eq!(*seen.lock().unwrap(), [MemoryAvailable::Low, MemoryAvailable::High]);
 
             let mut out: *mut c_void = p.cast();
-            let imalloc = Guid {
-                data1: 2,
-                data2: 0,
-                data3: 0,
-                data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46],
-            };
-            assert_eq!(
-                (vt.query_interface)(p, &imalloc, &mut out),
-                hr::E_NOINTERFACE
-            );
+            let imalloc = Guid { data1: 2, data2: 0, data3: 0, data4: [0xC0, 0, 0, 0, 0, 0, 0, 0x46] };
+            assert_eq!((vt.query_interface)(p, &imalloc, &mut out), hr::E_NOINTERFACE);
             assert!(out.is_null(), "a refused QueryInterface clears *ppv");
-            assert_eq!(
-                (vt.query_interface)(p, &IID_IUNKNOWN, ptr::null_mut()),
-                hr::E_POINTER
-            );
-            assert_eq!(
-                (vt.query_interface)(p, &IID_ICLR_MEMORY_NOTIFICATION_CALLBACK, &mut out),
-                hr::S_OK
-            );
+            assert_eq!((vt.query_interface)(p, &IID_IUNKNOWN, ptr::null_mut()), hr::E_POINTER);
+            assert_eq!((vt.query_interface)(p, &IID_ICLR_MEMORY_NOTIFICATION_CALLBACK, &mut out), hr::S_OK);
             assert_eq!(out, p.cast());
             assert_eq!((vt.query_interface)(p, &IID_IUNKNOWN, &mut out), hr::S_OK);
             assert_eq!((vt.add_ref)(p), 4);
@@ -650,11 +567,7 @@ mod tests {
             assert_eq!(drops.load(Ordering::Relaxed), 0, "still referenced");
             assert_eq!((vt.release)(p), 0);
         }
-        assert_eq!(
-            drops.load(Ordering::Relaxed),
-            1,
-            "the last Release frees the object and its hook"
-        );
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "the last Release frees the object and its hook");
     }
 
     #[test]
@@ -671,10 +584,7 @@ mod tests {
 
     #[test]
     fn received_vtable_slots_are_nullable_pointers() {
-        assert_eq!(
-            core::mem::size_of::<Option<VirtualAllocFn>>(),
-            core::mem::size_of::<usize>()
-        );
+        assert_eq!(core::mem::size_of::<Option<VirtualAllocFn>>(), core::mem::size_of::<usize>());
     }
 
     #[test]

@@ -29,10 +29,7 @@ struct Global {
 
 fn global() -> &'static Global {
     static GLOBAL: OnceLock<Global> = OnceLock::new();
-    GLOBAL.get_or_init(|| Global {
-        budget: Budget::unlimited(),
-        host: RwLock::new(None),
-    })
+    GLOBAL.get_or_init(|| Global { budget: Budget::unlimited(), host: RwLock::new(None) })
 }
 
 /// The process-wide budget (no limits until [`set_budget`]).
@@ -51,20 +48,13 @@ pub fn default_source() -> Source {
 
 /// The host new regions take pages from, if any.
 pub fn default_host() -> Option<Arc<HostSource>> {
-    global()
-        .host
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+    global().host.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Make new regions take their pages from `host` (`None`: from the OS). Returns the previous
 /// host.
 pub fn set_default_host(host: Option<Arc<HostSource>>) -> Option<Arc<HostSource>> {
-    core::mem::replace(
-        &mut *global().host.write().unwrap_or_else(|e| e.into_inner()),
-        host,
-    )
+    core::mem::replace(&mut *global().host.write().unwrap_or_else(|e| e.into_inner()), host)
 }
 
 /// Install a C host's `IHostMemoryManager*` as the page source of new regions (the future
@@ -90,9 +80,7 @@ pub unsafe fn set_host_memory_manager(host: *mut c_void) -> HRESULT {
         // SAFETY: forwarded caller guarantee.
         let com = unsafe { ComHostMemoryManager::adopt(host)? };
         let budget = Arc::clone(global_budget());
-        if let Err(e) =
-            com.register_memory_notify(Box::new(move |m| budget.on_host_notification(m)))
-        {
+        if let Err(e) = com.register_memory_notify(Box::new(move |m| budget.on_host_notification(m))) {
             if let Error::Host(h) = e {
                 global_budget().record_host_error(h);
             }

@@ -68,11 +68,7 @@ pub enum CriticalLevel {
 
 impl CriticalLevel {
     /// All levels, in order; `ALL[level as usize] == level`.
-    pub const ALL: [CriticalLevel; 3] = [
-        CriticalLevel::Task,
-        CriticalLevel::AppDomain,
-        CriticalLevel::Process,
-    ];
+    pub const ALL: [CriticalLevel; 3] = [CriticalLevel::Task, CriticalLevel::AppDomain, CriticalLevel::Process];
 
     /// The level for a C `EMemoryCriticalLevel` value; `None` if it is not 0, 1 or 2.
     pub fn from_raw(raw: i32) -> Option<CriticalLevel> {
@@ -216,10 +212,7 @@ impl Source {
     /// The OS page layer, no budget (the default). Named like the enum variant it replaces, so
     /// that `Source::Os` reads as it always did.
     #[allow(non_upper_case_globals)]
-    pub const Os: Source = Source {
-        kind: SourceKind::Os,
-        budget: None,
-    };
+    pub const Os: Source = Source { kind: SourceKind::Os, budget: None };
 
     /// The OS page layer, no budget (the default).
     pub fn os() -> Source {
@@ -234,10 +227,7 @@ impl Source {
 
     /// Pages from an existing [`HostSource`], sharing its failed state and counters.
     pub fn from_host(host: Arc<HostSource>) -> Source {
-        Source {
-            kind: SourceKind::Host(host),
-            budget: None,
-        }
+        Source { kind: SourceKind::Host(host), budget: None }
     }
 
     /// Pages from the OS, but `host` is told about every reservation: before napalloc uses a
@@ -246,10 +236,7 @@ impl Source {
     /// `AcquiredVirtualAddressSpace(base, len)`; after the range is released,
     /// `ReleasedVirtualAddressSpace(base)`. Commits never involve the host.
     pub fn os_observed_by(host: Arc<HostSource>) -> Source {
-        Source {
-            kind: SourceKind::OsObserved(host),
-            budget: None,
-        }
+        Source { kind: SourceKind::OsObserved(host), budget: None }
     }
 
     /// The same source, charged to `budget`.
@@ -315,9 +302,7 @@ struct ReleasedNotice {
 impl Drop for ReleasedNotice {
     fn drop(&mut self) {
         let base = self.base;
-        if let Err(e) = self.host.guarded(self.budget.as_deref(), |s| {
-            s.released_virtual_address_space(base)
-        }) {
+        if let Err(e) = self.host.guarded(self.budget.as_deref(), |s| s.released_virtual_address_space(base)) {
             log::warn!("host failed ReleasedVirtualAddressSpace: {e}");
         }
     }
@@ -369,26 +354,14 @@ impl Pages {
                 if let Err(e) = h.guarded(budget, |s| s.acquired_virtual_address_space(base, len)) {
                     log::warn!("host failed AcquiredVirtualAddressSpace for {len} bytes: {e}");
                 }
-                let notice = ReleasedNotice {
-                    host: Arc::clone(h),
-                    base,
-                    budget: source.budget.clone(),
-                };
-                (
-                    base,
-                    len,
-                    Backing::Os {
-                        res,
-                        _notice: Some(notice),
-                    },
-                )
+                let notice = ReleasedNotice { host: Arc::clone(h), base, budget: source.budget.clone() };
+                (base, len, Backing::Os { res, _notice: Some(notice) })
             }
             SourceKind::Host(h) => {
                 if len == 0 {
                     return Err(Error::InvalidLayout);
                 }
-                let len =
-                    crate::os::round_up(len, crate::os::granularity()).ok_or(Error::TooLarge)?;
+                let len = crate::os::round_up(len, crate::os::granularity()).ok_or(Error::TooLarge)?;
                 let base = h.guarded(budget, |s| s.reserve(len, level))?;
                 if base.as_ptr() as usize % crate::os::page_size() != 0 {
                     // The host broke the VirtualAlloc contract; give the range back and refuse.
@@ -401,13 +374,7 @@ impl Pages {
                 (base, len, Backing::Host(Arc::clone(h)))
             }
         };
-        Ok(Pages {
-            base,
-            len,
-            backing,
-            budget: source.budget.clone(),
-            charged: AtomicUsize::new(0),
-        })
+        Ok(Pages { base, len, backing, budget: source.budget.clone(), charged: AtomicUsize::new(0) })
     }
 
     /// The first byte.
@@ -444,12 +411,7 @@ impl Pages {
     ///
     /// # Safety
     /// The range is page-aligned and inside the reservation.
-    pub unsafe fn commit(
-        &self,
-        offset: usize,
-        len: usize,
-        level: CriticalLevel,
-    ) -> Result<(), Error> {
+    pub unsafe fn commit(&self, offset: usize, len: usize, level: CriticalLevel) -> Result<(), Error> {
         if let Some(b) = &self.budget {
             b.charge(len, level)?;
         }
@@ -493,10 +455,7 @@ impl Pages {
             }
         }
         let prev = budget::saturating_sub(&self.charged, len, Ordering::Relaxed);
-        debug_assert!(
-            prev >= len,
-            "decommitted {len} bytes but only {prev} were committed through this handle"
-        );
+        debug_assert!(prev >= len, "decommitted {len} bytes but only {prev} were committed through this handle");
         if let Some(b) = &self.budget {
             b.credit(prev.min(len));
         }

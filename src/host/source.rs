@@ -241,18 +241,10 @@ impl HostSource {
     }
 
     /// Release a reservation; park it if that fails (see the module docs).
-    pub(crate) fn release_via(
-        &self,
-        base: NonNull<u8>,
-        len: usize,
-        budget: Option<&Budget>,
-    ) -> Result<(), Error> {
+    pub(crate) fn release_via(&self, base: NonNull<u8>, len: usize, budget: Option<&Budget>) -> Result<(), Error> {
         let r = self.guarded(budget, |s| s.release(base, len));
         if let Err(e) = r {
-            self.parked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Parked { base, len });
+            self.parked.lock().unwrap_or_else(|e| e.into_inner()).push(Parked { base, len });
             log::warn!("release of {len} bytes at {base:p} failed ({e}); parked until retried");
         }
         r

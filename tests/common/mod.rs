@@ -8,8 +8,8 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use napalloc::host::com::{
     Guid, ICLRMemoryNotificationCallback, IHostMemoryManager, IHostMemoryManagerVtbl, E_NOTIMPL,
-    IID_IHOST_MEMORY_MANAGER, IID_IUNKNOWN, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE,
-    PAGE_NOACCESS, PAGE_READWRITE,
+    IID_IHOST_MEMORY_MANAGER, IID_IUNKNOWN, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS,
+    PAGE_READWRITE,
 };
 use napalloc::host::PageSource;
 use napalloc::hr::{self, HRESULT};
@@ -72,39 +72,21 @@ impl Tracker {
         self.reserves.fetch_add(1, Ordering::Relaxed);
         let res = Reservation::new(len).map_err(|_| hr::E_OUTOFMEMORY)?;
         let base = res.base();
-        self.state().live.insert(
-            base.as_ptr() as usize,
-            Entry {
-                res,
-                committed: BTreeSet::new(),
-            },
-        );
+        self.state().live.insert(base.as_ptr() as usize, Entry { res, committed: BTreeSet::new() });
         Ok(base)
     }
 
     /// The reservation containing `[addr, addr + len)`, the page range, or a violation.
-    fn locate(
-        st: &mut TrackerState,
-        what: &str,
-        addr: usize,
-        len: usize,
-    ) -> Result<(usize, usize, usize), HRESULT> {
+    fn locate(st: &mut TrackerState, what: &str, addr: usize, len: usize) -> Result<(usize, usize, usize), HRESULT> {
         let page = page_size();
-        let found = st
-            .live
-            .range(..=addr)
-            .next_back()
-            .map(|(&b, e)| (b, e.res.len()));
+        let found = st.live.range(..=addr).next_back().map(|(&b, e)| (b, e.res.len()));
         match found {
-            Some((base, rlen))
-                if addr % page == 0 && len % page == 0 && len > 0 && addr + len <= base + rlen =>
-            {
+            Some((base, rlen)) if addr % page == 0 && len % page == 0 && len > 0 && addr + len <= base + rlen => {
                 Ok((base, (addr - base) / page, len / page))
             }
             _ => {
-                st.violations.push(format!(
-                    "{what} of {len:#x} bytes at {addr:#x}: not inside a reservation handed out"
-                ));
+                st.violations
+                    .push(format!("{what} of {len:#x} bytes at {addr:#x}: not inside a reservation handed out"));
                 Err(hr::HOST_E_INVALIDOPERATION)
             }
         }
@@ -117,13 +99,9 @@ impl Tracker {
         let e = st.live.get_mut(&base).unwrap();
         // SAFETY: the range is page-aligned and inside the reservation (checked just above).
         unsafe { e.res.commit(addr - base, len) }.map_err(|_| hr::E_OUTOFMEMORY)?;
-        let again: Vec<usize> = (first..first + n)
-            .filter(|p| !e.committed.insert(*p))
-            .collect();
+        let again: Vec<usize> = (first..first + n).filter(|p| !e.committed.insert(*p)).collect();
         if !again.is_empty() {
-            st.violations.push(format!(
-                "commit at {addr:#x}: pages {again:?} were already committed"
-            ));
+            st.violations.push(format!("commit at {addr:#x}: pages {again:?} were already committed"));
         }
         Ok(())
     }
@@ -134,9 +112,7 @@ impl Tracker {
         let (base, first, n) = Self::locate(&mut st, "decommit", addr, len)?;
         let e = st.live.get_mut(&base).unwrap();
         if let Some(p) = (first..first + n).find(|p| !e.committed.contains(p)) {
-            st.violations.push(format!(
-                "decommit at {addr:#x}: page {p} was never committed"
-            ));
+            st.violations.push(format!("decommit at {addr:#x}: page {p} was never committed"));
             return Err(hr::HOST_E_INVALIDOPERATION);
         }
         // SAFETY: the range is committed, inside the reservation, and napalloc gave it up.
@@ -157,9 +133,7 @@ impl Tracker {
                 Ok(())
             }
             other => {
-                st.violations.push(format!(
-                    "release of {len:?} bytes at {base:#x}: handed out {other:?}"
-                ));
+                st.violations.push(format!("release of {len:?} bytes at {base:#x}: handed out {other:?}"));
                 Err(hr::HOST_E_INVALIDOPERATION)
             }
         }
@@ -167,12 +141,7 @@ impl Tracker {
 
     /// Bytes committed in reservations not yet released.
     pub fn committed_bytes(&self) -> usize {
-        self.state()
-            .live
-            .values()
-            .map(|e| e.committed.len())
-            .sum::<usize>()
-            * page_size()
+        self.state().live.values().map(|e| e.committed.len()).sum::<usize>() * page_size()
     }
 
     pub fn live_reservations(&self) -> usize {
@@ -187,8 +156,7 @@ impl Tracker {
             return false;
         };
         let last = addr + len.max(1) - 1;
-        last < base + e.res.len()
-            && ((addr - base) / page..=(last - base) / page).all(|pg| e.committed.contains(&pg))
+        last < base + e.res.len() && ((addr - base) / page..=(last - base) / page).all(|pg| e.committed.contains(&pg))
     }
 
     pub fn violations(&self) -> Vec<String> {
@@ -270,21 +238,15 @@ impl PageSource for FaultySource {
     }
     fn commit(&self, addr: NonNull<u8>, len: usize, _level: CriticalLevel) -> Result<(), Error> {
         self.fault()?;
-        self.tracker
-            .commit(addr.as_ptr() as usize, len)
-            .map_err(Error::Host)
+        self.tracker.commit(addr.as_ptr() as usize, len).map_err(Error::Host)
     }
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.fault()?;
-        self.tracker
-            .decommit(addr.as_ptr() as usize, len)
-            .map_err(Error::Host)
+        self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host)
     }
     fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
         self.fault()?;
-        self.tracker
-            .release(base.as_ptr() as usize, Some(len))
-            .map_err(Error::Host)
+        self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host)
     }
 }
 
@@ -329,18 +291,11 @@ pub static FAKE_VTBL: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
 };
 
 /// The fake's vtable without `VirtualFree`, a method napalloc needs.
-pub static FAKE_VTBL_NO_FREE: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
-    virtual_free: None,
-    ..FAKE_VTBL
-};
+pub static FAKE_VTBL_NO_FREE: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl { virtual_free: None, ..FAKE_VTBL };
 
 /// The fake's vtable without the three methods napalloc never calls.
-pub static FAKE_VTBL_MINIMAL: IHostMemoryManagerVtbl = IHostMemoryManagerVtbl {
-    create_malloc: None,
-    virtual_query: None,
-    virtual_protect: None,
-    ..FAKE_VTBL
-};
+pub static FAKE_VTBL_MINIMAL: IHostMemoryManagerVtbl =
+    IHostMemoryManagerVtbl { create_malloc: None, virtual_query: None, virtual_protect: None, ..FAKE_VTBL };
 
 /// What the fake's `GetMemoryLoad` reports.
 pub const FAKE_LOAD: (u32, usize) = (42, 123_456_789);
@@ -460,15 +415,9 @@ unsafe extern "system" fn fake_release(this: *mut IHostMemoryManager) -> u32 {
     prev - 1
 }
 
-unsafe extern "system" fn fake_create_malloc(
-    this: *mut IHostMemoryManager,
-    _t: u32,
-    _pp: *mut *mut c_void,
-) -> HRESULT {
+unsafe extern "system" fn fake_create_malloc(this: *mut IHostMemoryManager, _t: u32, _pp: *mut *mut c_void) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }
-        .unexpected_calls
-        .fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }.unexpected_calls.fetch_add(1, Ordering::Relaxed);
     E_NOTIMPL
 }
 
@@ -497,13 +446,8 @@ unsafe extern "system" fn fake_virtual_alloc(
             return h;
         }
         let r = match (address.is_null(), allocation_type, protect) {
-            (true, MEM_RESERVE, PAGE_NOACCESS) => {
-                host.tracker.reserve(size).map(|p| p.as_ptr().cast())
-            }
-            (false, MEM_COMMIT, PAGE_READWRITE) => host
-                .tracker
-                .commit(address as usize, size)
-                .map(|()| address),
+            (true, MEM_RESERVE, PAGE_NOACCESS) => host.tracker.reserve(size).map(|p| p.as_ptr().cast()),
+            (false, MEM_COMMIT, PAGE_READWRITE) => host.tracker.commit(address as usize, size).map(|()| address),
             _ => Err(hr::E_INVALIDARG),
         };
         match r {
@@ -544,9 +488,7 @@ unsafe extern "system" fn fake_virtual_query(
     _r: *mut usize,
 ) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }
-        .unexpected_calls
-        .fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }.unexpected_calls.fetch_add(1, Ordering::Relaxed);
     E_NOTIMPL
 }
 
@@ -558,9 +500,7 @@ unsafe extern "system" fn fake_virtual_protect(
     _o: *mut u32,
 ) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }
-        .unexpected_calls
-        .fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }.unexpected_calls.fetch_add(1, Ordering::Relaxed);
     E_NOTIMPL
 }
 
@@ -605,32 +545,20 @@ unsafe extern "system" fn fake_register(
     })
 }
 
-unsafe extern "system" fn fake_needs(
-    this: *mut IHostMemoryManager,
-    _s: *mut c_void,
-    _n: usize,
-) -> HRESULT {
+unsafe extern "system" fn fake_needs(this: *mut IHostMemoryManager, _s: *mut c_void, _n: usize) -> HRESULT {
     // SAFETY: live object.
     unsafe { fake(this) }.needs.fetch_add(1, Ordering::Relaxed);
     hr::S_OK
 }
 
-unsafe extern "system" fn fake_acquired(
-    this: *mut IHostMemoryManager,
-    _s: *mut c_void,
-    _n: usize,
-) -> HRESULT {
+unsafe extern "system" fn fake_acquired(this: *mut IHostMemoryManager, _s: *mut c_void, _n: usize) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }
-        .acquired
-        .fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }.acquired.fetch_add(1, Ordering::Relaxed);
     hr::S_OK
 }
 
 unsafe extern "system" fn fake_released(this: *mut IHostMemoryManager, _s: *mut c_void) -> HRESULT {
     // SAFETY: live object.
-    unsafe { fake(this) }
-        .released
-        .fetch_add(1, Ordering::Relaxed);
+    unsafe { fake(this) }.released.fetch_add(1, Ordering::Relaxed);
     hr::S_OK
 }
