@@ -593,11 +593,20 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        // Blocks below the tail are all in the table already.
-        if p.as_ptr() >= self.root.get() {
+        // Blocks below the tail are all in the table already. But if the tail root hangs under a
+        // recorded block, the caller may free, detach or move that block (or an ancestor): the
+        // tail must be in the tree first, or it would be left behind under a dead record.
+        if p.as_ptr() >= self.root.get() || self.tail_has_parent() {
             self.materialize();
         }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
+    }
+
+    /// Whether the pending tail's root is a child of a recorded block (log entry 0 is `NESTED`).
+    #[inline]
+    fn tail_has_parent(&self) -> bool {
+        // SAFETY: entry 0 is written whenever the tail is not empty (root non-null).
+        !self.root.get().is_null() && unsafe { *self.log_start() } & NESTED != 0
     }
 
     #[inline]
@@ -1185,6 +1194,46 @@ mod tests {
         // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
         let moved = unsafe { r.realloc(big, 70_000).unwrap() };
         assert_eq!(moved.as_ptr() as usize % 4096, 0);
+    }
+
+    #[test]
+    fn a_pending_tail_under_a_recorded_parent_follows_the_parent() {
+        // A child of a recorded block starts a new tail whose root has a recorded parent: the
+        // parent's free, free_one and realloc must see that pending child.
+        let big = Layout::from_size_align(0, 4096).unwrap(); // recorded at once (big alignment)
+        let r = region();
+        let p = r.alloc(big).unwrap();
+        let c = r.alloc_child(p, l(0)).unwrap();
+        let g = r.alloc_child(c, l(24)).unwrap();
+        // SAFETY: p is live; it takes c and g with it.
+        unsafe { r.free(p).unwrap() };
+        assert!(!r.owns(c) && !r.owns(g), "the pending subtree was freed with its parent");
+        assert_eq!(r.stats().live_blocks, 0);
+
+        let p = r.alloc(big).unwrap();
+        let c = r.alloc_child(p, l(40)).unwrap();
+        // SAFETY: p is live; its child becomes a root.
+        unsafe { r.free_one(p).unwrap() };
+        assert!(r.owns(c));
+        let q = r.alloc(big).unwrap(); // may reuse p's record
+        let _other = r.alloc(l(16)).unwrap(); // materializes any pending tail
+        // SAFETY: q is live; c is not its child.
+        unsafe { r.free(q).unwrap() };
+        assert!(r.owns(c), "the orphaned child was not hung under a reused record");
+        // SAFETY: c is a live root.
+        unsafe { r.free(c).unwrap() };
+        assert_eq!(r.stats().live_blocks, 1);
+
+        let p = r.alloc(big).unwrap();
+        let c = r.alloc_child(p, l(8)).unwrap();
+        // SAFETY: p is live; it grows past its class and moves, keeping its child.
+        let p2 = unsafe { r.realloc(p, 5000).unwrap() };
+        assert_ne!(p2, p);
+        let _other = r.alloc(l(16)).unwrap();
+        // SAFETY: p2 is live.
+        unsafe { r.free(p2).unwrap() };
+        assert!(!r.owns(c), "the child moved with its parent");
+        assert_eq!(r.stats().live_blocks, 2);
     }
 
     #[test]
