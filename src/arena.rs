@@ -255,7 +255,11 @@ impl PageArena {
         let start = addr - base;
         let new_pos = start.checked_add(layout.size()).ok_or(Error::TooLarge)?;
         if new_pos > self.span.reserved() {
-            return Err(if layout.size() > self.span.reserved() { Error::TooLarge } else { Error::ReservationExhausted });
+            return Err(if layout.size() > self.span.reserved() {
+                Error::TooLarge
+            } else {
+                Error::ReservationExhausted
+            });
         }
         self.span.ensure(new_pos)?;
         self.end.set(self.span.committed());
@@ -266,7 +270,10 @@ impl PageArena {
     }
 
     /// Allocate and move `value` into the arena. The value is never dropped by the arena.
+    // `&self` -> `&mut T` is sound here (as in bumpalo): every call hands out a fresh, disjoint
+    // block, and the only way to reuse memory, `reset`, takes `&mut self`.
     #[inline]
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc<T>(&self, value: T) -> Result<&mut T, Error> {
         let p = self.alloc_layout(Layout::new::<T>())?.cast::<T>();
         // SAFETY: `p` is fresh, aligned for T and exclusively ours until the arena is reset,

@@ -96,8 +96,9 @@ impl Pages {
         }
     }
 
-    /// The reserved length.
+    /// The reserved length (never zero: `reserve` rejects an empty reservation).
     #[inline]
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         match &self.backing {
             Backing::Os(r) => r.len(),

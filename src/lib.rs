@@ -24,10 +24,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
-mod error;
-pub mod os;
-pub mod host;
 pub mod arena;
+mod error;
+pub mod host;
+pub mod os;
 
 pub use arena::{ArenaBuilder, ArenaStats, PageArena};
 pub use error::{hr, Error};

@@ -51,8 +51,7 @@ impl Reservation {
         let map = MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(os_err)?;
         let map = MmapRaw::from(map);
         // SAFETY: the mapping was just created, spans `len` bytes, and nothing refers into it.
-        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }
-            .map_err(|e| os_err(e.into()))?;
+        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }.map_err(|e| os_err(e.into()))?;
         Ok(Reservation { map })
     }
 
@@ -63,8 +62,9 @@ impl Reservation {
         unsafe { NonNull::new_unchecked(self.map.as_mut_ptr()) }
     }
 
-    /// The reserved length in bytes.
+    /// The reserved length in bytes (never zero: `new` rejects an empty reservation).
     #[inline]
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -80,10 +80,8 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is inside our mapping; raising protection does
         // not invalidate any existing reference.
-        unsafe {
-            mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE)
-        }
-        .map_err(|e| os_err(e.into()))
+        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE) }
+            .map_err(|e| os_err(e.into()))
     }
 
     /// Return `[offset, offset + len)` to the OS; it reads as zero once committed again.
