@@ -184,7 +184,7 @@ impl ArenaBuilder {
     pub fn build(self) -> Result<PageArena, Error> {
         let span = Span::new(&self.source, self.reserve, self.chunk, self.level)?;
         span.set_limit(self.limit);
-        Ok(PageArena { pos: Cell::new(0), end: Cell::new(0), high_water: Cell::new(0), span })
+        Ok(PageArena { pos: Cell::new(0), end: Cell::new(0), high_water: Cell::new(0), base: span.base(), span })
     }
 }
 
@@ -208,6 +208,8 @@ pub struct PageArena {
     end: Cell<usize>,
     /// Largest `pos` reached.
     high_water: Cell<usize>,
+    /// `span.base()`, cached for the fast path.
+    base: NonNull<u8>,
     span: Span,
 }
 
@@ -240,7 +242,7 @@ impl PageArena {
                 self.pos.set(start + layout.size());
                 // SAFETY: start + size <= end <= reserved, so the pointer is inside the
                 // reservation, derived from its base (keeps provenance), and non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.span.base().as_ptr().add(start)) });
+                return Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) });
             }
         }
         self.alloc_slow(layout)
@@ -270,10 +272,10 @@ impl PageArena {
     }
 
     /// Allocate and move `value` into the arena. The value is never dropped by the arena.
-    // `&self` -> `&mut T` is sound here (as in bumpalo): every call hands out a fresh, disjoint
-    // block, and the only way to reuse memory, `reset`, takes `&mut self`.
-    #[inline]
+    // Each call returns a distinct, fresh allocation, so handing out `&mut` from `&self` is
+    // sound (as in bumpalo's `Bump::alloc`).
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub fn alloc<T>(&self, value: T) -> Result<&mut T, Error> {
         let p = self.alloc_layout(Layout::new::<T>())?.cast::<T>();
         // SAFETY: `p` is fresh, aligned for T and exclusively ours until the arena is reset,

@@ -96,9 +96,14 @@ impl Pages {
         }
     }
 
-    /// The reserved length (never zero: `reserve` rejects an empty reservation).
+    /// Always false: a reservation is never empty.
     #[inline]
-    #[allow(clippy::len_without_is_empty)]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The reserved length.
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.backing {
             Backing::Os(r) => r.len(),

@@ -32,3 +32,8 @@ pub mod os;
 pub use arena::{ArenaBuilder, ArenaStats, PageArena};
 pub use error::{hr, Error};
 pub use host::CriticalLevel;
+pub mod heap;
+pub mod region;
+mod table;
+
+pub use region::{Region, RegionBuilder, Scrub, Stats};

@@ -49,9 +49,14 @@ impl Reservation {
         self.base
     }
 
-    /// The reserved length in bytes (never zero: `new` rejects an empty reservation).
+    /// Always false: a reservation is never empty.
     #[inline]
-    #[allow(clippy::len_without_is_empty)]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The reserved length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.layout.size()
     }

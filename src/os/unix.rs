@@ -62,9 +62,14 @@ impl Reservation {
         unsafe { NonNull::new_unchecked(self.map.as_mut_ptr()) }
     }
 
-    /// The reserved length in bytes (never zero: `new` rejects an empty reservation).
+    /// Always false: a reservation is never empty.
     #[inline]
-    #[allow(clippy::len_without_is_empty)]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The reserved length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.map.len()
     }

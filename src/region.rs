@@ -1,0 +1,1119 @@
+//! `Region`: tracked blocks over a page arena and the side table.
+//!
+//! Every block has a record (start, requested size, parent, children) in the side table
+//! ([`crate::table`]); nothing is stored inline with user data. A block can be hung under
+//! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
+//! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
+//!
+//! Fast paths (small, inlined) and slow paths (cold, out of line) are kept apart:
+//! * `alloc` of up to 1 KiB with alignment <= 16 (it starts a new tail), and `alloc_child` of
+//!   such a block under the tail root: a bump and one store to the tail log;
+//! * `free` of the tail root (the whole newest subtree): a rewind;
+//! * everything else materializes the tail and goes through the table.
+
+use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
+use crate::host::{CriticalLevel, Source};
+use crate::table::{self, Rec, Table, GRANULE, NONE, PARENT};
+use crate::Error;
+use core::alloc::Layout;
+use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use std::collections::HashMap;
+
+/// Largest request served by the inlined fast path.
+const FAST_MAX: usize = 1024;
+
+/// Whether freed memory is zeroed, so that one request's data cannot reach the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scrub {
+    /// Zero every block when it is freed (by `free`, a cascading free, or a rewind).
+    pub on_free: bool,
+    /// Zero everything handed out when the region is reset.
+    pub on_reset: bool,
+}
+
+/// Counters of a region. All byte counts are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live tracked blocks.
+    pub live_blocks: usize,
+    /// Sum of the requested sizes of the live tracked blocks.
+    pub live_bytes: usize,
+    /// Committed memory: arena, side table and untracked arena.
+    pub committed: usize,
+    /// Reserved address space: arena, side table and untracked arena.
+    pub reserved: usize,
+    /// Bytes of the arena in use (live blocks, free slots, padding) at most ever.
+    pub high_water: usize,
+    /// Committed bytes of the side table alone.
+    pub table_committed: usize,
+    /// Dead slots waiting for reuse.
+    pub free_slots: usize,
+    /// Pointers handed to `free`/`realloc` that were not live block starts.
+    pub bad_pointers: u64,
+}
+
+/// Builder for [`Region`].
+#[derive(Clone, Debug)]
+pub struct RegionBuilder {
+    reserve: usize,
+    chunk: usize,
+    limit: usize,
+    source: Source,
+    level: CriticalLevel,
+    scrub: Scrub,
+}
+
+impl Default for RegionBuilder {
+    fn default() -> Self {
+        RegionBuilder {
+            reserve: DEFAULT_RESERVE,
+            chunk: DEFAULT_COMMIT_CHUNK,
+            limit: usize::MAX,
+            source: Source::Os,
+            level: CriticalLevel::Task,
+            scrub: Scrub::default(),
+        }
+    }
+}
+
+impl RegionBuilder {
+    /// Address space for tracked blocks (at most 64 GiB: offsets are 32-bit granules).
+    pub fn reserve(mut self, bytes: usize) -> Self {
+        self.reserve = bytes;
+        self
+    }
+    /// Commit at least this much at a time.
+    pub fn commit_chunk(mut self, bytes: usize) -> Self {
+        self.chunk = bytes;
+        self
+    }
+    /// Never commit more than this many bytes for blocks.
+    pub fn limit(mut self, bytes: usize) -> Self {
+        self.limit = bytes;
+        self
+    }
+    /// Take pages from this source.
+    pub fn source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+    /// Critical level of the region's commits.
+    pub fn critical_level(mut self, level: CriticalLevel) -> Self {
+        self.level = level;
+        self
+    }
+    /// Zero freed memory.
+    pub fn scrub(mut self, scrub: Scrub) -> Self {
+        self.scrub = scrub;
+        self
+    }
+    /// Reserve and build.
+    pub fn build(self) -> Result<Region, Error> {
+        let reserve = self.reserve.min(GRANULE << 32);
+        let arena = Span::new(&self.source, reserve, self.chunk, self.level)?;
+        arena.set_limit(self.limit);
+        let table = Table::new(&self.source, arena.reserved(), self.level)?;
+        let untracked = PageArena::builder()
+            .reserve((reserve / 4).max(1 << 20))
+            .source(self.source.clone())
+            .critical_level(self.level)
+            .build()?;
+        let mut log_buf = Box::new([0u32; LOG_CAP]);
+        let log_start = log_buf.as_mut_ptr();
+        Ok(Region {
+            top: Cell::new(arena.base().as_ptr()),
+            limit: Cell::new(arena.base().as_ptr()),
+            end: Cell::new(arena.base().as_ptr()),
+            root: Cell::new(core::ptr::null_mut()),
+            log: Cell::new(log_start),
+            // SAFETY: one past the end of the log's storage.
+            log_end: unsafe { log_start.add(LOG_CAP) },
+            root_prev: Cell::new(NONE),
+            tail_top0: Cell::new(arena.base().as_ptr()),
+            high_water: Cell::new(0),
+            table: UnsafeCell::new(table),
+            base: arena.base(),
+            log_buf,
+            arena,
+            untracked,
+            bad_pointers: Cell::new(0),
+            big_align: UnsafeCell::new(HashMap::new()),
+            scrub: self.scrub,
+            _not_sync: PhantomData,
+        })
+    }
+}
+
+/// Capacity of the pending tail log: a tail of more blocks is materialized.
+const LOG_CAP: usize = 256;
+/// Log entry flag: the block's parent is the block logged just before it (else the tail root).
+const NESTED: u32 = 1 << 31;
+/// Largest size a log entry holds (larger blocks are recorded at once).
+const LOG_SIZE_MAX: usize = (1 << 30) - 1;
+
+/// Tracked allocations with embedded-pointer trees. `Send`, not `Sync`.
+///
+/// ```
+/// use core::alloc::Layout;
+/// use napalloc::Region;
+/// let mut r = Region::new().unwrap();
+/// let conn = r.alloc(Layout::from_size_align(16, 8).unwrap()).unwrap();
+/// let slots = r.alloc_child(conn, Layout::array::<usize>(8).unwrap()).unwrap();
+/// assert!(r.owns(slots));
+/// assert_eq!(r.stats().live_blocks, 2);
+/// unsafe { r.free(conn).unwrap() }; // frees the slots too
+/// assert!(!r.owns(slots));
+/// assert_eq!(r.stats().live_blocks, 0);
+/// r.reset();
+/// ```
+///
+/// # The pending tail
+/// The newest blocks are not recorded in the side table at once. While the newest blocks form
+/// one subtree laid out contiguously at the top of the arena (a root, then its children and
+/// their children, in allocation order: exactly what a request builds), each is only logged as
+/// one `u32` (its size, and whether its parent is the block logged just before it rather than
+/// the tail root). Their offsets follow from the sizes. A child of the tail root is an inlined
+/// bump and one store; a child of the newest block takes a short out-of-line path. Freeing the tail root rewinds the arena
+/// and the log: O(1) for the whole subtree. Anything else that needs the tree first
+/// *materializes* the tail into the side table (O(tail), once per block).
+pub struct Region {
+    /// The bump cursor. Invariant: `base <= top <= end`, 16-aligned.
+    top: Cell<*mut u8>,
+    /// How far a child of the tail root may bump inline: `min(end, root + LOG_CAP * GRANULE)`.
+    /// Every block spans at least one granule, so bumping under `limit` can never log more
+    /// than `LOG_CAP` blocks: the log needs no check of its own. Meaningless while the tail is
+    /// empty (`root` is null then, so nothing compares against it).
+    limit: Cell<*mut u8>,
+    /// End of the committed arena.
+    end: Cell<*mut u8>,
+    /// The tail root, or null when the tail is empty. Invariant: non-null iff `log > log_start`;
+    /// the tail blocks lie contiguously in `[root, top)`.
+    root: Cell<*mut u8>,
+    /// Next free entry of the tail log; `log_start <= log <= log_end`.
+    log: Cell<*mut u32>,
+    /// End of the log's capacity.
+    log_end: *mut u32,
+    /// Parent record of the tail root (`NONE`: a root), `PARENT`-tagged like `Rec::prev`.
+    root_prev: Cell<u32>,
+    /// `top` before the tail root was allocated: where a rewind goes back to.
+    tail_top0: Cell<*mut u8>,
+    /// Largest arena offset of `top` seen at a slow-path event, a reset or a stats call.
+    high_water: Cell<usize>,
+    /// Only touched through `table()`, never across a call that could re-enter the region.
+    table: UnsafeCell<Table>,
+    base: NonNull<u8>,
+    /// The log's storage: `log_start..log_end`.
+    log_buf: Box<[u32; LOG_CAP]>,
+    arena: Span,
+    untracked: PageArena,
+    bad_pointers: Cell<u64>,
+    /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
+    big_align: UnsafeCell<HashMap<u32, usize>>,
+    scrub: Scrub,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+// SAFETY: a Region owns its reservations, table and log outright; moving it to another thread
+// moves all of it. It is not Sync: all state is in Cells / UnsafeCells without synchronization.
+unsafe impl Send for Region {}
+
+impl core::fmt::Debug for Region {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Region").field("base", &self.base).field("stats", &self.stats()).finish()
+    }
+}
+
+/// Bytes a tail block of `size` bytes spans.
+#[inline(always)]
+fn tail_extent(size: usize) -> usize {
+    table::extent_granules(size) * GRANULE
+}
+
+impl Region {
+    /// A region with the default reservation from the OS.
+    pub fn new() -> Result<Region, Error> {
+        RegionBuilder::default().build()
+    }
+
+    /// A builder for reservation size, limit, page source, critical level and scrubbing.
+    pub fn builder() -> RegionBuilder {
+        RegionBuilder::default()
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    fn table(&self) -> &mut Table {
+        // SAFETY: Region is !Sync and no method holds this reference across a call that could
+        // re-enter the region (user code is never called while it is held), so it is unique.
+        unsafe { &mut *self.table.get() }
+    }
+
+    #[inline(always)]
+    fn log_start(&self) -> *mut u32 {
+        self.log_buf.as_ptr() as *mut u32
+    }
+
+    /// Entries in the tail log.
+    #[inline]
+    fn log_len(&self) -> usize {
+        (self.log.get() as usize - self.log_start() as usize) / 4
+    }
+
+    #[inline(always)]
+    fn ptr_at(&self, off: usize) -> *mut u8 {
+        self.base.as_ptr().wrapping_add(off)
+    }
+
+    #[inline(always)]
+    fn off_of(&self, p: *const u8) -> usize {
+        (p as usize).wrapping_sub(self.base.as_ptr() as usize)
+    }
+
+    #[inline(always)]
+    fn top_off(&self) -> usize {
+        self.off_of(self.top.get())
+    }
+
+    /// The newest tail block (null if the tail is empty): the top minus the last entry's extent.
+    fn last(&self) -> *mut u8 {
+        if self.root.get().is_null() {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: the log is not empty (root is non-null); its last entry is the newest block.
+        let size = (unsafe { *self.log.get().sub(1) } & !NESTED) as usize;
+        self.top.get().wrapping_sub(tail_extent(size))
+    }
+
+    /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes. The log must be
+    /// empty and the table must have room for a full log.
+    #[inline(always)]
+    fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, top0: *mut u8) {
+        let log = self.log_start();
+        // SAFETY: the log is empty, so entry 0 is in bounds.
+        unsafe { log.write(size as u32) };
+        // SAFETY: one past entry 0 is within the log's capacity.
+        self.log.set(unsafe { log.add(1) });
+        self.root.set(start);
+        self.root_prev.set(root_prev);
+        self.tail_top0.set(top0);
+        let top = start.wrapping_add(ext);
+        self.top.set(top);
+        let cap = start.wrapping_add(LOG_CAP * GRANULE);
+        self.limit.set(if (cap as usize) < self.end.get() as usize { cap } else { self.end.get() });
+    }
+
+    /// Allocate a tracked root block. Alignment is at least 16.
+    #[inline]
+    pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        // A new root ends the pending tail (it is not part of the tail's subtree).
+        if !self.root.get().is_null() {
+            self.materialize();
+        }
+        let size = layout.size();
+        let top = self.top.get();
+        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+        let t = self.table();
+        if layout.align() <= GRANULE
+            && size.wrapping_sub(1) < FAST_MAX
+            && ext <= self.end.get() as usize - top as usize
+            && t.count as usize + LOG_CAP < t.cap as usize
+        {
+            self.start_tail(top, ext, size, NONE, top);
+            // SAFETY: top lies inside the reservation, derived from its base: non-null.
+            return Ok(unsafe { NonNull::new_unchecked(top) });
+        }
+        self.alloc_slow(None, layout)
+    }
+
+    /// Allocate a tracked block as an embedded pointer of `parent`: freeing `parent` frees it.
+    ///
+    /// Fails with [`Error::NotABlock`] / [`Error::ForeignPointer`] if `parent` is not a live block.
+    #[inline]
+    pub fn alloc_child(&self, parent: NonNull<u8>, layout: Layout) -> Result<NonNull<u8>, Error> {
+        let size = layout.size();
+        if parent.as_ptr() == self.root.get() && layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            // The parent is the tail root (non-null): the child joins the tail.
+            let top = self.top.get();
+            let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
+            if new as usize <= self.limit.get() as usize {
+                let log = self.log.get();
+                // SAFETY: bumping under `limit` logs at most LOG_CAP blocks: log < log_end.
+                unsafe { log.write(size as u32) };
+                // SAFETY: at most one past the last entry.
+                self.log.set(unsafe { log.add(1) });
+                self.top.set(new);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(top) });
+            }
+        }
+        self.alloc_slow(Some(parent), layout)
+    }
+
+    /// Record every tail block in the side table. Infallible: a tail is only started when the
+    /// table has room for a full log and the window index covers the committed arena.
+    #[inline]
+    fn materialize(&self) {
+        if !self.root.get().is_null() {
+            self.materialize_tail();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn materialize_tail(&self) {
+        let t = self.table();
+        let start = self.log_start();
+        let n = self.log_len();
+        let mut off = self.off_of(self.root.get());
+        let mut root_idx = NONE;
+        let mut prev_idx = NONE;
+        for k in 0..n {
+            // SAFETY: k < n entries were written.
+            let e = unsafe { *start.add(k) };
+            let size = (e & !NESTED) as usize;
+            let parent = if k == 0 {
+                let rp = self.root_prev.get();
+                if rp == NONE {
+                    NONE
+                } else {
+                    rp & !PARENT
+                }
+            } else if e & NESTED != 0 {
+                prev_idx
+            } else {
+                root_idx
+            };
+            let i = t
+                .push((off / GRANULE) as u32, size as u32, parent)
+                .expect("record capacity for a whole log is reserved before a tail starts");
+            if k == 0 {
+                root_idx = i;
+            }
+            prev_idx = i;
+            off += tail_extent(size);
+        }
+        debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
+        self.log.set(start);
+        self.root.set(core::ptr::null_mut());
+    }
+
+    /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
+    /// the newest block). The caller checked that the tail is not empty and the log has room.
+    fn log_child(&self, size: usize, flag: u32) -> Result<NonNull<u8>, Error> {
+        let top = self.top.get();
+        let need = self.top_off().checked_add(tail_extent(size)).ok_or(Error::TooLarge)?;
+        if need > self.off_of(self.end.get()) {
+            self.grow_arena(need)?;
+        }
+        let log = self.log.get();
+        // SAFETY: log < log_end (caller).
+        unsafe { log.write(size as u32 | flag) };
+        // SAFETY: at most one past the last entry.
+        self.log.set(unsafe { log.add(1) });
+        self.top.set(self.ptr_at(need));
+        // SAFETY: inside the reservation, derived from its base: non-null.
+        Ok(unsafe { NonNull::new_unchecked(top) })
+    }
+
+    /// The general allocation path: reuse a dead slot, or bump (and start a new tail if the block
+    /// can be logged), or record the block at once.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, parent: Option<NonNull<u8>>, layout: Layout) -> Result<NonNull<u8>, Error> {
+        let size = layout.size();
+        if size > u32::MAX as usize {
+            return Err(Error::TooLarge);
+        }
+        let align = layout.align().max(GRANULE);
+        let g = table::granules(size);
+        let class = table::class_of_granules(g);
+        // A child of the tail root or of the newest tail block joins the tail if the log has room.
+        if let Some(pp) = parent {
+            let root = self.root.get();
+            if !root.is_null() && align == GRANULE && size <= LOG_SIZE_MAX && self.log.get() != self.log_end {
+                if pp.as_ptr() == root {
+                    return self.log_child(size, 0);
+                }
+                if pp.as_ptr() == self.last() {
+                    return self.log_child(size, NESTED);
+                }
+            }
+        }
+        self.materialize();
+        let p = match parent {
+            None => NONE,
+            Some(pp) => self.lookup(pp)?,
+        };
+        let t = self.table();
+        // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
+        if align == GRANULE {
+            if let Some(i) = t.pop_free(class) {
+                // SAFETY: i is a dead record below count.
+                let r = unsafe { t.rec(i) };
+                r.size = size as u32;
+                r.prev = NONE;
+                r.child = NONE;
+                r.next = NONE;
+                let off = r.off as usize * GRANULE;
+                if p != NONE {
+                    t.link_under(i, p);
+                }
+                t.live_blocks += 1;
+                t.live_bytes += size;
+                // SAFETY: the slot lies inside the reservation: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
+            }
+        }
+        // 2. bump
+        let base = self.base.as_ptr() as usize;
+        let top = self.top_off();
+        let start = (base + top).checked_add(align - 1).ok_or(Error::TooLarge)? & !(align - 1);
+        let start = start - base;
+        let ext = table::class_granules(class) * GRANULE;
+        let need = start.checked_add(ext).ok_or(Error::TooLarge)?;
+        if need > self.off_of(self.end.get()) {
+            self.grow_arena(need)?;
+        }
+        let t = self.table();
+        t.reserve(LOG_CAP + 1)?;
+        let ptr = self.ptr_at(start);
+        if align == GRANULE && size <= LOG_SIZE_MAX {
+            // 2a. the block starts a new tail (start == top: no padding)
+            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, self.ptr_at(top));
+        } else {
+            // 2b. recorded at once
+            let i = t.push((start / GRANULE) as u32, size as u32, p)?;
+            if align > GRANULE {
+                // SAFETY: no other reference to the map is alive (see `table()`).
+                unsafe { (*self.big_align.get()).insert(i, align) };
+            }
+            self.top.set(self.ptr_at(need));
+        }
+        // SAFETY: inside the reservation: non-null.
+        Ok(unsafe { NonNull::new_unchecked(ptr) })
+    }
+
+    #[cold]
+    fn grow_arena(&self, need: usize) -> Result<(), Error> {
+        if need > self.arena.reserved() {
+            return Err(if need - self.top_off() > self.arena.reserved() {
+                Error::TooLarge
+            } else {
+                Error::ReservationExhausted
+            });
+        }
+        self.note_high_water();
+        self.arena.ensure(need)?;
+        // Keep the window index ahead of the arena, so materializing never fails.
+        self.table().ensure_windows(self.arena.committed())?;
+        let end = self.ptr_at(self.arena.committed());
+        self.end.set(end);
+        if !self.root.get().is_null() {
+            let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn note_high_water(&self) {
+        let top = self.top_off();
+        if top > self.high_water.get() {
+            self.high_water.set(top);
+        }
+    }
+
+    /// The live block starting at `p`, materializing the tail first.
+    fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
+        let off = self.check_range(p.as_ptr())?;
+        self.materialize();
+        self.table().find(off / GRANULE).ok_or(Error::NotABlock)
+    }
+
+    #[inline]
+    fn check_range(&self, p: *const u8) -> Result<usize, Error> {
+        let off = self.off_of(p);
+        if off >= self.arena.reserved() {
+            return Err(Error::ForeignPointer);
+        }
+        if off % GRANULE != 0 || off >= self.top_off() {
+            return Err(Error::NotABlock);
+        }
+        Ok(off)
+    }
+
+    /// The size of the live block starting at `p`, without changing anything.
+    fn peek_size(&self, p: *const u8) -> Result<usize, Error> {
+        let off = self.check_range(p)?;
+        let root = self.root.get();
+        if !root.is_null() && off >= self.off_of(root) {
+            // walk the tail log (at most LOG_CAP entries)
+            let mut at = self.off_of(root);
+            let mut e = self.log_start();
+            while e < self.log.get() {
+                // SAFETY: e is a written log entry.
+                let size = (unsafe { *e } & !NESTED) as usize;
+                if at == off {
+                    return Ok(size);
+                }
+                if at > off {
+                    break;
+                }
+                at += tail_extent(size);
+                // SAFETY: stays within the written entries or one past.
+                e = unsafe { e.add(1) };
+            }
+            return Err(Error::NotABlock);
+        }
+        let t = self.table();
+        let i = t.find(off / GRANULE).ok_or(Error::NotABlock)?;
+        // SAFETY: i is live.
+        Ok(unsafe { t.get(i).size } as usize)
+    }
+
+    fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
+        self.bad_pointers.set(self.bad_pointers.get() + 1);
+        log::warn!("napalloc: {what}({p:p}) refused: {e}");
+        e
+    }
+
+    /// Free `ptr` and, recursively, every block allocated as its child.
+    ///
+    /// A foreign, interior or already freed pointer returns an error and changes nothing (it is
+    /// counted in [`Stats::bad_pointers`]).
+    ///
+    /// # Safety
+    /// No reference into the freed blocks is used afterwards.
+    #[inline]
+    pub unsafe fn free(&self, ptr: NonNull<u8>) -> Result<(), Error> {
+        if ptr.as_ptr() == self.root.get() {
+            self.rewind();
+            return Ok(());
+        }
+        self.free_slow(ptr, true)
+    }
+
+    /// Free the whole tail (the root's subtree): move the top and the log back.
+    #[inline]
+    fn rewind(&self) {
+        if self.scrub.on_free {
+            self.scrub_tail();
+        }
+        self.top.set(self.tail_top0.get());
+        self.log.set(self.log_start());
+        self.root.set(core::ptr::null_mut());
+    }
+
+    #[cold]
+    fn scrub_tail(&self) {
+        let root = self.root.get();
+        // SAFETY: [root, top) is committed arena memory owned by the tail.
+        unsafe { root.write_bytes(0, self.top.get() as usize - root as usize) };
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_slow(&self, ptr: NonNull<u8>, cascade: bool) -> Result<(), Error> {
+        // The newest tail block has no children (they would be newer): pop it.
+        let last = self.last();
+        if ptr.as_ptr() == last {
+            if last == self.root.get() {
+                self.rewind();
+                return Ok(());
+            }
+            if self.scrub.on_free {
+                // SAFETY: [last, top) is the block's committed slot.
+                unsafe { last.write_bytes(0, self.top.get() as usize - last as usize) };
+            }
+            self.top.set(last);
+            // SAFETY: the log holds at least two entries (root and last differ).
+            self.log.set(unsafe { self.log.get().sub(1) });
+            return Ok(());
+        }
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        if !cascade {
+            self.table().detach_children(i);
+        }
+        self.free_record(i);
+        Ok(())
+    }
+
+    /// Free `ptr` alone: its children are not freed but become roots (what `CoTaskMemFree` does
+    /// to a block whose embedded pointers the caller still owns).
+    ///
+    /// # Safety
+    /// No reference into the freed block is used afterwards.
+    pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
+        if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
+            self.rewind();
+            return Ok(());
+        }
+        self.free_slow(ptr, false)
+    }
+
+    /// Free materialized record `i` and its subtree.
+    fn free_record(&self, i: u32) {
+        let t = self.table();
+        let base = self.base.as_ptr();
+        let scrub = self.scrub.on_free;
+        // SAFETY: no other reference to the map is alive (see `table()`).
+        let big = unsafe { &mut *self.big_align.get() };
+        let has_big = !big.is_empty();
+        t.free_subtree(i, |idx, r: &Rec| {
+            if scrub {
+                let len = table::extent_granules(r.size as usize) * GRANULE;
+                // SAFETY: the slot [off, off + extent) is committed arena memory of this block.
+                unsafe { base.add(r.off as usize * GRANULE).write_bytes(0, len) };
+            }
+            if has_big {
+                big.remove(&idx);
+            }
+        });
+    }
+
+    /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
+    /// parent and its children. May move it.
+    ///
+    /// # Safety
+    /// If the block moves, no reference to the old location is used afterwards.
+    pub unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
+        if new_size > u32::MAX as usize {
+            // still validate the pointer so a bad one is reported as such
+            self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
+            return Err(Error::TooLarge);
+        }
+        // In place: the newest tail block can grow or shrink at the top.
+        if ptr.as_ptr() == self.last() && new_size <= LOG_SIZE_MAX {
+            let off = self.off_of(ptr.as_ptr());
+            let need = off + tail_extent(new_size);
+            if need <= self.off_of(self.end.get()) || self.grow_arena(need).is_ok() {
+                // SAFETY: the log is not empty (last is non-null); its last entry is this block.
+                unsafe {
+                    let e = self.log.get().sub(1);
+                    *e = (*e & NESTED) | new_size as u32;
+                }
+                self.top.set(self.ptr_at(need));
+                return Ok(ptr);
+            }
+        }
+        self.realloc_move(ptr, new_size)
+    }
+
+    #[cold]
+    fn realloc_move(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
+        let t = self.table();
+        // SAFETY: i is live.
+        let old = unsafe { t.get(i) };
+        let old_size = old.size as usize;
+        if table::extent_granules(new_size) == table::extent_granules(old_size) {
+            // SAFETY: i is live.
+            unsafe { t.rec(i).size = new_size as u32 };
+            t.live_bytes = t.live_bytes - old_size + new_size;
+            return Ok(ptr);
+        }
+        // SAFETY: no other reference to the map is alive.
+        let align = unsafe { (*self.big_align.get()).get(&i).copied() }.unwrap_or(GRANULE);
+        let layout = Layout::from_size_align(new_size, align).map_err(|_| Error::TooLarge)?;
+        let new = self.alloc_slow(None, layout)?;
+        // SAFETY: both blocks are live and distinct; copy the smaller size.
+        unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size)) };
+        self.materialize();
+        let t = self.table();
+        let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
+        // Put j where i is in the tree, give it i's children, then free i alone.
+        // SAFETY: i and j are live materialized records; j is a root without children.
+        unsafe {
+            let ri = t.get(i);
+            let rj = t.rec(j);
+            rj.prev = ri.prev;
+            rj.next = ri.next;
+            rj.child = ri.child;
+            if ri.prev != NONE {
+                if ri.prev & PARENT != 0 {
+                    t.rec(ri.prev & !PARENT).child = j;
+                } else {
+                    t.rec(ri.prev).next = j;
+                }
+            }
+            if ri.next != NONE {
+                t.rec(ri.next).prev = j;
+            }
+            if ri.child != NONE {
+                t.rec(ri.child).prev = PARENT | j;
+            }
+            let me = t.rec(i);
+            me.prev = NONE;
+            me.next = NONE;
+            me.child = NONE;
+        }
+        self.free_record(i);
+        Ok(new)
+    }
+
+    /// The requested size of the live block starting at `ptr` (`None` for anything else).
+    pub fn size_of(&self, ptr: NonNull<u8>) -> Option<usize> {
+        self.peek_size(ptr.as_ptr()).ok()
+    }
+
+    /// True only for the start of a live block of this region.
+    pub fn owns(&self, ptr: NonNull<u8>) -> bool {
+        self.peek_size(ptr.as_ptr()).is_ok()
+    }
+
+    /// True if `ptr` lies anywhere inside this region's tracked reservation.
+    #[inline]
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        self.off_of(ptr) < self.arena.reserved()
+    }
+
+    /// Free everything in O(1): the side table is not walked. Pages stay committed.
+    pub fn reset(&mut self) {
+        self.note_high_water();
+        let top = self.top_off();
+        if self.scrub.on_reset && top > 0 {
+            // SAFETY: [0, top) is committed arena memory and no block is live after the reset.
+            unsafe { self.base.as_ptr().write_bytes(0, top) };
+        }
+        self.top.set(self.base.as_ptr());
+        self.log.set(self.log_start());
+        self.root.set(core::ptr::null_mut());
+        self.table.get_mut().reset();
+        let big = self.big_align.get_mut();
+        if !big.is_empty() {
+            big.clear();
+        }
+        self.untracked.reset();
+    }
+
+    /// Give committed memory beyond `retain` bytes (and beyond what is in use) back to the OS.
+    /// Returns the bytes decommitted.
+    pub fn trim(&mut self, retain: usize) -> Result<usize, Error> {
+        let keep = retain.max(self.top_off());
+        // SAFETY: nothing lives at or past top <= keep.
+        let a = unsafe { self.arena.trim(keep)? };
+        self.end.set(self.ptr_at(self.arena.committed()));
+        if !self.root.get().is_null() {
+            let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
+            let end = self.end.get();
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
+        }
+        let b = self.table().trim(0)?;
+        let c = self.untracked.trim(0)?;
+        Ok(a + b + c)
+    }
+
+    /// Bump-allocate without a record: the fastest path, for memory that is only ever released
+    /// by [`reset`](Self::reset). Such blocks cannot be freed one by one, and `owns` is false
+    /// for them.
+    #[inline(always)]
+    pub fn alloc_untracked(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        self.untracked.alloc_layout(layout)
+    }
+
+    /// Counters; exact at any moment.
+    pub fn stats(&self) -> Stats {
+        self.note_high_water();
+        let t = self.table();
+        let (mut blocks, mut bytes) = (t.live_blocks, t.live_bytes);
+        let mut e = self.log_start();
+        while e < self.log.get() {
+            // SAFETY: e is a written log entry.
+            bytes += (unsafe { *e } & !NESTED) as usize;
+            blocks += 1;
+            // SAFETY: stays within the written entries or one past.
+            e = unsafe { e.add(1) };
+        }
+        let u = self.untracked.stats();
+        Stats {
+            live_blocks: blocks,
+            live_bytes: bytes,
+            committed: self.arena.committed() + t.committed() + u.committed,
+            reserved: self.arena.reserved() + t.reserved() + u.reserved,
+            high_water: self.high_water.get(),
+            table_committed: t.committed(),
+            free_slots: t.nfree as usize,
+            bad_pointers: self.bad_pointers.get(),
+        }
+    }
+}
+
+// SAFETY: blocks stay valid until freed (deallocate), reset (needs &mut Region, which ends every
+// `&Region` borrow) or the region is dropped (likewise); `allocate` returns fresh, non-overlapping
+// blocks aligned as asked; grow/shrink keep contents via `realloc`, which keeps alignment.
+unsafe impl allocator_api2::alloc::Allocator for &Region {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        let p = Region::alloc(self, layout).map_err(|_| allocator_api2::alloc::AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: the caller no longer uses the block (Allocator contract).
+        let r = unsafe { Region::free(self, ptr) };
+        debug_assert!(r.is_ok(), "deallocate of a block this region did not hand out");
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        if new.align() > old.align().max(GRANULE) {
+            let p = Region::alloc(self, new).map_err(|_| allocator_api2::alloc::AllocError)?;
+            // SAFETY: both live; old.size() <= new.size().
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr.as_ptr(), p.as_ptr(), old.size());
+                let _ = Region::free(self, ptr);
+            }
+            return Ok(NonNull::slice_from_raw_parts(p, new.size()));
+        }
+        // SAFETY: ptr is a live block of this region (Allocator contract).
+        let p = unsafe { Region::realloc(self, ptr, new.size()) }.map_err(|_| allocator_api2::alloc::AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, new.size()))
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        // SAFETY: forwarded Allocator contract; shrinking never needs more alignment than the
+        // block has (realloc keeps it).
+        unsafe { self.grow(ptr, old, new) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region() -> Region {
+        Region::builder().reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 }).build().unwrap()
+    }
+    fn l(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).unwrap()
+    }
+
+    #[test]
+    fn canonical_request_rewinds_and_books_balance() {
+        let r = region();
+        for round in 0..3 {
+            let h = r.alloc(l(16)).unwrap();
+            let arr = r.alloc_child(h, l(64)).unwrap();
+            let mut blocks = vec![];
+            for i in 0..16 {
+                let b = r.alloc_child(h, l(16 + i * 15)).unwrap();
+                // SAFETY: fresh block of at least 16 bytes.
+                unsafe { b.as_ptr().write(i as u8) };
+                blocks.push(b);
+            }
+            let s = r.stats();
+            assert_eq!(s.live_blocks, 18, "round {round}");
+            assert_eq!(s.live_bytes, 16 + 64 + (0..16).map(|i| 16 + i * 15).sum::<usize>());
+            assert!(r.owns(arr) && r.owns(blocks[7]));
+            assert_eq!(r.size_of(blocks[3]), Some(16 + 45));
+            // SAFETY: nothing is used after the free.
+            unsafe { r.free(h).unwrap() };
+            assert_eq!(r.stats().live_blocks, 0);
+            assert_eq!(r.stats().live_bytes, 0);
+            assert!(!r.owns(blocks[7]));
+        }
+        assert_eq!(r.stats().free_slots, 0, "materialized blocks were rewound, not free-listed");
+    }
+
+    #[test]
+    fn bad_pointers_are_refused_and_change_nothing() {
+        let r = region();
+        let a = r.alloc(l(100)).unwrap();
+        let b = r.alloc_child(a, l(10)).unwrap();
+        let before = r.stats();
+        let interior = NonNull::new(a.as_ptr().wrapping_add(16)).unwrap();
+        let mut x = 0u64;
+        let foreign = NonNull::from(&mut x).cast::<u8>();
+        // SAFETY: these calls are refused without touching memory.
+        unsafe {
+            assert_eq!(r.free(interior), Err(Error::NotABlock));
+            assert_eq!(r.free(foreign), Err(Error::ForeignPointer));
+            assert_eq!(r.realloc(interior, 5), Err(Error::NotABlock));
+            assert_eq!(r.realloc(a, usize::MAX), Err(Error::TooLarge));
+        }
+        assert_eq!(r.alloc_child(interior, l(8)), Err(Error::NotABlock));
+        assert_eq!(r.alloc(Layout::from_size_align(isize::MAX as usize - 64, 16).unwrap()), Err(Error::TooLarge));
+        let after = r.stats();
+        assert_eq!((after.live_blocks, after.live_bytes), (before.live_blocks, before.live_bytes));
+        assert_eq!(after.bad_pointers, 3);
+        // SAFETY: a is live; afterwards both a and b are gone, so the second free is a double free.
+        unsafe {
+            r.free(a).unwrap();
+            assert_eq!(r.free(a), Err(Error::NotABlock));
+            assert_eq!(r.free(b), Err(Error::NotABlock));
+        }
+        assert_eq!(r.stats().live_blocks, 0);
+    }
+
+    #[test]
+    fn individual_child_free_and_reuse_keep_tree_intact() {
+        let r = region();
+        let root = r.alloc(l(32)).unwrap();
+        let kids: Vec<_> = (0..10).map(|i| r.alloc_child(root, l(24 + i)).unwrap()).collect();
+        let grandkid = r.alloc_child(kids[4], l(40)).unwrap();
+        let other = r.alloc(l(8)).unwrap(); // ends the tail: everything is materialized
+                                            // SAFETY: each pointer is freed once.
+        unsafe {
+            r.free(kids[4]).unwrap(); // takes grandkid with it
+            assert!(!r.owns(grandkid));
+            r.free(kids[0]).unwrap();
+            r.free(kids[9]).unwrap();
+        }
+        assert_eq!(r.stats().live_blocks, 1 + 7 + 1);
+        assert_eq!(r.stats().free_slots, 4);
+        // reuse: same class comes back from the free list
+        let again = r.alloc_child(root, l(24)).unwrap();
+        assert_eq!(again, kids[0]);
+        // SAFETY: root is live.
+        unsafe { r.free(root).unwrap() };
+        assert_eq!(r.stats().live_blocks, 1);
+        assert!(r.owns(other));
+    }
+
+    #[test]
+    fn realloc_keeps_contents_parent_and_children() {
+        let r = region();
+        let root = r.alloc(l(16)).unwrap();
+        let a = r.alloc_child(root, l(20)).unwrap();
+        let c = r.alloc_child(a, l(30)).unwrap();
+        let _end = r.alloc(l(1)).unwrap();
+        // SAFETY: a has 20 bytes.
+        unsafe { a.as_ptr().write_bytes(0x5A, 20) };
+        // SAFETY: a is live; the old pointer is not used after a move.
+        let a2 = unsafe { r.realloc(a, 500).unwrap() };
+        assert_ne!(a2, a, "grew past its class: moved");
+        assert_eq!(r.size_of(a2), Some(500));
+        // SAFETY: the first 20 bytes were copied.
+        unsafe { assert!((0..20).all(|i| *a2.as_ptr().add(i) == 0x5A)) };
+        assert!(r.owns(c));
+        // SAFETY: root is live; freeing it must free a2 and c (a2 kept a's place and children).
+        unsafe { r.free(root).unwrap() };
+        assert!(!r.owns(a2) && !r.owns(c));
+        assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn free_one_detaches_children() {
+        let r = region();
+        let s = r.alloc(l(16)).unwrap();
+        let string = r.alloc_child(s, l(40)).unwrap();
+        // SAFETY: s is live; the string must survive it.
+        unsafe { r.free_one(s).unwrap() };
+        assert!(!r.owns(s));
+        assert!(r.owns(string));
+        assert_eq!(r.stats().live_blocks, 1);
+        // SAFETY: the string is now a root of its own.
+        unsafe { r.free(string).unwrap() };
+        assert_eq!(r.stats().live_blocks, 0);
+        // the newest pending block pops
+        let a = r.alloc(l(16)).unwrap();
+        let b = r.alloc_child(a, l(16)).unwrap();
+        // SAFETY: b is live and has no children.
+        unsafe { r.free_one(b).unwrap() };
+        assert!(r.owns(a) && !r.owns(b));
+        assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn realloc_in_place_at_the_top() {
+        let r = region();
+        let a = r.alloc(l(10)).unwrap();
+        // SAFETY: a is live and the newest block.
+        let b = unsafe { r.realloc(a, 3000).unwrap() };
+        assert_eq!(a, b);
+        assert_eq!(r.size_of(b), Some(3000));
+        // SAFETY: as above.
+        let c = unsafe { r.realloc(b, 0).unwrap() };
+        assert_eq!(r.size_of(c), Some(0));
+    }
+
+    #[test]
+    fn alignment_and_zero_size() {
+        let r = region();
+        let mut seen = std::collections::HashSet::new();
+        for shift in 0..13 {
+            let align = 1usize << shift;
+            let p = r.alloc(Layout::from_size_align(0, align).unwrap()).unwrap();
+            assert_eq!(p.as_ptr() as usize % align.max(16), 0);
+            assert!(seen.insert(p), "zero-size blocks are unique");
+            assert_eq!(r.size_of(p), Some(0));
+        }
+        let big = r.alloc(Layout::from_size_align(100, 4096).unwrap()).unwrap();
+        // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
+        let moved = unsafe { r.realloc(big, 70_000).unwrap() };
+        assert_eq!(moved.as_ptr() as usize % 4096, 0);
+    }
+
+    #[test]
+    fn reset_is_bulk_and_keeps_pages() {
+        let mut r = region();
+        for _ in 0..1000 {
+            let h = r.alloc(l(48)).unwrap();
+            r.alloc_child(h, l(200)).unwrap();
+        }
+        let committed = r.stats().committed;
+        r.reset();
+        let s = r.stats();
+        assert_eq!((s.live_blocks, s.live_bytes, s.free_slots), (0, 0, 0));
+        assert_eq!(s.committed, committed);
+        let h = r.alloc(l(48)).unwrap();
+        assert!(r.owns(h));
+    }
+
+    #[test]
+    fn scrub_zeroes_freed_memory() {
+        let r = Region::builder().reserve(1 << 20).scrub(Scrub { on_free: true, on_reset: true }).build().unwrap();
+        let h = r.alloc(l(64)).unwrap();
+        let c = r.alloc_child(h, l(64)).unwrap();
+        // SAFETY: both are 64-byte live blocks.
+        unsafe {
+            h.as_ptr().write_bytes(0xFF, 64);
+            c.as_ptr().write_bytes(0xFF, 64);
+            r.free(h).unwrap();
+            // the memory is still committed arena memory; read it raw
+            assert!((0..64).all(|i| *c.as_ptr().add(i) == 0));
+        }
+    }
+
+    #[test]
+    fn overrun_cannot_corrupt_the_books() {
+        let r = region();
+        let mut v = vec![];
+        for i in 0..50 {
+            let p = r.alloc(l(20)).unwrap();
+            // SAFETY: deliberately write past the 20-byte block, but within its 32-byte slot and
+            // the next block: user data only, the table lives elsewhere.
+            unsafe { p.as_ptr().write_bytes(0xEE, 48) };
+            v.push((i, p));
+        }
+        for (_, p) in &v {
+            // SAFETY: each block freed once.
+            unsafe { r.free(*p).unwrap() };
+        }
+        assert_eq!(r.stats().live_blocks, 0);
+        assert_eq!(r.stats().live_bytes, 0);
+    }
+
+    #[test]
+    fn allocator_api2_vec_lives_in_a_region() {
+        let r = region();
+        let mut v = allocator_api2::vec::Vec::new_in(&r);
+        for i in 0..10_000u32 {
+            v.push(i);
+        }
+        assert_eq!(v.iter().map(|&x| x as u64).sum::<u64>(), 49_995_000);
+        assert_eq!(r.stats().live_blocks, 1);
+        drop(v);
+        assert_eq!(r.stats().live_blocks, 0);
+    }
+}

@@ -1,0 +1,440 @@
+//! The side table: one record per block, the embedded-pointer tree, and address lookup.
+//!
+//! No metadata lives next to user data: an overrun of a user block can only damage other user
+//! bytes, never the books. The table is three arrays in their own reservations, committed on
+//! demand like the arena:
+//!
+//! * `recs[i]`: a [`Rec`] per block slot, **in address order** (the arena bumps upward, a freed
+//!   slot is reused only at the same address, and rewinds truncate). 20 bytes.
+//! * `first[w]`: for every 1 KiB window `w` of the arena, the index of the first record whose
+//!   block starts at or after the window. Lookup of an address is `first[w]..first[w+1]` and a
+//!   binary search of at most 64 records (a window holds at most 64 granules): O(1), typically
+//!   one to three probes. 4 bytes per KiB.
+//! * per size class, a free list of dead slots threaded through `Rec::next`.
+//!
+//! ## The tree
+//! `prev` is "previous sibling, or `PARENT | parent` for a first child, or `NONE` for a root, or
+//! `DEAD`"; `child` is the first child; `next` the next sibling. So unlinking any block is O(1)
+//! and freeing a subtree is O(size of the subtree) with no allocation (the walk uses the dead
+//! records' `next` as its stack). Cycles are impossible by construction: a block is linked only
+//! under a block that was live when it was allocated, and realloc replaces a node in place.
+//!
+//! ## The pending tail
+//! The table holds only *materialized* blocks. The newest blocks of a region may instead be
+//! *pending* in the region's tail log (see `region.rs`): one `u32` per block, no record yet.
+//! The region materializes them (with [`Table::push`]) before any operation that needs them.
+
+use crate::arena::Span;
+use crate::host::{CriticalLevel, Source};
+use crate::Error;
+
+/// No record.
+pub(crate) const NONE: u32 = u32::MAX;
+/// `prev` of a dead (free) slot.
+pub(crate) const DEAD: u32 = u32::MAX - 1;
+/// Tag in `prev`: the value is the parent, and this record is its first child.
+pub(crate) const PARENT: u32 = 1 << 31;
+/// Records are indexed by u32 below `PARENT`.
+pub(crate) const MAX_RECS: usize = (PARENT - 1) as usize;
+
+/// Allocation unit and minimum alignment of tracked blocks (MEMORY_ALLOCATION_ALIGNMENT).
+pub const GRANULE: usize = 16;
+/// log2 of the lookup window in granules (64 granules = 1 KiB).
+const WINDOW_SHIFT: u32 = 6;
+
+/// Sizes of up to `EXACT_CLASSES` granules have a class each; larger ones are grouped four per
+/// doubling and rounded up to the class size when bump-allocated, so that a dead slot of a class
+/// always fits any request of that class.
+const EXACT_CLASSES: usize = 64;
+pub(crate) const NUM_CLASSES: usize = EXACT_CLASSES + 4 * 32;
+
+/// One block slot. Invariants (for `i < count`):
+/// * `off` is the block's start in granules from the arena base; `off` strictly increases with `i`;
+/// * `size` is the requested size in bytes; the slot spans `extent(size)` bytes;
+/// * live: `prev` is `NONE`, `PARENT | p` (`p` live, `recs[p].child == i`) or a sibling `s`
+///   (`recs[s].next == i`); `child`/`next` are `NONE` or live records whose `prev` points back;
+/// * dead: `prev == DEAD`, `next` links the free list of `class_of(size)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rec {
+    pub off: u32,
+    pub size: u32,
+    pub prev: u32,
+    pub child: u32,
+    pub next: u32,
+}
+
+/// Granules a block of `size` bytes occupies (zero-size blocks take one: they must be unique).
+#[inline(always)]
+pub(crate) fn granules(size: usize) -> usize {
+    size.div_ceil(GRANULE).max(1)
+}
+
+/// The size class of a block of `g` granules.
+#[inline]
+pub(crate) fn class_of_granules(g: usize) -> usize {
+    if g <= EXACT_CLASSES {
+        g - 1
+    } else {
+        // four classes per doubling above 64 granules
+        let lg = usize::BITS - 1 - (g - 1).leading_zeros(); // floor(log2(g - 1)), >= 6
+        let quarter = ((g - 1) >> (lg - 2)) & 3;
+        (EXACT_CLASSES + ((lg as usize - 6) << 2) + quarter).min(NUM_CLASSES - 1)
+    }
+}
+
+/// The granules a slot of class `c` spans (the largest `g` with `class_of_granules(g) == c`).
+#[inline]
+pub(crate) fn class_granules(c: usize) -> usize {
+    if c < EXACT_CLASSES {
+        c + 1
+    } else {
+        let k = c - EXACT_CLASSES;
+        let lg = (k >> 2) + 6;
+        let quarter = k & 3;
+        ((4 + quarter + 1) << (lg - 2)) + 1 - 1
+    }
+}
+
+/// Granules a slot holding `size` bytes spans.
+#[inline(always)]
+pub(crate) fn extent_granules(size: usize) -> usize {
+    let g = granules(size);
+    if g <= EXACT_CLASSES {
+        g
+    } else {
+        class_granules(class_of_granules(g))
+    }
+}
+
+/// The record arrays and free lists of one region.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub recs: *mut Rec,
+    /// Records in use: `[0, count)`. Written only by the owning region.
+    pub count: u32,
+    /// Records committed in `recs_span`.
+    pub cap: u32,
+    pub first: *mut u32,
+    /// Windows of `first` that are valid.
+    pub init_windows: usize,
+    /// Head of each class's free list (`NONE` if empty).
+    pub heads: [u32; NUM_CLASSES],
+    /// Dead slots on all free lists.
+    pub nfree: u32,
+    /// Live blocks of the table and their requested bytes.
+    pub live_blocks: usize,
+    pub live_bytes: usize,
+    recs_span: Span,
+    first_span: Span,
+}
+
+impl Table {
+    pub(crate) fn new(source: &Source, arena_reserve: usize, level: CriticalLevel) -> Result<Table, Error> {
+        let max_recs = (arena_reserve / GRANULE).min(MAX_RECS);
+        let recs_span = Span::new(source, max_recs * core::mem::size_of::<Rec>(), 16 * 1024, level)?;
+        let windows = arena_reserve.div_ceil(GRANULE << WINDOW_SHIFT) + 1;
+        let first_span = Span::new(source, windows * 4, 4096, level)?;
+        Ok(Table {
+            recs: recs_span.base().as_ptr().cast(),
+            count: 0,
+            cap: 0,
+            first: first_span.base().as_ptr().cast(),
+            init_windows: 0,
+            heads: [NONE; NUM_CLASSES],
+            nfree: 0,
+            live_blocks: 0,
+            live_bytes: 0,
+            recs_span,
+            first_span,
+        })
+    }
+
+    /// Make sure `n` more records fit without committing (so pushing them cannot fail).
+    #[inline]
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<(), Error> {
+        while (self.cap as usize) < self.count as usize + n {
+            if self.count as usize + n > MAX_RECS {
+                return Err(Error::ReservationExhausted);
+            }
+            self.grow_to(self.count as usize + n)?;
+        }
+        Ok(())
+    }
+
+    /// Commit room for at least one more record.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn grow(&mut self) -> Result<(), Error> {
+        if self.count as usize >= MAX_RECS {
+            return Err(Error::ReservationExhausted);
+        }
+        self.grow_to(self.count as usize + 1)
+    }
+
+    fn grow_to(&mut self, recs: usize) -> Result<(), Error> {
+        let need = recs.checked_mul(core::mem::size_of::<Rec>()).ok_or(Error::TooLarge)?;
+        self.recs_span.ensure(need)?;
+        self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
+        Ok(())
+    }
+
+    /// Record `i`.
+    ///
+    /// # Safety
+    /// `i < self.cap`.
+    #[inline(always)]
+    pub(crate) unsafe fn rec(&mut self, i: u32) -> &mut Rec {
+        debug_assert!(i < self.cap, "record {i} beyond committed {}", self.cap);
+        // SAFETY: `i < cap`, so the record is committed and inside `recs`; `&mut self` makes
+        // the reference unique.
+        unsafe { &mut *self.recs.add(i as usize) }
+    }
+
+    /// A copy of record `i`.
+    ///
+    /// # Safety
+    /// `i < self.cap`.
+    #[inline(always)]
+    pub(crate) unsafe fn get(&self, i: u32) -> Rec {
+        debug_assert!(i < self.cap, "record {i} beyond committed {}", self.cap);
+        // SAFETY: `i < cap`: committed and inside `recs`.
+        unsafe { *self.recs.add(i as usize) }
+    }
+
+    /// Commit the window index for an arena of `arena_committed` bytes. Called whenever the
+    /// arena commits more, so that [`push`](Self::push) never needs more of it.
+    pub(crate) fn ensure_windows(&mut self, arena_committed: usize) -> Result<(), Error> {
+        let windows = (arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1;
+        self.first_span.ensure(windows * 4)
+    }
+
+    /// Append a live record for a block at granule `off` of `size` bytes under `parent`
+    /// (`NONE` for a root), index it and link it. The block must start above every recorded
+    /// block, and the window index must cover it (`ensure_windows`). Returns its index.
+    #[inline]
+    pub(crate) fn push(&mut self, off: u32, size: u32, parent: u32) -> Result<u32, Error> {
+        if self.count >= self.cap {
+            self.grow()?;
+        }
+        let i = self.count;
+        let w = (off as usize) >> WINDOW_SHIFT;
+        debug_assert!(w < self.first_span.committed() / 4, "window index not committed for window {w}");
+        debug_assert!(i == 0 || unsafe { self.get(i - 1).off } < off, "records out of address order");
+        while self.init_windows <= w {
+            // SAFETY: init_windows <= w and the index covers the committed arena
+            // (`ensure_windows`), which contains every block.
+            unsafe { *self.first.add(self.init_windows) = i };
+            self.init_windows += 1;
+        }
+        // SAFETY: i < cap.
+        unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
+        self.count = i + 1;
+        if parent != NONE {
+            self.link_under(i, parent);
+        }
+        self.live_blocks += 1;
+        self.live_bytes += size as usize;
+        Ok(i)
+    }
+
+    /// Make live record `i` the first child of live record `p` (`i.prev` becomes `PARENT | p`).
+    #[inline]
+    pub(crate) fn link_under(&mut self, i: u32, p: u32) {
+        // SAFETY: i and p are records below count <= cap (callers' invariant).
+        unsafe {
+            let old = self.rec(p).child;
+            self.rec(p).child = i;
+            let me = self.rec(i);
+            me.prev = PARENT | p;
+            me.next = old;
+            if old != NONE {
+                self.rec(old).prev = i;
+            }
+        }
+    }
+
+    /// Unlink live, materialized record `i` from its parent's (or its siblings') list.
+    #[inline]
+    pub(crate) fn unlink(&mut self, i: u32) {
+        // SAFETY: i is a live materialized record; its neighbours are live records (invariant).
+        unsafe {
+            let Rec { prev, next, .. } = *self.rec(i);
+            if prev == NONE {
+                return;
+            }
+            if prev & PARENT != 0 {
+                self.rec(prev & !PARENT).child = next;
+            } else {
+                self.rec(prev).next = next;
+            }
+            if next != NONE {
+                self.rec(next).prev = prev;
+            }
+            let me = self.rec(i);
+            me.prev = NONE;
+            me.next = NONE;
+        }
+    }
+
+    /// The materialized record whose block starts at granule `g`, if it is live.
+    #[inline]
+    pub(crate) fn find(&self, g: usize) -> Option<u32> {
+        let w = g >> WINDOW_SHIFT;
+        if w >= self.init_windows {
+            return None;
+        }
+        // SAFETY: w < init_windows, and w + 1 too when used.
+        let (mut lo, mut hi) = unsafe {
+            (*self.first.add(w), if w + 1 < self.init_windows { *self.first.add(w + 1) } else { self.count })
+        };
+        let g = g as u32;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // SAFETY: lo <= mid < hi <= count <= cap.
+            let off = unsafe { self.get(mid).off };
+            if off < g {
+                lo = mid + 1;
+            } else if off > g {
+                hi = mid;
+            } else {
+                // SAFETY: as above.
+                return (unsafe { self.get(mid).prev } != DEAD).then_some(mid);
+            }
+        }
+        None
+    }
+
+    /// Make every child of live record `i` a root (O(children)).
+    pub(crate) fn detach_children(&mut self, i: u32) {
+        // SAFETY: i is live; its children are live records.
+        let mut c = unsafe { self.rec(i).child };
+        // SAFETY: as above.
+        unsafe { self.rec(i).child = NONE };
+        while c != NONE {
+            // SAFETY: c is a live child.
+            let r = unsafe { self.rec(c) };
+            let next = r.next;
+            r.prev = NONE;
+            r.next = NONE;
+            c = next;
+        }
+    }
+
+    /// Pop a dead slot of class `c`, or `None`.
+    #[inline]
+    pub(crate) fn pop_free(&mut self, c: usize) -> Option<u32> {
+        let i = self.heads[c];
+        if i == NONE {
+            return None;
+        }
+        // SAFETY: free-list entries are dead records below count (invariant).
+        let r = unsafe { self.rec(i) };
+        debug_assert_eq!(r.prev, DEAD, "free list of class {c} holds a live record {i}");
+        self.heads[c] = r.next;
+        self.nfree -= 1;
+        Some(i)
+    }
+
+    /// Free live, materialized record `root` and all its descendants; returns how many blocks
+    /// were freed. `on_free(index, rec)` is called for each (before it is marked dead).
+    pub(crate) fn free_subtree(&mut self, root: u32, mut on_free: impl FnMut(u32, &Rec)) -> usize {
+        self.unlink(root);
+        // Depth-first walk; the stack is threaded through the `next` of records already popped
+        // (they are dead, so their `next` is free until they are pushed on a free list).
+        let mut stack = root;
+        // SAFETY: root is live; we reuse its `next` as the stack link.
+        unsafe { self.rec(root).next = NONE };
+        let mut freed = 0;
+        while stack != NONE {
+            let i = stack;
+            // SAFETY: every record on the stack is a live record of the subtree.
+            let r = unsafe { *self.rec(i) };
+            stack = r.next;
+            // push the children
+            let mut c = r.child;
+            while c != NONE {
+                // SAFETY: children of a live record are live records.
+                let cn = unsafe { self.rec(c).next };
+                // SAFETY: as above.
+                unsafe { self.rec(c).next = stack };
+                stack = c;
+                c = cn;
+            }
+            on_free(i, &r);
+            self.live_blocks -= 1;
+            self.live_bytes -= r.size as usize;
+            let class = class_of_granules(granules(r.size as usize));
+            let head = self.heads[class];
+            // SAFETY: i is below count.
+            let me = unsafe { self.rec(i) };
+            me.prev = DEAD;
+            me.child = NONE;
+            me.next = head;
+            self.heads[class] = i;
+            self.nfree += 1;
+            freed += 1;
+        }
+        freed
+    }
+
+    /// Forget every record in O(number of classes).
+    pub(crate) fn reset(&mut self) {
+        self.count = 0;
+        self.init_windows = 0;
+        if self.nfree != 0 {
+            // every head is NONE when no slot is free: skip the 768-byte store otherwise
+            self.heads = [NONE; NUM_CLASSES];
+            self.nfree = 0;
+        }
+        self.live_blocks = 0;
+        self.live_bytes = 0;
+    }
+
+    /// Committed bytes of the table's arrays.
+    pub(crate) fn committed(&self) -> usize {
+        self.recs_span.committed() + self.first_span.committed()
+    }
+    pub(crate) fn reserved(&self) -> usize {
+        self.recs_span.reserved() + self.first_span.reserved()
+    }
+
+    /// Give back table memory beyond what `count` records need (after a reset).
+    pub(crate) fn trim(&mut self, keep_recs: usize) -> Result<usize, Error> {
+        let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
+        // SAFETY: no record at or past `count` is referenced.
+        let a = unsafe { self.recs_span.trim(keep)? };
+        self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
+        // SAFETY: no window past init_windows is referenced.
+        let b = unsafe { self.first_span.trim(self.init_windows * 4)? };
+        Ok(a + b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_every_size_and_fit() {
+        let mut last = 0;
+        for g in 1..200_000usize {
+            let c = class_of_granules(g);
+            assert!(c >= last, "classes are monotonic");
+            assert!(c < NUM_CLASSES);
+            assert!(class_granules(c) >= g, "class {c} of {g} granules spans only {}", class_granules(c));
+            if c > 0 {
+                assert!(class_granules(c - 1) < g, "g={g} would fit class {}", c - 1);
+            }
+            last = c;
+        }
+        assert_eq!(extent_granules(0), 1);
+        assert_eq!(extent_granules(16), 1);
+        assert_eq!(extent_granules(17), 2);
+        assert_eq!(extent_granules(1024), 64);
+        // at most 25% waste above the exact classes
+        for g in 65..100_000usize {
+            assert!(class_granules(class_of_granules(g)) * 4 <= g * 5, "{g}");
+        }
+    }
+}
