@@ -119,6 +119,25 @@ impl Span {
     }
 }
 
+/// The bump step shared by [`PageArena`] and [`Cursor`]: `Some((start, new_pos))` if `layout`
+/// fits between `pos` and `end`. The base is at least page-aligned, so aligning the offset
+/// aligns the address for every alignment up to a page; larger ones take the slow path.
+#[inline(always)]
+fn bump(pos: usize, end: usize, layout: Layout) -> Option<(usize, usize)> {
+    let align = layout.align();
+    if align > 4096 {
+        return None;
+    }
+    let start = (pos + align - 1) & !(align - 1);
+    // `Layout` guarantees size <= isize::MAX and offsets are below the reservation size, so on
+    // 64-bit targets the sum cannot wrap; elsewhere it is checked.
+    #[cfg(target_pointer_width = "64")]
+    let new = start + layout.size();
+    #[cfg(not(target_pointer_width = "64"))]
+    let new = start.checked_add(layout.size())?;
+    (new <= end).then_some((start, new))
+}
+
 /// What an arena holds, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArenaStats {
@@ -232,20 +251,15 @@ impl PageArena {
     /// page is used, and keeps old contents after [`reset`](Self::reset)).
     #[inline(always)]
     pub fn alloc_layout(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        let align = layout.align();
-        let pos = self.pos.get();
-        // The base is at least page-aligned, so aligning the offset aligns the address for every
-        // alignment up to a page; larger ones take the slow path.
-        if align <= 4096 {
-            let start = (pos + align - 1) & !(align - 1);
-            if layout.size() <= self.end.get().saturating_sub(start) {
-                self.pos.set(start + layout.size());
-                // SAFETY: start + size <= end <= reserved, so the pointer is inside the
+        match bump(self.pos.get(), self.end.get(), layout) {
+            Some((start, new)) => {
+                self.pos.set(new);
+                // SAFETY: start < new <= end <= reserved, so the pointer is inside the
                 // reservation, derived from its base (keeps provenance), and non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) });
+                Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) })
             }
+            None => self.alloc_slow(layout),
         }
-        self.alloc_slow(layout)
     }
 
     #[cold]
@@ -292,6 +306,25 @@ impl PageArena {
     pub fn reset(&mut self) {
         self.note_high_water();
         self.pos.set(0);
+    }
+
+    /// A bump cursor that keeps the arena's position in locals (registers) until it is dropped:
+    /// the fastest way to make many allocations in a row. The arena is borrowed meanwhile.
+    ///
+    /// ```
+    /// use core::alloc::Layout;
+    /// let mut arena = napalloc::PageArena::new().unwrap();
+    /// {
+    ///     let mut c = arena.cursor();
+    ///     for _ in 0..100 {
+    ///         c.alloc_layout(Layout::new::<[u64; 4]>()).unwrap();
+    ///     }
+    /// } // the position is written back here
+    /// assert_eq!(arena.stats().used, 3200);
+    /// ```
+    #[inline]
+    pub fn cursor(&mut self) -> Cursor<'_> {
+        Cursor { pos: self.pos.get(), end: self.end.get(), base: self.base, arena: self }
     }
 
     /// Give committed memory beyond `max(used, retain)` back to the OS. Returns the bytes
@@ -341,6 +374,55 @@ impl PageArena {
         assert_eq!(end, committed, "cached end out of sync");
         assert!(committed <= self.span.reserved());
         assert_eq!(committed % crate::os::page_size(), 0);
+    }
+}
+
+/// A bump cursor over a [`PageArena`] (see [`PageArena::cursor`]). Its position lives in the
+/// cursor, not in the arena, so the compiler can keep it in a register across user writes.
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    /// Invariant: `pos <= end`; `end` is the arena's committed end when the cursor last synced.
+    pos: usize,
+    end: usize,
+    base: NonNull<u8>,
+    arena: &'a mut PageArena,
+}
+
+impl Cursor<'_> {
+    /// Bump-allocate `layout` (see [`PageArena::alloc_layout`]).
+    #[inline(always)]
+    pub fn alloc_layout(&mut self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        match bump(self.pos, self.end, layout) {
+            Some((start, new)) => {
+                self.pos = new;
+                // SAFETY: start < new <= end <= reserved: inside the reservation, derived from
+                // its base, non-null.
+                Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(start)) })
+            }
+            None => {
+                // The cursor's fields go by value, so its address never escapes and the fast
+                // path can keep them in registers.
+                let (r, pos, end) = cursor_slow(self.arena, self.pos, layout);
+                self.pos = pos;
+                self.end = end;
+                r
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cursor_slow(arena: &PageArena, pos: usize, layout: Layout) -> (Result<NonNull<u8>, Error>, usize, usize) {
+    arena.pos.set(pos);
+    let r = arena.alloc_slow(layout);
+    (r, arena.pos.get(), arena.end.get())
+}
+
+impl Drop for Cursor<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.arena.pos.set(self.pos);
     }
 }
 
@@ -481,6 +563,28 @@ mod tests {
         assert_eq!(p.as_ptr() as usize % 16, 0);
         let s = a.stats();
         assert!(s.committed >= crate::os::page_size() && s.committed <= DEFAULT_COMMIT_CHUNK, "{s:?}");
+    }
+
+    #[test]
+    fn cursor_writes_back_and_grows() {
+        let mut a = small();
+        a.alloc_layout(Layout::new::<u8>()).unwrap();
+        let mut seen = vec![];
+        {
+            let mut c = a.cursor();
+            for _ in 0..5000 {
+                let p = c.alloc_layout(Layout::new::<[u64; 2]>()).unwrap();
+                assert_eq!(p.as_ptr() as usize % 8, 0);
+                seen.push(p.as_ptr() as usize);
+            }
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 5000, "distinct blocks");
+        assert_eq!(a.stats().used, 8 + 5000 * 16);
+        a.check();
+        // the arena continues after the cursor's position
+        let p = a.alloc_layout(Layout::new::<u8>()).unwrap();
+        assert_eq!(p.as_ptr() as usize, seen[4999] + 16);
     }
 
     #[test]

@@ -83,7 +83,9 @@ pub fn alloc(size: usize) -> Option<NonNull<u8>> {
 
 /// Allocate with an explicit critical level.
 pub fn alloc_critical(size: usize, _level: CriticalLevel) -> Option<NonNull<u8>> {
-    let Some(l) = layout(size) else { return failed() };
+    let Some(l) = layout(size) else {
+        return failed();
+    };
     match with_region(|r| r.alloc(l)).and_then(|r| r) {
         Ok(p) => Some(p),
         Err(_) => failed(),
@@ -93,7 +95,9 @@ pub fn alloc_critical(size: usize, _level: CriticalLevel) -> Option<NonNull<u8>>
 /// Allocate a block recorded as an embedded pointer of `parent`: [`free_tree`] of the parent
 /// frees it too. `None` if `parent` is not a live block or memory is short.
 pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
-    let Some(l) = layout(size) else { return failed() };
+    let Some(l) = layout(size) else {
+        return failed();
+    };
     match with_region(|r| r.alloc_child(parent, l)).and_then(|r| r) {
         Ok(p) => Some(p),
         Err(Error::NotABlock | Error::ForeignPointer) => {
@@ -110,7 +114,9 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
 pub unsafe fn free(p: *mut u8) -> bool {
-    let Some(nn) = NonNull::new(p) else { return false };
+    let Some(nn) = NonNull::new(p) else {
+        return false;
+    };
     // SAFETY: forwarded caller guarantee.
     match with_region(|r| unsafe { r.free_one(nn) }).and_then(|r| r) {
         Ok(()) => true,
@@ -126,7 +132,9 @@ pub unsafe fn free(p: *mut u8) -> bool {
 /// # Safety
 /// If `p` is a live block, nothing uses it or its embedded blocks afterwards.
 pub unsafe fn free_tree(p: *mut u8) -> bool {
-    let Some(nn) = NonNull::new(p) else { return false };
+    let Some(nn) = NonNull::new(p) else {
+        return false;
+    };
     // SAFETY: forwarded caller guarantee.
     match with_region(|r| unsafe { r.free(nn) }).and_then(|r| r) {
         Ok(()) => true,

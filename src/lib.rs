@@ -27,9 +27,10 @@
 pub mod arena;
 mod error;
 pub mod host;
+pub mod nap;
 pub mod os;
 
-pub use arena::{ArenaBuilder, ArenaStats, PageArena};
+pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
 pub use error::{hr, Error};
 pub use host::CriticalLevel;
 pub mod heap;
@@ -37,3 +38,8 @@ pub mod region;
 mod table;
 
 pub use region::{Region, RegionBuilder, Scrub, Stats};
+
+/// The README's Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -126,20 +126,22 @@ impl RegionBuilder {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
             end: Cell::new(arena.base().as_ptr()),
+            fast_end: Cell::new(arena.base().as_ptr()),
             root: Cell::new(core::ptr::null_mut()),
             log: Cell::new(log_start),
             // SAFETY: one past the end of the log's storage.
             log_end: unsafe { log_start.add(LOG_CAP) },
             root_prev: Cell::new(NONE),
-            tail_top0: Cell::new(arena.base().as_ptr()),
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
+            reserved: arena.reserved(),
             log_buf,
             arena,
             untracked,
             bad_pointers: Cell::new(0),
             big_align: UnsafeCell::new(HashMap::new()),
+            slow_free: Cell::new(self.scrub.on_free),
             scrub: self.scrub,
             _not_sync: PhantomData,
         })
@@ -181,13 +183,16 @@ const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 pub struct Region {
     /// The bump cursor. Invariant: `base <= top <= end`, 16-aligned.
     top: Cell<*mut u8>,
-    /// How far a child of the tail root may bump inline: `min(end, root + LOG_CAP * GRANULE)`.
+    /// How far a child of the tail root may bump inline: `<= min(end, root + LOG_CAP * GRANULE)`.
     /// Every block spans at least one granule, so bumping under `limit` can never log more
     /// than `LOG_CAP` blocks: the log needs no check of its own. Meaningless while the tail is
     /// empty (`root` is null then, so nothing compares against it).
     limit: Cell<*mut u8>,
     /// End of the committed arena.
     end: Cell<*mut u8>,
+    /// `end` while the table has room for a full log (so a tail may start inline), else the
+    /// base (which sends every root allocation to the slow path until room is made).
+    fast_end: Cell<*mut u8>,
     /// The tail root, or null when the tail is empty. Invariant: non-null iff `log > log_start`;
     /// the tail blocks lie contiguously in `[root, top)`.
     root: Cell<*mut u8>,
@@ -195,15 +200,16 @@ pub struct Region {
     log: Cell<*mut u32>,
     /// End of the log's capacity.
     log_end: *mut u32,
-    /// Parent record of the tail root (`NONE`: a root), `PARENT`-tagged like `Rec::prev`.
+    /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
+    /// slow path for a tail root that is a child of a recorded block).
     root_prev: Cell<u32>,
-    /// `top` before the tail root was allocated: where a rewind goes back to.
-    tail_top0: Cell<*mut u8>,
     /// Largest arena offset of `top` seen at a slow-path event, a reset or a stats call.
     high_water: Cell<usize>,
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
+    /// `arena.reserved()`, cached for pointer checks.
+    reserved: usize,
     /// The log's storage: `log_start..log_end`.
     log_buf: Box<UnsafeCell<[u32; LOG_CAP]>>,
     arena: Span,
@@ -211,6 +217,9 @@ pub struct Region {
     bad_pointers: Cell<u64>,
     /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
     big_align: UnsafeCell<HashMap<u32, usize>>,
+    /// True while a freed block needs more than a free-list push: scrubbing is on, or some
+    /// block has an entry in `big_align`. Recomputed whenever either changes.
+    slow_free: Cell<bool>,
     scrub: Scrub,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -286,45 +295,78 @@ impl Region {
         self.top.get().wrapping_sub(tail_extent(size))
     }
 
-    /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes. The log must be
-    /// empty and the table must have room for a full log.
+    /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes, with
+    /// `root_prev` its parent link (`NONE` for a root). The log must be empty, the table must
+    /// have room for a full log, and `limit` must not pass `end`.
     #[inline(always)]
-    fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, top0: *mut u8) {
+    fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, limit: *mut u8) {
         let log = self.log_start();
+        let flag = if root_prev == NONE { 0 } else { NESTED };
         // SAFETY: the log is empty, so entry 0 is in bounds.
-        unsafe { log.write(size as u32) };
+        unsafe { log.write(size as u32 | flag) };
         // SAFETY: one past entry 0 is within the log's capacity.
         self.log.set(unsafe { log.add(1) });
+        if flag != 0 {
+            self.root_prev.set(root_prev);
+        }
         self.root.set(start);
-        self.root_prev.set(root_prev);
-        self.tail_top0.set(top0);
-        let top = start.wrapping_add(ext);
-        self.top.set(top);
-        let cap = start.wrapping_add(LOG_CAP * GRANULE);
-        self.limit.set(if (cap as usize) < self.end.get() as usize { cap } else { self.end.get() });
+        self.top.set(start.wrapping_add(ext));
+        self.limit.set(limit);
     }
 
     /// Allocate a tracked root block. Alignment is at least 16.
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        // A new root ends the pending tail (it is not part of the tail's subtree).
-        if !self.root.get().is_null() {
-            self.materialize();
-        }
         let size = layout.size();
-        let top = self.top.get();
-        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-        let t = self.table();
-        if layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-            && ext <= self.end.get() as usize - top as usize
-            && t.count as usize + LOG_CAP < t.cap as usize
-        {
-            self.start_tail(top, ext, size, NONE, top);
-            // SAFETY: top lies inside the reservation, derived from its base: non-null.
-            return Ok(unsafe { NonNull::new_unchecked(top) });
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            // 1. A dead slot of the same class first: memory stays bounded when blocks are
+            //    freed one by one, and a reused root does not touch the tail.
+            let t = self.table();
+            let class = (size - 1) / GRANULE;
+            if t.heads[class] != NONE {
+                return Ok(self.reuse(class, size, NONE));
+            }
+            // 2. A new tail. A new root ends the pending tail (it is not in the tail's subtree).
+            if !self.root.get().is_null() {
+                self.materialize();
+            }
+            let top = self.top.get();
+            // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
+            // children need only compare with `limit`.
+            let limit = top.wrapping_add(LOG_CAP * GRANULE);
+            if limit as usize <= self.fast_end.get() as usize {
+                self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(top) });
+            }
         }
         self.alloc_slow(None, layout)
+    }
+
+    /// Make the dead slot at the head of `class`'s free list a live block of `size` bytes under
+    /// `parent` (`NONE`: a root). The free list must not be empty.
+    #[inline]
+    fn reuse(&self, class: usize, size: usize, parent: u32) -> NonNull<u8> {
+        let t = self.table();
+        let i = t.heads[class];
+        debug_assert!(i != NONE, "reuse from an empty free list");
+        // SAFETY: free-list entries are dead records below count.
+        let r = unsafe { t.rec(i) };
+        debug_assert_eq!(r.prev, table::DEAD, "free list of class {class} holds a live record {i}");
+        let next = r.next;
+        let off = r.off as usize * GRANULE;
+        r.size = size as u32;
+        r.prev = NONE;
+        r.child = NONE;
+        r.next = NONE;
+        t.heads[class] = next;
+        if parent != NONE {
+            t.link_under(i, parent);
+        }
+        t.live_blocks += 1;
+        t.live_bytes += size;
+        // SAFETY: the slot lies inside the reservation, derived from its base: non-null.
+        unsafe { NonNull::new_unchecked(self.ptr_at(off)) }
     }
 
     /// Allocate a tracked block as an embedded pointer of `parent`: freeing `parent` frees it.
@@ -374,11 +416,10 @@ impl Region {
             let e = unsafe { *start.add(k) };
             let size = (e & !NESTED) as usize;
             let parent = if k == 0 {
-                let rp = self.root_prev.get();
-                if rp == NONE {
-                    NONE
+                if e & NESTED != 0 {
+                    self.root_prev.get() & !PARENT
                 } else {
-                    rp & !PARENT
+                    NONE
                 }
             } else if e & NESTED != 0 {
                 prev_idx
@@ -397,6 +438,13 @@ impl Region {
         debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
         self.log.set(start);
         self.root.set(core::ptr::null_mut());
+        self.refresh_fast_end();
+    }
+
+    /// Re-derive `fast_end`: inline tails may start only while the table can take a full log.
+    fn refresh_fast_end(&self) {
+        let ok = self.table().reserve(LOG_CAP + 1).is_ok();
+        self.fast_end.set(if ok { self.end.get() } else { self.base.as_ptr() });
     }
 
     /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
@@ -448,23 +496,8 @@ impl Region {
         };
         let t = self.table();
         // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
-        if align == GRANULE {
-            if let Some(i) = t.pop_free(class) {
-                // SAFETY: i is a dead record below count.
-                let r = unsafe { t.rec(i) };
-                r.size = size as u32;
-                r.prev = NONE;
-                r.child = NONE;
-                r.next = NONE;
-                let off = r.off as usize * GRANULE;
-                if p != NONE {
-                    t.link_under(i, p);
-                }
-                t.live_blocks += 1;
-                t.live_bytes += size;
-                // SAFETY: the slot lies inside the reservation: non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
-            }
+        if align == GRANULE && t.heads[class] != NONE {
+            return Ok(self.reuse(class, size, p));
         }
         // 2. bump
         let base = self.base.as_ptr() as usize;
@@ -481,13 +514,17 @@ impl Region {
         let ptr = self.ptr_at(start);
         if align == GRANULE && size <= LOG_SIZE_MAX {
             // 2a. the block starts a new tail (start == top: no padding)
-            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, self.ptr_at(top));
+            let cap = ptr.wrapping_add(LOG_CAP * GRANULE);
+            let end = self.end.get();
+            let limit = if (cap as usize) < end as usize { cap } else { end };
+            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, limit);
         } else {
             // 2b. recorded at once
             let i = t.push((start / GRANULE) as u32, size as u32, p)?;
             if align > GRANULE {
                 // SAFETY: no other reference to the map is alive (see `table()`).
                 unsafe { (*self.big_align.get()).insert(i, align) };
+                self.slow_free.set(true);
             }
             self.top.set(self.ptr_at(need));
         }
@@ -510,6 +547,7 @@ impl Region {
         self.table().ensure_windows(self.arena.committed())?;
         let end = self.ptr_at(self.arena.committed());
         self.end.set(end);
+        self.refresh_fast_end();
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
@@ -528,14 +566,17 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        self.materialize();
+        // Blocks below the tail are all in the table already.
+        if p.as_ptr() >= self.root.get() {
+            self.materialize();
+        }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
     }
 
     #[inline]
     fn check_range(&self, p: *const u8) -> Result<usize, Error> {
         let off = self.off_of(p);
-        if off >= self.arena.reserved() {
+        if off >= self.reserved {
             return Err(Error::ForeignPointer);
         }
         if off % GRANULE != 0 || off >= self.top_off() {
@@ -601,7 +642,8 @@ impl Region {
         if self.scrub.on_free {
             self.scrub_tail();
         }
-        self.top.set(self.tail_top0.get());
+        // The tail root started at the top: there is no padding before it.
+        self.top.set(self.root.get());
         self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
     }
@@ -633,8 +675,16 @@ impl Region {
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        let t = self.table();
+        // SAFETY: i is live.
+        let leaf = unsafe { t.rec(i).child } == NONE;
+        if leaf && !self.slow_free.get() {
+            // A leaf (every CoTaskMem block): no subtree walk.
+            t.free_leaf(i);
+            return Ok(());
+        }
         if !cascade {
-            self.table().detach_children(i);
+            t.detach_children(i);
         }
         self.free_record(i);
         Ok(())
@@ -645,10 +695,27 @@ impl Region {
     ///
     /// # Safety
     /// No reference into the freed block is used afterwards.
+    #[inline]
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
+        let p = ptr.as_ptr();
+        let root = self.root.get();
+        if p == root && self.log_len() == 1 {
             self.rewind();
             return Ok(());
+        }
+        // A childless block below the tail (every CoTaskMem block in steady state): one window
+        // lookup and a free-list push, inline.
+        let below = if root.is_null() { self.top.get() } else { root };
+        let off = self.off_of(p);
+        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() {
+            let t = self.table();
+            if let Some(i) = t.find(off / GRANULE) {
+                // SAFETY: i is a live record.
+                if unsafe { t.rec(i).child } == NONE {
+                    t.free_leaf(i);
+                    return Ok(());
+                }
+            }
         }
         self.free_slow(ptr, false)
     }
@@ -671,6 +738,7 @@ impl Region {
                 big.remove(&idx);
             }
         });
+        self.slow_free.set(self.scrub.on_free || !big.is_empty());
     }
 
     /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
@@ -766,7 +834,7 @@ impl Region {
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.off_of(ptr) < self.arena.reserved()
+        self.off_of(ptr) < self.reserved
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
@@ -781,9 +849,13 @@ impl Region {
         self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
         self.table.get_mut().reset();
+        if self.fast_end.get() != self.end.get() {
+            self.refresh_fast_end();
+        }
         let big = self.big_align.get_mut();
         if !big.is_empty() {
             big.clear();
+            self.slow_free.set(self.scrub.on_free);
         }
         self.untracked.reset();
     }
@@ -800,7 +872,8 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        let b = self.table().trim(0)?;
+        let b = self.table().trim(LOG_CAP + 1)?;
+        self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
     }
@@ -811,6 +884,12 @@ impl Region {
     #[inline(always)]
     pub fn alloc_untracked(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
         self.untracked.alloc_layout(layout)
+    }
+
+    /// A register-resident bump cursor over the untracked arena (see [`PageArena::cursor`]).
+    #[inline]
+    pub fn untracked_cursor(&mut self) -> crate::arena::Cursor<'_> {
+        self.untracked.cursor()
     }
 
     /// Counters; exact at any moment.
@@ -834,7 +913,7 @@ impl Region {
             reserved: self.arena.reserved() + t.reserved() + u.reserved,
             high_water: self.high_water.get(),
             table_committed: t.committed(),
-            free_slots: t.nfree as usize,
+            free_slots: t.count as usize - t.live_blocks,
             bad_pointers: self.bad_pointers.get(),
         }
     }
@@ -1000,6 +1079,26 @@ mod tests {
         unsafe { r.free(root).unwrap() };
         assert!(!r.owns(a2) && !r.owns(c));
         assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn freed_roots_are_reused_without_disturbing_the_tail() {
+        let r = region();
+        let a = r.alloc(l(40)).unwrap();
+        let _b = r.alloc(l(40)).unwrap(); // a is recorded, b is the tail root
+                                          // SAFETY: a is live.
+        unsafe { r.free(a).unwrap() };
+        assert_eq!(r.stats().free_slots, 1);
+        let t = r.alloc(l(100)).unwrap(); // a new tail
+        let kid = r.alloc_child(t, l(10)).unwrap();
+        let again = r.alloc(l(33)).unwrap(); // same class as a: reused, the tail stays pending
+        assert_eq!(again, a);
+        assert_eq!(r.stats().free_slots, 0);
+        // SAFETY: t is the tail root: its subtree is rewound.
+        unsafe { r.free(t).unwrap() };
+        assert!(!r.owns(kid) && r.owns(again));
+        assert_eq!(r.stats().live_blocks, 2);
+        assert_eq!(r.size_of(again), Some(33));
     }
 
     #[test]
