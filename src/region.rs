@@ -1,7 +1,7 @@
 //! `Region`: tracked blocks over a page arena and the side table.
 //!
 //! Every block has a record (start, requested size, parent, children) in the side table
-//! ([`crate::table`]); nothing is stored inline with user data. A block can be hung under
+//! (`table.rs`); nothing is stored inline with user data. A block can be hung under
 //! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
 //! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
 //!
