@@ -552,6 +552,20 @@ mod tests {
     }
 
     #[test]
+    fn default_arena_reserves_address_space_only() {
+        // The default reservation (4 GiB outside Miri) must succeed everywhere, Windows included,
+        // and cost no memory until something is allocated.
+        let a = PageArena::new().unwrap();
+        let s = a.stats();
+        assert!(s.reserved >= DEFAULT_RESERVE, "{s:?}");
+        assert_eq!((s.committed, s.used), (0, 0), "{s:?}");
+        let p = a.alloc_layout(Layout::from_size_align(64, 16).unwrap()).unwrap();
+        assert_eq!(p.as_ptr() as usize % 16, 0);
+        let s = a.stats();
+        assert!(s.committed >= crate::os::page_size() && s.committed <= DEFAULT_COMMIT_CHUNK, "{s:?}");
+    }
+
+    #[test]
     fn cursor_writes_back_and_grows() {
         let mut a = small();
         a.alloc_layout(Layout::new::<u8>()).unwrap();
