@@ -65,7 +65,8 @@ OPTIONS:
     -h, --help          Print this help
 
 OUTPUT:
-    requests/s, p50/p99 latency (per request, from sorted per-thread samples), peak RSS (VmHWM,
+    requests/s (wall clock), requests per CPU second of the process (steadier when other programs
+    share the cores), p50/p99 latency (per request, from sorted per-thread samples), peak RSS (VmHWM,
     reset before each run), committed bytes (napalloc: the pool's figure; system: glibc's
     mallinfo2 arena + mmapped bytes), minor page faults per request in the timed phase, and the
     ratio napalloc/system.
@@ -566,9 +567,9 @@ struct SysVendor {
 }
 struct SysRequest {
     attributes: Vec<SysAttr>,
-    entities: Vec<Box<SysState>>,
+    entities: Vec<SysState>,
     friendly: Option<Box<SysCountedString>>,
-    vendor: Vec<Box<SysVendor>>,
+    vendor: Vec<SysVendor>,
 }
 struct SysResponse {
     attributes: Vec<SysAttr>,
@@ -597,11 +598,11 @@ fn serve_system(blob: &[u8], out: &mut Vec<u8>) -> Result<u64, Error> {
         match T(ty as i32) {
             T::SYSTEM_HEALTH_ID if req.entities.len() < MAX_GROUPS => {
                 let k = group_codes(blob, next);
-                req.entities.push(Box::new(SysState {
+                req.entities.push(SysState {
                     id: be32(v),
                     results: Vec::with_capacity(k),
                     failure_category: FailureCategory::NONE,
-                }));
+                });
             }
             T::COMPLIANCE_RESULT_CODES => {
                 if let Some(st) = req.entities.last_mut() {
@@ -620,7 +621,7 @@ fn serve_system(blob: &[u8], out: &mut Vec<u8>) -> Result<u64, Error> {
                 req.friendly = Some(counted(units, v.len() / 2));
             }
             T::VENDOR_SPECIFIC if v.len() >= 4 => {
-                req.vendor.push(Box::new(SysVendor { vendor_id: be32(v), data: v[4..].into() }));
+                req.vendor.push(SysVendor { vendor_id: be32(v), data: v[4..].into() });
             }
             _ => {}
         }
@@ -677,16 +678,18 @@ fn serve_system(blob: &[u8], out: &mut Vec<u8>) -> Result<u64, Error> {
 // ---------------------------------------------------------------------------------------------
 // Measurement
 
+/// Minor page faults and CPU seconds (user + system) of the process so far.
 #[cfg(unix)]
-fn minor_faults() -> Option<u64> {
+fn usage() -> Option<(u64, f64)> {
     // SAFETY: getrusage writes one rusage struct, which we own.
     let mut u: libc::rusage = unsafe { core::mem::zeroed() };
     // SAFETY: a valid pointer to the struct above.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    (rc == 0).then_some(u.ru_minflt as u64)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (rc == 0).then(|| (u.ru_minflt as u64, secs(u.ru_utime) + secs(u.ru_stime)))
 }
 #[cfg(not(unix))]
-fn minor_faults() -> Option<u64> {
+fn usage() -> Option<(u64, f64)> {
     None
 }
 
@@ -719,11 +722,88 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
+/// Latency samples of one thread, in memory mapped outside malloc (so that the system
+/// allocator's figures do not count them) and touched before the timed phase (so that recording
+/// a sample never faults).
+struct Samples {
+    #[cfg(unix)]
+    ptr: NonNull<u32>,
+    #[cfg(not(unix))]
+    buf: Vec<u32>,
+    cap: usize,
+}
+
+impl Samples {
+    #[cfg(unix)]
+    fn new(cap: usize) -> Samples {
+        let cap = cap.max(1);
+        // SAFETY: an anonymous private mapping of cap u32s; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                cap * 4,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "mmap of {} bytes for latency samples failed", cap * 4);
+        let ptr = NonNull::new(p.cast::<u32>()).expect("mmap returned null");
+        // SAFETY: the mapping holds cap u32s; writing every one touches every page.
+        unsafe { core::slice::from_raw_parts_mut(ptr.as_ptr(), cap).fill(u32::MAX) };
+        Samples { ptr, cap }
+    }
+    #[cfg(not(unix))]
+    fn new(cap: usize) -> Samples {
+        Samples { buf: vec![u32::MAX; cap.max(1)], cap: cap.max(1) }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, i: usize, v: u32) {
+        assert!(i < self.cap);
+        #[cfg(unix)]
+        // SAFETY: i < cap, inside the mapping.
+        unsafe {
+            self.ptr.as_ptr().add(i).write(v)
+        };
+        #[cfg(not(unix))]
+        {
+            self.buf[i] = v;
+        }
+    }
+
+    /// The first `n` samples.
+    fn slice_mut(&mut self, n: usize) -> &mut [u32] {
+        let n = n.min(self.cap);
+        #[cfg(unix)]
+        // SAFETY: n <= cap entries of the mapping, all initialized in `new`; borrowed mutably.
+        return unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) };
+        #[cfg(not(unix))]
+        return &mut self.buf[..n];
+    }
+}
+
+// SAFETY: `Samples` owns its mapping outright; moving it to another thread moves that ownership.
+unsafe impl Send for Samples {}
+
+#[cfg(unix)]
+impl Drop for Samples {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap * 4) };
+    }
+}
+
 struct RunResult {
     requests: u64,
     elapsed: Duration,
-    latencies: Vec<u32>,
+    p50: u32,
+    p99: u32,
+    /// Bytes of latency samples the harness touched before the timed phase.
+    samples_bytes: u64,
     faults: Option<u64>,
+    cpu: Option<f64>,
     peak_rss: Option<u64>,
     start_rss: Option<u64>,
     committed: Option<u64>,
@@ -735,11 +815,9 @@ impl RunResult {
     fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
-    fn pct(&self, p: usize) -> u32 {
-        if self.latencies.is_empty() {
-            return 0;
-        }
-        self.latencies[(self.latencies.len() * p / 100).min(self.latencies.len() - 1)]
+    /// Requests per CPU second: robust to other processes sharing the cores.
+    fn cpu_rate(&self) -> Option<f64> {
+        self.cpu.map(|c| self.requests as f64 / c.max(1e-9))
     }
     fn faults_per_request(&self) -> Option<f64> {
         self.faults.map(|f| f as f64 / self.requests.max(1) as f64)
@@ -799,7 +877,7 @@ where
                         None => (est * args.seconds * 2.0) as usize + 65536,
                     };
                     // Touched now, so that recording a latency never faults in the timed phase.
-                    let mut lat = vec![u32::MAX; cap];
+                    let mut lat = Samples::new(cap);
                     ctl.ready.wait();
                     ctl.go.wait();
                     let mut prev = Instant::now();
@@ -810,7 +888,7 @@ where
                             Err(_) => fails += 1,
                         }
                         let now = Instant::now();
-                        lat[i] = (now - prev).as_nanos().min(u32::MAX as u128) as u32;
+                        lat.set(i, (now - prev).as_nanos().min(u32::MAX as u128) as u32);
                         prev = now;
                         i += 1;
                         if i % 64 == 0 {
@@ -826,14 +904,13 @@ where
                     ctl.progress[tid].store(i as u64, Ordering::Relaxed);
                     ctl.done.wait();
                     ctl.release.wait();
-                    lat.truncate(i);
-                    (lat, fails, sum)
+                    (lat, i, fails, sum)
                 })
             })
             .collect();
         ctl.ready.wait();
         let start_rss = if reset_peak_rss() { proc_status_bytes("VmRSS") } else { None };
-        let f0 = minor_faults();
+        let u0 = usage();
         ctl.go.wait();
         let t0 = Instant::now();
         let total = args.requests.map(|n| n * t as u64);
@@ -862,9 +939,9 @@ where
         }
         ctl.done.wait();
         let elapsed = t0.elapsed();
-        let faults = match (f0, minor_faults()) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
+        let (faults, cpu) = match (u0, usage()) {
+            (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
+            _ => (None, None),
         };
         let peak_rss = proc_status_bytes("VmHWM");
         let committed = committed();
@@ -875,22 +952,35 @@ where
         let mut r = RunResult {
             requests: 0,
             elapsed,
-            latencies: Vec::new(),
+            p50: 0,
+            p99: 0,
+            samples_bytes: 0,
             faults,
+            cpu,
             peak_rss,
             start_rss,
             committed,
             failures: 0,
             checksum: 0,
         };
-        for h in handles {
-            let (lat, fails, sum) = h.join().expect("worker panicked");
-            r.requests += lat.len() as u64;
-            r.latencies.extend_from_slice(&lat);
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+        let total: usize = results.iter().map(|x| x.1).sum();
+        // All samples in one mapping (not malloc: see `Samples`), sorted for the percentiles.
+        let mut all = Samples::new(total);
+        let mut at = 0;
+        for (mut lat, n, fails, sum) in results {
+            all.slice_mut(total)[at..at + n].copy_from_slice(lat.slice_mut(n));
+            at += n;
+            r.requests += n as u64;
+            r.samples_bytes += lat.cap as u64 * 4;
             r.failures += fails;
             r.checksum = r.checksum.wrapping_add(sum);
         }
-        r.latencies.sort_unstable();
+        let v = all.slice_mut(total);
+        v.sort_unstable();
+        let pct = |p: usize| if v.is_empty() { 0 } else { v[(v.len() * p / 100).min(v.len() - 1)] };
+        r.p50 = pct(50);
+        r.p99 = pct(99);
         r
     })
 }
@@ -909,11 +999,13 @@ fn pool_for(args: &Args, reserve: usize) -> ArenaPool {
 fn print_row(name: &str, r: &RunResult) {
     let opt = |v: Option<u64>| v.map_or_else(|| "n/a".to_string(), mib);
     let faults = r.faults_per_request().map_or_else(|| "n/a".to_string(), |f| format!("{f:.4}"));
+    let cpu = r.cpu_rate().map_or_else(|| "n/a".to_string(), |c| format!("{c:.0}"));
     println!(
-        "{name:<9} {:>12.0} {:>8} {:>8} {:>11} {:>11} {:>13} {:>9}",
+        "{name:<9} {:>11.0} {:>11} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}",
         r.rate(),
-        r.pct(50),
-        r.pct(99),
+        cpu,
+        r.p50,
+        r.p99,
         opt(r.peak_rss),
         opt(r.committed),
         faults,
@@ -974,11 +1066,11 @@ fn burst(args: &Args) {
     let rss2 = proc_status_bytes("VmRSS");
     let under = s.committed_bytes <= s.retained_bytes;
     println!(
-        "burst: idle {:.2} s (trim delay {:.2} s) -> committed {} (retained size {}): {}; RSS {} (before the burst {})",
+        "burst: idle {:.2} s (trim delay {:.2} s) -> committed {} B (retained size {} B): {}; RSS {} (before the burst {})",
         idle.as_secs_f64(),
         delay.as_secs_f64(),
-        mib(s.committed_bytes),
-        mib(s.retained_bytes),
+        s.committed_bytes,
+        s.retained_bytes,
         if under { "back under the retained size" } else { "NOT under the retained size" },
         rss2.map_or("n/a".into(), mib),
         rss0.map_or("n/a".into(), mib),
@@ -1007,16 +1099,14 @@ fn main() {
         args.warmup.as_secs_f64()
     );
     println!(
-        "{:<9} {:>12} {:>8} {:>8} {:>11} {:>11} {:>13} {:>9}",
-        "allocator", "requests/s", "p50 ns", "p99 ns", "peak RSS", "committed", "minflt/req", "requests"
+        "{:<9} {:>11} {:>11} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}",
+        "allocator", "requests/s", "req/CPU-s", "p50 ns", "p99 ns", "peak RSS", "committed", "minflt/req", "requests"
     );
     let mut sys = None;
     let mut nap = None;
-    if args.which != Which::Napalloc {
-        let r = run("system", &args, |blob, out| serve_system(blob, out), system_committed);
-        print_row("system", &r);
-        sys = Some(r);
-    }
+    // napalloc first: its pool is dropped (unmapped) after its run, while glibc keeps much of
+    // what it freed, which would otherwise count in the next run's RSS.
+    let mut pool_table = None;
     if args.which != Which::System {
         let pool = pool_for(&args, 1 << 30);
         let r = run(
@@ -1029,30 +1119,46 @@ fn main() {
             || Some(pool.stats().committed_bytes),
         );
         print_row("napalloc", &r);
-        if args.stats {
-            println!("\n{}", pool.stats());
-        }
+        pool_table = Some(pool.stats());
         nap = Some(r);
     }
+    if args.which != Which::Napalloc {
+        let r = run("system", &args, serve_system, system_committed);
+        print_row("system", &r);
+        sys = Some(r);
+    }
     if let (Some(s), Some(n)) = (&sys, &nap) {
+        let cpu = match (n.cpu_rate(), s.cpu_rate()) {
+            (Some(a), Some(b)) => format!(" ({:.2}x per CPU second)", a / b),
+            _ => String::new(),
+        };
         println!(
-            "ratio napalloc/system: {:.2}x requests/s; latency p50 {:.2}x, p99 {:.2}x (lower is better)",
+            "ratio napalloc/system: {:.2}x requests/s{cpu}; latency p50 {:.2}x, p99 {:.2}x (lower is better)",
             n.rate() / s.rate(),
-            n.pct(50) as f64 / s.pct(50).max(1) as f64,
-            n.pct(99) as f64 / s.pct(99).max(1) as f64
+            n.p50 as f64 / s.p50.max(1) as f64,
+            n.p99 as f64 / s.p99.max(1) as f64
         );
         if s.checksum != n.checksum && args.requests.is_some() {
             eprintln!("policy_server: the two servers answered differently");
             std::process::exit(1);
         }
     }
-    for (name, r) in [("system", &sys), ("napalloc", &nap)] {
+    if let (true, Some(t)) = (args.stats, pool_table) {
+        println!("\nthe pool after the napalloc run:\n{t}");
+    }
+    for (name, r) in [("napalloc", &nap), ("system", &sys)] {
         if let Some(r) = r {
             if r.failures > 0 {
                 eprintln!("policy_server: {name}: {} requests failed", r.failures);
             }
             if let (Some(a), Some(b)) = (r.start_rss, r.peak_rss) {
-                println!("{name}: RSS at the start of the timed phase {}, peak {}", mib(a), mib(b));
+                println!(
+                    "{name}: RSS at the start of the timed phase {}, peak {} (the harness's latency samples, \
+                     touched before the start, are {})",
+                    mib(a),
+                    mib(b),
+                    mib(r.samples_bytes)
+                );
             }
         }
     }
