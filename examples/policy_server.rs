@@ -829,7 +829,12 @@ struct Ctl {
     go: Barrier,
     done: Barrier,
     release: Barrier,
+    /// Written once by the main thread (false -> true) when the timed phase is over; read by
+    /// the workers every 64 requests.
     stop: AtomicBool,
+    /// `progress[t]`: requests worker `t` finished in the timed phase, written only by worker `t`
+    /// (every 64 requests and at the end, then exact); read by the main thread for the progress
+    /// line and the `--requests` end.
     progress: Vec<AtomicU64>,
 }
 

@@ -136,7 +136,7 @@ fn exhausted_wait_mode_gets_the_returned_region() {
         .unwrap();
     let held = pool.checkout().unwrap();
     let id = held.id();
-    // SAFETY: not needed; a marker block so the waiter can see the reset happened
+    // a marker block: the waiter must find the region reset
     held.alloc(l(100)).unwrap();
     std::thread::scope(|s| {
         let waiter = s.spawn(|| {
