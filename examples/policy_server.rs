@@ -1156,6 +1156,9 @@ fn main() {
             if r.failures > 0 {
                 eprintln!("policy_server: {name}: {} requests failed", r.failures);
             }
+            if let (Some(f), Some(c)) = (r.faults, r.cpu) {
+                println!("{name}: {f} minor page faults and {c:.2} CPU seconds in the timed phase");
+            }
             if let (Some(a), Some(b)) = (r.start_rss, r.peak_rss) {
                 println!(
                     "{name}: RSS at the start of the timed phase {}, peak {} (the harness's latency samples, \
