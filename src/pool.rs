@@ -1155,6 +1155,50 @@ mod tests {
         assert_eq!(ArenaPool::builder().max_regions(0).build().unwrap_err(), Error::InvalidLayout);
     }
 
+    /// The only test of this binary that checks regions out, so the process-wide figures change
+    /// by exactly what it does (the other pool tests are integration tests, in other processes).
+    #[test]
+    fn threads_share_a_pool_and_global_figures_outlive_it() {
+        let g0 = PoolStats::global();
+        let pool = ArenaPool::builder()
+            .max_regions(2)
+            .region_reserve(1 << 20)
+            .retained_bytes_per_region(0)
+            .idle_trim_delay(Duration::ZERO)
+            .on_exhausted(OnExhausted::Wait(Duration::from_secs(600)))
+            .build()
+            .unwrap();
+        let rounds = if cfg!(miri) { 5 } else { 200 };
+        std::thread::scope(|s| {
+            for t in 0..3u8 {
+                let pool = &pool;
+                s.spawn(move || {
+                    for _ in 0..rounds {
+                        let r = pool.checkout().unwrap();
+                        let root = r.alloc(Layout::from_size_align(24, 8).unwrap()).unwrap();
+                        let c = r.alloc_child(root, Layout::from_size_align(40, 8).unwrap()).unwrap();
+                        // SAFETY: c is a fresh 40-byte block of a region only this thread holds.
+                        unsafe { c.as_ptr().write_bytes(t, 40) };
+                        // SAFETY: as above; the block still holds this thread's bytes.
+                        assert!((0..40).all(|i| unsafe { *c.as_ptr().add(i) } == t));
+                    }
+                });
+            }
+        });
+        let s = pool.stats();
+        assert_eq!((s.checkouts, s.returns), (3 * rounds, 3 * rounds));
+        assert_eq!(s.live_bytes, 64 * s.live_regions, "every last return left a root and a child live");
+        assert!(s.live_regions >= 1 && s.live_regions <= 2);
+        let g1 = PoolStats::global();
+        assert_eq!(g1.checkouts - g0.checkouts, 3 * rounds);
+        assert_eq!(g1.live_regions - g0.live_regions, s.live_regions);
+        drop(pool);
+        let g2 = PoolStats::global();
+        assert_eq!(g2.checkouts, g1.checkouts, "a dropped pool's checkouts stay counted");
+        assert_eq!((g2.live_regions, g2.committed_bytes, g2.live_bytes), (g0.live_regions, g0.committed_bytes, 0));
+        assert!(g2.peak_regions >= s.live_regions);
+    }
+
     #[test]
     fn prefix_is_sanitized() {
         let text = PoolStats::default().to_prometheus("9my-pool");
