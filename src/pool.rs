@@ -270,8 +270,9 @@ struct SlotMeta {
 /// Counters of rare events, shared by all threads (one set per pool, one process-wide set).
 #[derive(Default)]
 struct Counters {
-    /// Regions that exist. Raised (compare-exchange, never above `max_regions`) by the thread
-    /// that creates a region, lowered if creation fails and when the pool is dropped.
+    /// Regions that exist. Raised (compare-exchange, acquire, never above `max_regions`) by the
+    /// thread that creates a region; lowered (release, after its id went back to `free_ids`) if
+    /// creation fails and when the pool is dropped.
     live_regions: AtomicU64,
     /// Largest `live_regions` seen (`fetch_max` by the creating thread).
     peak_regions: AtomicU64,
@@ -410,9 +411,11 @@ impl Shared {
         let retained = self.config.retained_bytes_per_region as u64;
         self.counters.retained.fetch_sub(retained, Ordering::Relaxed);
         GLOBAL.retained.fetch_sub(retained, Ordering::Relaxed);
-        self.counters.live_regions.fetch_sub(1, Ordering::Relaxed);
-        GLOBAL.live_regions.fetch_sub(1, Ordering::Relaxed);
+        // The id goes back before the count drops (release), so that a creator that sees the
+        // lower count (acquire) finds a free id.
         let _ = self.free_ids.push(slot.id);
+        self.counters.live_regions.fetch_sub(1, Ordering::Release);
+        GLOBAL.live_regions.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Create a region if the pool is below its maximum: `None` if it is at the maximum.
@@ -423,7 +426,7 @@ impl Shared {
             if n >= max {
                 return None;
             }
-            match self.counters.live_regions.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.counters.live_regions.compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => n = now,
             }
@@ -449,9 +452,10 @@ impl Shared {
                 Err(e) => {
                     self.counters.retained.fetch_sub(retained, Ordering::Relaxed);
                     GLOBAL.retained.fetch_sub(retained, Ordering::Relaxed);
-                    self.counters.live_regions.fetch_sub(1, Ordering::Relaxed);
-                    GLOBAL.live_regions.fetch_sub(1, Ordering::Relaxed);
+                    // As in `destroy`: the id first, then the count.
                     let _ = self.free_ids.push(id);
+                    self.counters.live_regions.fetch_sub(1, Ordering::Release);
+                    GLOBAL.live_regions.fetch_sub(1, Ordering::Relaxed);
                     log::warn!("napalloc: pool could not create a region: {e}");
                     return Some(Err(self.fail(e)));
                 }

@@ -424,3 +424,39 @@ fn prewarm_creates_regions_up_to_the_maximum() {
     assert_eq!((s.live_regions, s.idle_regions, s.checkouts), (3, 3, 0));
     assert!(s.retained_bytes == 3 * pool.config().retained_bytes_per_region as u64);
 }
+
+/// A host page source that refuses everything.
+#[derive(Debug)]
+struct Refuse;
+
+impl napalloc::host::PageSource for Refuse {
+    fn reserve(&self, _len: usize, _level: CriticalLevel) -> Result<NonNull<u8>, Error> {
+        Err(Error::Host(napalloc::hr::E_OUTOFMEMORY))
+    }
+    fn commit(&self, _addr: NonNull<u8>, _len: usize, _level: CriticalLevel) -> Result<(), Error> {
+        Err(Error::Host(napalloc::hr::E_OUTOFMEMORY))
+    }
+    fn decommit(&self, _addr: NonNull<u8>, _len: usize) -> Result<(), Error> {
+        Ok(())
+    }
+    fn release(&self, _base: NonNull<u8>, _len: usize) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_region_that_cannot_be_created_fails_the_checkout_and_frees_its_place() {
+    let pool = ArenaPool::builder()
+        .max_regions(1)
+        .source(napalloc::host::Source::Host(std::sync::Arc::new(Refuse)))
+        .critical_level(CriticalLevel::AppDomain)
+        .on_exhausted(OnExhausted::Fail)
+        .build()
+        .unwrap();
+    for round in 1..=3 {
+        assert_eq!(pool.checkout().unwrap_err(), Error::Host(napalloc::hr::E_OUTOFMEMORY));
+        let s = pool.stats();
+        assert_eq!(s.failures, [0, round, 0]);
+        assert_eq!((s.live_regions, s.retained_bytes, s.exhausted), (0, 0, 0), "the place is free again");
+    }
+}
