@@ -516,8 +516,17 @@ impl Shared {
             if let Some(s) = self.idle.pop() {
                 break Ok(s);
             }
-            if let Some(r) = self.try_create() {
-                break r;
+            if self.counters.live_regions.load(Ordering::Relaxed) < self.config.max_regions as u64 {
+                // A creation failed meanwhile and freed a place. Create without the lock: building
+                // a region commits memory, which may call a budget's trimmer, which pushes idle
+                // regions back and takes this lock to wake waiters.
+                drop(g);
+                let r = self.try_create();
+                g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                match r {
+                    Some(r) => break r,
+                    None => continue,
+                }
             }
             let now = Instant::now();
             let left = match deadline {
@@ -811,6 +820,15 @@ impl ArenaPool {
     pub fn idle_trimmer(&self) -> Box<dyn Fn(usize) -> usize + Send + Sync> {
         let w = Arc::downgrade(&self.shared);
         Box::new(move |want| w.upgrade().map_or(0, |s| s.trim_idle(want)))
+    }
+
+    /// Register [`idle_trimmer`](Self::idle_trimmer) as `budget`'s trimmer (replacing any
+    /// earlier one): an `AppDomain`- or `Process`-critical commit past the budget's soft limit
+    /// then first trims this pool's idle regions. The pool's regions should be charged to the
+    /// same budget (`PoolConfig::source` = `Source::os().with_budget(budget)`), so that what the
+    /// trim gives back is credited to it.
+    pub fn register_trimmer(&self, budget: &crate::host::Budget) {
+        budget.set_trimmer(self.idle_trimmer());
     }
 
     /// This pool's statistics.

@@ -448,7 +448,7 @@ impl napalloc::host::PageSource for Refuse {
 fn a_region_that_cannot_be_created_fails_the_checkout_and_frees_its_place() {
     let pool = ArenaPool::builder()
         .max_regions(1)
-        .source(napalloc::host::Source::Host(std::sync::Arc::new(Refuse)))
+        .source(napalloc::host::Source::host(std::sync::Arc::new(Refuse)))
         .critical_level(CriticalLevel::AppDomain)
         .on_exhausted(OnExhausted::Fail)
         .build()
@@ -459,4 +459,50 @@ fn a_region_that_cannot_be_created_fails_the_checkout_and_frees_its_place() {
         assert_eq!(s.failures, [0, round, 0]);
         assert_eq!((s.live_regions, s.retained_bytes, s.exhausted), (0, 0, 0), "the place is free again");
     }
+}
+
+#[test]
+fn a_budget_past_its_soft_limit_trims_idle_regions_first() {
+    use napalloc::host::{Budget, Source};
+    const MIB: usize = 1 << 20;
+    let budget = Budget::new(6 * MIB, 16 * MIB).unwrap();
+    let pool = ArenaPool::builder()
+        .max_regions(2)
+        .region_reserve(64 * MIB)
+        .retained_bytes_per_region(256 << 10)
+        .idle_trim_delay(Duration::from_secs(3600))
+        .source(Source::os().with_budget(budget.clone()))
+        .critical_level(CriticalLevel::AppDomain)
+        .build()
+        .unwrap();
+    pool.register_trimmer(&budget);
+    // One region bloats to 3 MiB (its arena commits 4 MiB) and goes idle; the timer would not
+    // trim it for an hour.
+    let idle_id = {
+        let r = pool.checkout().unwrap();
+        bloat(&r, 3 * MIB);
+        r.id()
+    };
+    assert!(budget.committed() >= 4 * MIB);
+    // Hold it, so the next checkout creates a second region, then give it back.
+    let busy = {
+        let a = pool.checkout().unwrap();
+        assert_eq!(a.id(), idle_id);
+        let b = pool.checkout().unwrap();
+        drop(a);
+        b
+    };
+    // 3 MiB more would pass the 6 MiB soft limit: the budget asks the pool to trim, and the idle
+    // region gives its excess back, so the AppDomain-critical commits succeed.
+    let root = bloat(&busy, 3 * MIB);
+    assert!(busy.owns(root));
+    let s = pool.stats();
+    assert!(s.trims >= 1 && s.trimmed_bytes >= (3 * MIB) as u64, "{s}");
+    assert!(budget.committed() <= 6 * MIB, "{}", budget.committed());
+    assert!(budget.stats().trims >= 1);
+    assert_eq!(s.total_failures(), 0);
+    drop(busy);
+    // A pool that is gone trims nothing.
+    drop(pool);
+    assert_eq!(budget.trim(usize::MAX), 0);
 }
