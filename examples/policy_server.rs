@@ -65,11 +65,11 @@ OPTIONS:
     -h, --help          Print this help
 
 OUTPUT:
-    requests/s (wall clock), requests per CPU second of the process (steadier when other programs
-    share the cores), p50/p99 latency (per request, from sorted per-thread samples), peak RSS (VmHWM,
-    reset before each run), committed bytes (napalloc: the pool's figure; system: glibc's
-    mallinfo2 arena + mmapped bytes), minor page faults per request in the timed phase, and the
-    ratio napalloc/system.
+    requests/s (wall clock); requests per CPU second of the process (steadier when other programs
+    share the cores); p50/p99 latency (per request, from sorted per-thread samples); peak RSS
+    (VmHWM, reset before each run, less the harness's own latency samples); committed bytes
+    (napalloc: the pool's figure; system: glibc's mallinfo2 arena + mmapped bytes); minor page
+    faults per request in the timed phase; and the ratios napalloc/system.
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1011,7 +1011,7 @@ fn print_row(name: &str, r: &RunResult) {
         cpu,
         r.p50,
         r.p99,
-        opt(r.peak_rss),
+        opt(r.peak_rss.map(|p| p.saturating_sub(r.samples_bytes))),
         opt(r.committed),
         faults,
         r.requests
@@ -1105,7 +1105,7 @@ fn main() {
     );
     println!(
         "{:<9} {:>11} {:>11} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}",
-        "allocator", "requests/s", "req/CPU-s", "p50 ns", "p99 ns", "peak RSS", "committed", "minflt/req", "requests"
+        "allocator", "requests/s", "req/CPU-s", "p50 ns", "p99 ns", "peak RSS*", "committed", "minflt/req", "requests"
     );
     let mut sys = None;
     let mut nap = None;
@@ -1148,6 +1148,10 @@ fn main() {
             std::process::exit(1);
         }
     }
+    println!(
+        "* peak RSS: VmHWM (reset before each run) less the latency samples the harness touched before the \
+         timed phase"
+    );
     if let (true, Some(t)) = (args.stats, pool_table) {
         println!("\nthe pool after the napalloc run:\n{t}");
     }
