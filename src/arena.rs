@@ -92,7 +92,18 @@ impl Span {
         debug_assert!(new <= self.reserved() && new % page == 0 && new >= need);
         // SAFETY: [have, new) is page-aligned (both are multiples of the page size) and inside
         // the reservation (new <= reserved).
-        unsafe { self.pages.commit(have, new - have, self.level)? };
+        let mut r = unsafe { self.pages.commit(have, new - have, self.level) };
+        let exact = crate::os::round_up(need, page).ok_or(Error::TooLarge)?;
+        let new = if r.is_err() && exact < new {
+            // The chunk was refused (a budget or a host near its limit): ask for just what is
+            // needed before failing.
+            // SAFETY: as above; exact is page-aligned and between have and new.
+            r = unsafe { self.pages.commit(have, exact - have, self.level) };
+            exact
+        } else {
+            new
+        };
+        r?;
         self.committed.set(new);
         Ok(())
     }
@@ -517,6 +528,21 @@ mod tests {
         assert!(a.stats().committed <= 40 * 1024);
         a.set_limit(usize::MAX);
         a.alloc_layout(Layout::new::<u8>()).unwrap();
+    }
+
+    #[test]
+    fn a_refused_chunk_falls_back_to_what_is_needed() {
+        let budget = crate::host::Budget::new(40 * 1024, 40 * 1024).unwrap();
+        let a = PageArena::builder()
+            .reserve(1 << 20)
+            .commit_chunk(64 * 1024)
+            .source(Source::Os.with_budget(budget.clone()))
+            .build()
+            .unwrap();
+        // a 64 KiB chunk would pass the budget; 36 KiB fits
+        a.alloc_layout(Layout::from_size_align(36 * 1024, 8).unwrap()).unwrap();
+        assert!(a.stats().committed <= 40 * 1024);
+        assert_eq!(budget.committed(), a.stats().committed);
     }
 
     #[test]
