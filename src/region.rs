@@ -156,10 +156,11 @@ const NESTED: u32 = 1 << 31;
 const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 
 /// The storage of the tail log, held through a raw pointer. The region keeps raw pointers into it
-/// (`log`, `log_end`) across moves of the region. A `Box` field would not allow that: moving a
-/// `Box` asserts unique access to its contents, which invalidates every pointer derived from it
-/// earlier (Miri reports the next write through `log` as undefined behavior), and a pointer taken
-/// through `&Box` only grants read access.
+/// (`log`, `log_end`) across moves of the region. A `Box` field would not allow that, with or
+/// without an `UnsafeCell` inside: moving a `Box` asserts unique access to its contents, which
+/// invalidates every pointer derived from it earlier (Miri reports the next write through `log`
+/// after the region moved as undefined behavior); and a pointer taken through `&Box<[u32; N]>`
+/// only grants read access.
 struct LogBuf(NonNull<u32>);
 
 impl LogBuf {
@@ -1145,6 +1146,18 @@ mod tests {
     }
 
     #[test]
+    fn trim_keeps_the_window_index_for_the_committed_arena() {
+        // alloc; trim; alloc materializes into a window of pages that stayed committed
+        let mut r = region();
+        r.alloc(l(16)).unwrap();
+        r.trim(0).unwrap();
+        let b = r.alloc(l(16)).unwrap();
+        let c = r.alloc(l(16)).unwrap();
+        assert!(r.owns(b) && r.owns(c));
+        assert_eq!(r.stats().live_blocks, 3);
+    }
+
+    #[test]
     fn free_one_detaches_children() {
         let r = region();
         let s = r.alloc(l(16)).unwrap();
@@ -1197,6 +1210,25 @@ mod tests {
     }
 
     #[test]
+    fn a_region_moved_with_a_pending_tail_keeps_working() {
+        // The tail log is written through raw pointers kept in the region; moving the region
+        // (and its log's owner) must not invalidate them (Miri checks this one).
+        let r = region();
+        let a = r.alloc(l(16)).unwrap();
+        let b = r.alloc_child(a, l(16)).unwrap();
+        let boxed = Box::new(r);
+        let c = boxed.alloc_child(a, l(32)).unwrap();
+        let mut v = vec![*boxed];
+        let d = v[0].alloc_child(c, l(8)).unwrap();
+        let r = v.pop().unwrap();
+        assert!(r.owns(a) && r.owns(b) && r.owns(c) && r.owns(d));
+        assert_eq!(r.stats().live_blocks, 4);
+        // SAFETY: a is live; it takes the whole tail with it.
+        unsafe { r.free(a).unwrap() };
+        assert_eq!(r.stats().live_blocks, 0);
+    }
+
+    #[test]
     fn a_pending_tail_under_a_recorded_parent_follows_the_parent() {
         // A child of a recorded block starts a new tail whose root has a recorded parent: the
         // parent's free, free_one and realloc must see that pending child.
@@ -1217,7 +1249,7 @@ mod tests {
         assert!(r.owns(c));
         let q = r.alloc(big).unwrap(); // may reuse p's record
         let _other = r.alloc(l(16)).unwrap(); // materializes any pending tail
-        // SAFETY: q is live; c is not its child.
+                                              // SAFETY: q is live; c is not its child.
         unsafe { r.free(q).unwrap() };
         assert!(r.owns(c), "the orphaned child was not hung under a reused record");
         // SAFETY: c is a live root.

@@ -426,7 +426,8 @@ impl Table {
         let a = unsafe { self.recs_span.trim(keep)? };
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
         let windows = ((arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1).max(self.init_windows);
-        // SAFETY: no window past max(init_windows, the committed arena's) is referenced.
+        // SAFETY: no window past init_windows is referenced, and `push` writes only windows of
+        // the committed arena, which stay committed.
         let b = unsafe { self.first_span.trim(windows * core::mem::size_of::<Window>())? };
         Ok(a + b)
     }
