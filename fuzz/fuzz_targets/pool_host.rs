@@ -19,8 +19,11 @@
 //! At the end everything is dropped, the host recovers, and every reservation must have come back
 //! with nothing charged.
 //!
-//! The pool (`ArenaPool`: check-out, return, trimmer) is not on this branch yet; when it is, its
-//! operations belong here, over the same failing source and budget.
+//! An `ArenaPool` over the same source and budget runs alongside: check-out, return (reset),
+//! allocation through a checked-out region, `prewarm`, and `trim_idle`, which is also the budget's
+//! trimmer (so `AppDomain` and `Process` commits past the soft limit trim idle pool regions). Its
+//! background trimmer is given an idle delay of an hour, so that nothing changes behind the
+//! checks' back; the pool's figures must agree with its regions and with the budget.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -28,6 +31,7 @@ use libfuzzer_sys::fuzz_target;
 use napalloc::host::{Budget, HostSource, PageSource, Source, FAILED_SOURCE_HRESULT};
 use napalloc::hr::{self, HRESULT};
 use napalloc::os::{page_size, Reservation};
+use napalloc::pool::{ArenaPool, OnExhausted, PooledRegion};
 use napalloc::{CriticalLevel, Error, PageArena, Region};
 use std::alloc::Layout;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +43,8 @@ const REGIONS: usize = 3;
 const ARENAS: usize = 2;
 const REGION_RESERVE: usize = 1 << 20;
 const ARENA_RESERVE: usize = 256 << 10;
+const POOL_REGIONS: usize = 3;
+const GUARDS: usize = 2;
 
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 enum Call {
@@ -148,6 +154,38 @@ enum Op {
         slot: u8,
         retain_pages: u8,
     },
+    Checkout(u8),
+    /// Drop a checked-out region: it is reset and goes back to the pool.
+    Return(u8),
+    GuardAlloc {
+        slot: u8,
+        size: u32,
+        align: u8,
+    },
+    GuardFree {
+        slot: u8,
+        block: u16,
+    },
+    TrimIdle {
+        want_pages: u16,
+    },
+    Prewarm(u8),
+}
+
+/// How the pool is set up (the start of every input).
+#[derive(Arbitrary, Debug)]
+struct PoolSetup {
+    level: Level,
+    retained_pages: u8,
+    region_limit_pages: Option<u16>,
+}
+
+/// A checked-out region, its blocks, and its committed bytes when it was checked out (what the
+/// pool last reported for it).
+struct Guard<'p> {
+    region: PooledRegion<'p>,
+    blocks: Vec<Blk>,
+    reported: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,10 +546,95 @@ impl World {
                     Err(e) => self.explain(before, e, "PageArena::trim"),
                 }
             }
+            Op::Checkout(_)
+            | Op::Return(_)
+            | Op::GuardAlloc { .. }
+            | Op::GuardFree { .. }
+            | Op::TrimIdle { .. }
+            | Op::Prewarm(_) => unreachable!("pool operations go through pool_step"),
         }
     }
 
-    fn check(&mut self) {
+    /// The pool's part of the committed memory: what it last reported for every region, with
+    /// the checked-out regions' reports replaced by what they have now.
+    fn pool_committed(pool: &ArenaPool, guards: &[Option<Guard<'_>>]) -> usize {
+        let mut c = pool.stats().committed_bytes as usize;
+        for g in guards.iter().flatten() {
+            let stats = g.region.stats();
+            c = c - g.reported + stats.committed;
+            assert_eq!(stats.live_blocks, g.blocks.len(), "pooled region: {stats:?}");
+            for b in &g.blocks {
+                verify(b.p, b.size, b.tag, "pooled region block");
+            }
+        }
+        c
+    }
+
+    fn pool_step<'p>(&mut self, pool: &'p ArenaPool, guards: &mut [Option<Guard<'p>>], op: Op) {
+        let before = self.marks();
+        let exhausted = pool.stats().exhausted;
+        let explain_pool = |w: &World, e: Error, what: &str| {
+            if e == Error::LimitExceeded && pool.stats().exhausted > exhausted {
+                return; // every region is checked out
+            }
+            if e == Error::LimitExceeded && pool.config().region_limit != usize::MAX {
+                return; // the region's own limit
+            }
+            w.explain(before, e, what);
+        };
+        match op {
+            Op::Checkout(slot) => {
+                let g = &mut guards[slot as usize % GUARDS];
+                if g.is_some() {
+                    return;
+                }
+                match pool.checkout() {
+                    Ok(region) => {
+                        let stats = region.stats();
+                        assert_eq!((stats.live_blocks, stats.live_bytes), (0, 0), "a checked-out region is empty");
+                        *g = Some(Guard { reported: stats.committed, region, blocks: Vec::new() });
+                    }
+                    Err(e) => explain_pool(self, e, "ArenaPool::checkout"),
+                }
+            }
+            Op::Return(slot) => guards[slot as usize % GUARDS] = None,
+            Op::GuardAlloc { slot, size, align } => {
+                let tag = self.next_tag();
+                let Some(g) = guards[slot as usize % GUARDS].as_mut() else { return };
+                let size = size as usize % (REGION_RESERVE / 2);
+                let layout = Layout::from_size_align(size, 1 << (align % 13)).unwrap();
+                match g.region.alloc(layout) {
+                    Ok(p) => {
+                        fill(p, 0, size, tag);
+                        g.blocks.push(Blk { p, size, tag });
+                    }
+                    Err(e) => explain_pool(self, e, "PooledRegion::alloc"),
+                }
+            }
+            Op::GuardFree { slot, block } => {
+                let Some(g) = guards[slot as usize % GUARDS].as_mut() else { return };
+                if g.blocks.is_empty() {
+                    return;
+                }
+                let b = g.blocks.swap_remove(block as usize % g.blocks.len());
+                // SAFETY: a live root of this region, forgotten by the model.
+                unsafe { g.region.free(b.p) }.expect("free of a live block never fails");
+            }
+            Op::TrimIdle { want_pages } => {
+                let c = pool.stats().committed_bytes;
+                let freed = pool.trim_idle(want_pages as usize * page_size());
+                assert!(freed as u64 <= c, "trim_idle gave back {freed} of {c} bytes");
+            }
+            Op::Prewarm(n) => {
+                if let Err(e) = pool.prewarm(n as usize % (POOL_REGIONS + 1)) {
+                    explain_pool(self, e, "ArenaPool::prewarm");
+                }
+            }
+            other => self.step(other),
+        }
+    }
+
+    fn check(&mut self, pool_committed: usize) {
         let st = self.faulty.state();
         assert!(st.violations.is_empty(), "page source contract violated: {:?}", st.violations);
         let page = page_size();
@@ -539,8 +662,9 @@ impl World {
                 verify(b.p, b.size, b.tag, "arena block");
             }
         }
+        ours += pool_committed;
         let charged = self.budget.committed();
-        assert_eq!(charged, ours, "the budget holds what the regions and arenas have committed");
+        assert_eq!(charged, ours, "the budget holds what the regions, arenas and pool have committed");
         if parked == 0 {
             assert_eq!(host_committed, ours, "the host has committed what the regions and arenas have");
         } else {
@@ -572,6 +696,25 @@ fuzz_target!(|data: &[u8]| {
         tag: 0,
         last_committed: 0,
     };
+    let Ok(setup) = PoolSetup::arbitrary(&mut u) else { return };
+    if trace {
+        eprintln!("{setup:?}");
+    }
+    let page = page_size();
+    let mut pb = ArenaPool::builder()
+        .max_regions(POOL_REGIONS)
+        .region_reserve(REGION_RESERVE)
+        .retained_bytes_per_region(setup.retained_pages as usize % 32 * page)
+        .idle_trim_delay(std::time::Duration::from_secs(3600))
+        .on_exhausted(OnExhausted::Fail)
+        .critical_level(setup.level.get())
+        .source(w.source.clone());
+    if let Some(l) = setup.region_limit_pages {
+        pb = pb.region_limit(l as usize * page);
+    }
+    let pool = pb.build().expect("a pool creates no region up front");
+    pool.register_trimmer(&w.budget);
+    let mut guards: Vec<Option<Guard<'_>>> = (0..GUARDS).map(|_| None).collect();
     for _ in 0..MAX_STEPS {
         if u.is_empty() {
             break;
@@ -580,10 +723,16 @@ fuzz_target!(|data: &[u8]| {
         if trace {
             eprintln!("{op:?}");
         }
-        w.step(op);
-        w.check();
+        w.pool_step(&pool, &mut guards, op);
+        let pc = World::pool_committed(&pool, &guards);
+        w.check(pc);
     }
     // Drop everything, let the host recover: every reservation comes back, nothing stays charged.
+    drop(guards);
+    let s = pool.stats();
+    assert_eq!(s.idle_regions, s.live_regions, "every pool region is back: {s:?}");
+    drop(pool);
+    w.budget.clear_trimmer();
     w.regions.clear();
     w.arenas.clear();
     w.faulty.state().armed = Default::default();
