@@ -60,7 +60,7 @@ hardening_asan() {
             t="$(basename "$t" .rs)"
             [ "$t" = c_abi ] || tests+=(--test "$t")
         done
-        cargo +nightly test --target "$HARDENING_TARGET" --lib "${tests[@]}"
+        cargo +nightly test --no-fail-fast --target "$HARDENING_TARGET" --lib "${tests[@]}"
     )
 }
 
