@@ -741,10 +741,11 @@ impl Region {
             return Ok(());
         }
         // A childless block below the tail (every CoTaskMem block in steady state): one window
-        // lookup and a free-list push, inline.
+        // lookup and a free-list push, inline. Not while the tail root hangs under a recorded
+        // block: that child is not in the table yet, so the table cannot say "childless".
         let below = if root.is_null() { self.top.get() } else { root };
         let off = self.off_of(p);
-        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() {
+        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() && !self.tail_has_parent() {
             let t = self.table();
             if let Some(i) = t.find(off / GRANULE) {
                 // SAFETY: i is a live record.
@@ -1248,13 +1249,30 @@ mod tests {
         unsafe { r.free_one(p).unwrap() };
         assert!(r.owns(c));
         let q = r.alloc(big).unwrap(); // may reuse p's record
-        let _other = r.alloc(l(16)).unwrap(); // materializes any pending tail
-                                              // SAFETY: q is live; c is not its child.
+                                       // materializes any pending tail
+        let _other = r.alloc(l(16)).unwrap();
+        // SAFETY: q is live; c is not its child.
         unsafe { r.free(q).unwrap() };
         assert!(r.owns(c), "the orphaned child was not hung under a reused record");
         // SAFETY: c is a live root.
         unsafe { r.free(c).unwrap() };
         assert_eq!(r.stats().live_blocks, 1);
+
+        // The same through free_one's inline path (a parent of 16-byte alignment below the
+        // tail, childless as far as the table knows), then its slot is reused. A fresh region, so
+        // that no dead slot is reused instead of starting the tails.
+        let r2 = region();
+        let p = r2.alloc(l(512)).unwrap();
+        let _ends_tail = r2.alloc(l(0)).unwrap();
+        let c = r2.alloc_child(p, l(0)).unwrap(); // a new tail, under the recorded p
+                                                  // SAFETY: p is live; its pending child becomes a root.
+        unsafe { r2.free_one(p).unwrap() };
+        let q = r2.alloc(l(512)).unwrap(); // reuses p's slot
+        assert_eq!(q, p);
+        // SAFETY: q is live and has no children: c survives it.
+        unsafe { r2.free(q).unwrap() };
+        assert!(r2.owns(c), "the pending child was hung under the reused slot and freed with it");
+        assert_eq!(r2.stats().live_blocks, 2);
 
         let p = r.alloc(big).unwrap();
         let c = r.alloc_child(p, l(8)).unwrap();

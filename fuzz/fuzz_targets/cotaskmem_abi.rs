@@ -402,7 +402,9 @@ fuzz_target!(|data: &[u8]| {
         m.check();
     }
     // Give back what this input allocated: the heap's books return to where they started.
-    let roots: Vec<Id> = m.blocks.iter().filter(|(_, b)| b.parent.is_none()).map(|(id, _)| *id).collect();
+    // Newest first (a deterministic order, so that a crash reproduces).
+    let mut roots: Vec<Id> = m.blocks.iter().filter(|(_, b)| b.parent.is_none()).map(|(id, _)| *id).collect();
+    roots.sort_unstable_by(|a, b| b.cmp(a));
     for id in roots {
         let p = m.blocks[&id].ptr;
         // SAFETY: a live root of this input; the model forgets it and its subtree.

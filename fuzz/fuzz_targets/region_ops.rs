@@ -658,7 +658,9 @@ fuzz_target!(|data: &[u8]| {
     }
     run.check(true);
     // Free every root: the books must read zero.
-    let roots: Vec<Id> = run.m.blocks.iter().filter(|(_, b)| b.parent.is_none()).map(|(id, _)| *id).collect();
+    // Newest first (a deterministic order, so that a crash reproduces).
+    let mut roots: Vec<Id> = run.m.blocks.iter().filter(|(_, b)| b.parent.is_none()).map(|(id, _)| *id).collect();
+    roots.sort_unstable_by(|a, b| b.cmp(a));
     for id in roots {
         let p = run.ptrs[&run.m.blocks[&id].addr];
         // SAFETY: a live root; the model forgets it and its subtree.
