@@ -90,20 +90,16 @@ impl Span {
         let new = crate::os::round_up(want, page).map_or(cap, |w| w.min(cap));
         let new = new.max(crate::os::round_up(need, page).ok_or(Error::TooLarge)?);
         debug_assert!(new <= self.reserved() && new % page == 0 && new >= need);
+        // Under a budget without room for a whole chunk, ask for just what is needed: the chunk
+        // is a speed-up, never a reason to fail (the charge itself stays authoritative).
+        let exact = crate::os::round_up(need, page).ok_or(Error::TooLarge)?;
+        let new = match self.pages.budget() {
+            Some(b) if b.committed().saturating_add(new - have) > b.soft_limit() => exact.min(new),
+            _ => new,
+        };
         // SAFETY: [have, new) is page-aligned (both are multiples of the page size) and inside
         // the reservation (new <= reserved).
-        let mut r = unsafe { self.pages.commit(have, new - have, self.level) };
-        let exact = crate::os::round_up(need, page).ok_or(Error::TooLarge)?;
-        let new = if r.is_err() && exact < new {
-            // The chunk was refused (a budget or a host near its limit): ask for just what is
-            // needed before failing.
-            // SAFETY: as above; exact is page-aligned and between have and new.
-            r = unsafe { self.pages.commit(have, exact - have, self.level) };
-            exact
-        } else {
-            new
-        };
-        r?;
+        unsafe { self.pages.commit(have, new - have, self.level)? };
         self.committed.set(new);
         Ok(())
     }
