@@ -55,11 +55,7 @@ pub enum Source {
 #[derive(Debug)]
 enum Backing {
     Os(Reservation),
-    Host {
-        base: NonNull<u8>,
-        len: usize,
-        source: Arc<dyn PageSource>,
-    },
+    Host { base: NonNull<u8>, len: usize, source: Arc<dyn PageSource> },
 }
 
 /// One reservation taken from a [`Source`]: the only way the layers above get pages.
@@ -83,14 +79,9 @@ impl Pages {
                 if len == 0 {
                     return Err(Error::InvalidLayout);
                 }
-                let len =
-                    crate::os::round_up(len, crate::os::granularity()).ok_or(Error::TooLarge)?;
+                let len = crate::os::round_up(len, crate::os::granularity()).ok_or(Error::TooLarge)?;
                 let base = h.reserve(len, level)?;
-                Backing::Host {
-                    base,
-                    len,
-                    source: Arc::clone(h),
-                }
+                Backing::Host { base, len, source: Arc::clone(h) }
             }
         };
         Ok(Pages { backing })
@@ -124,12 +115,7 @@ impl Pages {
     ///
     /// # Safety
     /// The range is page-aligned and inside the reservation.
-    pub unsafe fn commit(
-        &self,
-        offset: usize,
-        len: usize,
-        level: CriticalLevel,
-    ) -> Result<(), Error> {
+    pub unsafe fn commit(&self, offset: usize, len: usize, level: CriticalLevel) -> Result<(), Error> {
         match &self.backing {
             // SAFETY: forwarded caller guarantee.
             Backing::Os(r) => unsafe { r.commit(offset, len) },

@@ -13,12 +13,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 const PAGE: usize = 4096;
 
 pub(super) fn query_config() -> OsConfig {
-    OsConfig {
-        page_size: PAGE,
-        granularity: PAGE,
-        has_virtual_reserve: false,
-        backend: "heap",
-    }
+    OsConfig { page_size: PAGE, granularity: PAGE, has_virtual_reserve: false, backend: "heap" }
 }
 
 /// A reserved range (here: a zeroed heap allocation). See `os/mod.rs`.

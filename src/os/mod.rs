@@ -103,14 +103,8 @@ mod tests {
     #[test]
     fn config_is_sane() {
         let c = config();
-        assert!(
-            c.page_size.is_power_of_two() && c.page_size >= 4096,
-            "{c:?}"
-        );
-        assert!(
-            c.granularity.is_power_of_two() && c.granularity >= c.page_size,
-            "{c:?}"
-        );
+        assert!(c.page_size.is_power_of_two() && c.page_size >= 4096, "{c:?}");
+        assert!(c.granularity.is_power_of_two() && c.granularity >= c.page_size, "{c:?}");
     }
 
     #[test]

@@ -19,12 +19,7 @@ use rustix::mm::{mprotect, MprotectFlags};
 
 pub(super) fn query_config() -> OsConfig {
     let page = rustix::param::page_size();
-    OsConfig {
-        page_size: page,
-        granularity: page,
-        has_virtual_reserve: true,
-        backend: "mmap",
-    }
+    OsConfig { page_size: page, granularity: page, has_virtual_reserve: true, backend: "mmap" }
 }
 
 /// A reserved range of address space (see the module contract in `os/mod.rs`).
@@ -53,15 +48,10 @@ impl Reservation {
     /// Reserve at least `len` bytes of address space (rounded up to the granularity).
     pub fn new(len: usize) -> Result<Self, Error> {
         let len = reservation_size(len)?;
-        let map = MmapOptions::new()
-            .len(len)
-            .no_reserve_swap()
-            .map_anon()
-            .map_err(os_err)?;
+        let map = MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(os_err)?;
         let map = MmapRaw::from(map);
         // SAFETY: the mapping was just created, spans `len` bytes, and nothing refers into it.
-        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }
-            .map_err(|e| os_err(e.into()))?;
+        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }.map_err(|e| os_err(e.into()))?;
         Ok(Reservation { map })
     }
 
@@ -95,14 +85,8 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is inside our mapping; raising protection does
         // not invalidate any existing reference.
-        unsafe {
-            mprotect(
-                self.map.as_mut_ptr().add(offset).cast(),
-                len,
-                MprotectFlags::READ | MprotectFlags::WRITE,
-            )
-        }
-        .map_err(|e| os_err(e.into()))
+        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE) }
+            .map_err(|e| os_err(e.into()))
     }
 
     /// Return `[offset, offset + len)` to the OS; it reads as zero once committed again.
@@ -116,19 +100,9 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is ours and unreferenced; DONTNEED on a private
         // anonymous mapping drops the pages at once and they refault as zero.
-        unsafe {
-            self.map
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
-        }
-        .map_err(os_err)?;
+        unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }.map_err(os_err)?;
         // SAFETY: as above; lowering protection of an unreferenced range is sound.
-        unsafe {
-            mprotect(
-                self.map.as_mut_ptr().add(offset).cast(),
-                len,
-                MprotectFlags::empty(),
-            )
-        }
-        .map_err(|e| os_err(e.into()))
+        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::empty()) }
+            .map_err(|e| os_err(e.into()))
     }
 }

@@ -12,8 +12,7 @@ use crate::Error;
 use core::ptr::NonNull;
 use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::System::Memory::{
-    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS,
-    PAGE_READWRITE,
+    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, PAGE_READWRITE,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 
@@ -93,14 +92,7 @@ impl Reservation {
             return Ok(());
         }
         // SAFETY: the caller guarantees the range is inside our reservation.
-        let p = unsafe {
-            VirtualAlloc(
-                self.base.as_ptr().add(offset).cast(),
-                len,
-                MEM_COMMIT,
-                PAGE_READWRITE,
-            )
-        };
+        let p = unsafe { VirtualAlloc(self.base.as_ptr().add(offset).cast(), len, MEM_COMMIT, PAGE_READWRITE) };
         if p.is_null() {
             Err(last_error())
         } else {
