@@ -13,7 +13,7 @@
 
 use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
 use crate::host::{CriticalLevel, Source};
-use crate::table::{self, Rec, Table, DEAD, GRANULE, NONE, PARENT};
+use crate::table::{self, Rec, Table, GRANULE, NONE, PARENT};
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
@@ -140,7 +140,6 @@ impl RegionBuilder {
             untracked,
             bad_pointers: Cell::new(0),
             big_align: UnsafeCell::new(HashMap::new()),
-            plain_free: Cell::new(!self.scrub.on_free),
             scrub: self.scrub,
             _not_sync: PhantomData,
         })
@@ -214,9 +213,6 @@ pub struct Region {
     bad_pointers: Cell<u64>,
     /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
     big_align: UnsafeCell<HashMap<u32, usize>>,
-    /// True while freeing a block needs nothing but the table: no scrubbing and no block with a
-    /// recorded big alignment. Lets [`Region::free_one`]'s leaf fast path skip both checks.
-    plain_free: Cell<bool>,
     scrub: Scrub,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -359,7 +355,7 @@ impl Region {
     }
 
     /// Record every tail block in the side table. Infallible: a tail is only started when the
-    /// table has room for a full log and the granule index covers the committed arena.
+    /// table has room for a full log and the window index covers the committed arena.
     #[inline]
     fn materialize(&self) {
         if !self.root.get().is_null() {
@@ -473,6 +469,7 @@ impl Region {
                 if p != NONE {
                     t.link_under(i, p);
                 }
+                t.live_blocks += 1;
                 t.live_bytes += size;
                 // SAFETY: the slot lies inside the reservation: non-null.
                 return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
@@ -503,7 +500,6 @@ impl Region {
             if align > GRANULE {
                 // SAFETY: no other reference to the map is alive (see `table()`).
                 unsafe { (*self.big_align.get()).insert(i, align) };
-                self.plain_free.set(false);
             }
             self.top.set(self.ptr_at(need));
         }
@@ -522,8 +518,8 @@ impl Region {
         }
         self.note_high_water();
         self.arena.ensure(need)?;
-        // Keep the granule index ahead of the arena, so materializing never fails.
-        self.table().ensure_index(self.arena.committed())?;
+        // Keep the window index ahead of the arena, so materializing never fails.
+        self.table().ensure_windows(self.arena.committed())?;
         let end = self.ptr_at(self.arena.committed());
         self.end.set(end);
         self.refresh_fast_end();
@@ -663,115 +659,12 @@ impl Region {
     ///
     /// # Safety
     /// No reference into the freed block is used afterwards.
-    #[inline]
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        if self.free_leaf(ptr.as_ptr()) {
-            return Ok(());
-        }
         if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
             self.rewind();
             return Ok(());
         }
         self.free_slow(ptr, false)
-    }
-
-    /// The fast path of `free_one`: free `p` if it is a materialized root block without children
-    /// and freeing needs no scrubbing or alignment bookkeeping. False (and nothing changed) for
-    /// anything else, including every pointer that is not a live block start. Never calls out
-    /// (no page commits, no logging), so it is safe wherever the region may not be re-entered.
-    #[inline(always)]
-    pub fn free_leaf(&self, p: *const u8) -> bool {
-        let off = self.off_of(p);
-        let g = off / GRANULE;
-        let t = self.table();
-        // `index_len` covers the committed arena: a foreign pointer fails here.
-        if g >= t.index_len || !self.plain_free.get() {
-            return false;
-        }
-        // SAFETY: g < index_len: committed.
-        let i = unsafe { *t.index.add(g) };
-        if i >= t.count {
-            return false;
-        }
-        // SAFETY: i < count <= cap; the records live in their own reservation, so this reference
-        // does not alias the table's fields.
-        let r = unsafe { &mut *t.recs.add(i as usize) };
-        // A root without children has `prev == child == NONE` (all ones; `DEAD` is not), and the
-        // exact start compare refuses interior pointers and stale index entries.
-        if r.prev & r.child != NONE || (r.off as usize) * GRANULE != off {
-            return false;
-        }
-        let size = r.size as usize;
-        let class = size.wrapping_sub(1) / GRANULE;
-        let class = if class < table::EXACT_CLASSES { class } else { table::class_of_size(size) };
-        r.prev = DEAD;
-        r.next = t.heads[class];
-        t.heads[class] = i;
-        t.nfree += 1;
-        t.live_bytes -= size;
-        true
-    }
-
-    /// Allocate a 16-aligned root block of `size` bytes, reusing a dead slot of its size class
-    /// first (else as [`alloc`](Self::alloc)). For blocks that are freed one by one in any order
-    /// (the `CoTaskMemAlloc` pattern): freed slots come back at once instead of waiting for the
-    /// bump pointer to run out of committed memory.
-    #[inline]
-    pub fn alloc_reusing(&self, size: usize) -> Result<NonNull<u8>, Error> {
-        match self.try_alloc_reusing(size) {
-            Some(p) => Ok(p),
-            None => self.alloc(Layout::from_size_align(size, GRANULE).map_err(|_| Error::TooLarge)?),
-        }
-    }
-
-    /// The fast path of [`alloc_reusing`](Self::alloc_reusing): a dead slot of the size class, or
-    /// a bump recorded at once, for blocks of 1 to 1024 bytes; `None` (and nothing changed) when
-    /// that would need more memory, a pending tail to be recorded or anything else. Never calls
-    /// out (no page commits, no logging).
-    #[inline(always)]
-    pub fn try_alloc_reusing(&self, size: usize) -> Option<NonNull<u8>> {
-        let class = size.wrapping_sub(1) / GRANULE;
-        if class >= table::EXACT_CLASSES {
-            return None;
-        }
-        let t = self.table();
-        let i = t.heads[class];
-        if i != NONE {
-            // SAFETY: free-list entries are dead records below count <= cap (table invariant);
-            // the records live in their own reservation, apart from the table's fields.
-            let r = unsafe { &mut *t.recs.add(i as usize) };
-            t.heads[class] = r.next;
-            t.nfree -= 1;
-            r.size = size as u32;
-            r.prev = NONE;
-            r.child = NONE;
-            r.next = NONE;
-            t.live_bytes += size;
-            // SAFETY: the slot lies inside the reservation, derived from its base: non-null.
-            return Some(unsafe { NonNull::new_unchecked(self.ptr_at(r.off as usize * GRANULE)) });
-        }
-        self.try_bump_record(size, class + 1)
-    }
-
-    /// Bump a block of `g` granules and record it at once, if that needs no commit, the tail is
-    /// empty, and the table keeps room for a full log afterwards.
-    #[inline]
-    fn try_bump_record(&self, size: usize, g: usize) -> Option<NonNull<u8>> {
-        let t = self.table();
-        let top = self.top.get();
-        let new = top.wrapping_add(g * GRANULE);
-        if !self.root.get().is_null()
-            || new as usize > self.end.get() as usize
-            || t.count as usize + LOG_CAP + 2 > t.cap as usize
-        {
-            return None;
-        }
-        let off = self.off_of(top);
-        // Cannot fail: count < cap, and the index covers the committed arena (`grow_arena`).
-        let _ = t.push((off / GRANULE) as u32, size as u32, NONE);
-        self.top.set(new);
-        // SAFETY: inside the reservation, derived from its base: non-null.
-        Some(unsafe { NonNull::new_unchecked(top) })
     }
 
     /// Free materialized record `i` and its subtree.
@@ -792,9 +685,6 @@ impl Region {
                 big.remove(&idx);
             }
         });
-        if has_big && big.is_empty() && !scrub {
-            self.plain_free.set(true);
-        }
     }
 
     /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
@@ -887,17 +777,6 @@ impl Region {
         self.peek_size(ptr.as_ptr()).is_ok()
     }
 
-    /// The tracked reservation: its start and length. Every block lies inside it, and it never
-    /// moves while the region lives.
-    pub fn arena_range(&self) -> (*const u8, usize) {
-        (self.base.as_ptr(), self.arena.reserved())
-    }
-
-    /// Live tracked blocks (as in [`stats`](Self::stats), without the rest).
-    pub fn live_blocks(&self) -> usize {
-        self.table().live_blocks() + self.log_len()
-    }
-
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
@@ -923,7 +802,6 @@ impl Region {
         if !big.is_empty() {
             big.clear();
         }
-        self.plain_free.set(!self.scrub.on_free);
         self.untracked.reset();
     }
 
@@ -939,7 +817,7 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        let b = self.table().trim(LOG_CAP + 1, self.arena.committed())?;
+        let b = self.table().trim(LOG_CAP + 1)?;
         self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
@@ -963,7 +841,7 @@ impl Region {
     pub fn stats(&self) -> Stats {
         self.note_high_water();
         let t = self.table();
-        let (mut blocks, mut bytes) = (t.live_blocks(), t.live_bytes);
+        let (mut blocks, mut bytes) = (t.live_blocks, t.live_bytes);
         let mut e = self.log_start();
         while e < self.log.get() {
             // SAFETY: e is a written log entry.

@@ -6,11 +6,10 @@
 //!
 //! * `recs[i]`: a [`Rec`] per block slot, **in address order** (the arena bumps upward, a freed
 //!   slot is reused only at the same address, and rewinds truncate). 20 bytes.
-//! * `index[g]`: for every granule `g` of the committed arena, the index of the record of the
-//!   block that starts there, written when the record is pushed and never cleared. It is only a
-//!   hint: `find(g)` trusts it if `index[g] < count` and that record starts at `g` (offsets of
-//!   records below `count` are unique, so a stale entry can never name the wrong block). Lookup
-//!   is one load and one compare: O(1). 4 bytes per 16-byte granule of the committed arena.
+//! * `first[w]`: for every 1 KiB window `w` of the arena, the index of the first record whose
+//!   block starts at or after the window. Lookup of an address is `first[w]..first[w+1]` and a
+//!   binary search of at most 64 records (a window holds at most 64 granules): O(1), typically
+//!   one to three probes. 4 bytes per KiB.
 //! * per size class, a free list of dead slots threaded through `Rec::next`.
 //!
 //! ## The tree
@@ -40,11 +39,13 @@ pub(crate) const MAX_RECS: usize = (PARENT - 1) as usize;
 
 /// Allocation unit and minimum alignment of tracked blocks (MEMORY_ALLOCATION_ALIGNMENT).
 pub const GRANULE: usize = 16;
+/// log2 of the lookup window in granules (64 granules = 1 KiB).
+const WINDOW_SHIFT: u32 = 6;
 
 /// Sizes of up to `EXACT_CLASSES` granules have a class each; larger ones are grouped four per
 /// doubling and rounded up to the class size when bump-allocated, so that a dead slot of a class
 /// always fits any request of that class.
-pub(crate) const EXACT_CLASSES: usize = 64;
+const EXACT_CLASSES: usize = 64;
 pub(crate) const NUM_CLASSES: usize = EXACT_CLASSES + 4 * 32;
 
 /// One block slot. Invariants (for `i < count`):
@@ -82,12 +83,6 @@ pub(crate) fn class_of_granules(g: usize) -> usize {
     }
 }
 
-/// The size class of a block of `size` bytes.
-#[inline]
-pub(crate) fn class_of_size(size: usize) -> usize {
-    class_of_granules(granules(size))
-}
-
 /// The granules a slot of class `c` spans (the largest `g` with `class_of_granules(g) == c`).
 #[inline]
 pub(crate) fn class_granules(c: usize) -> usize {
@@ -120,37 +115,38 @@ pub(crate) struct Table {
     pub count: u32,
     /// Records committed in `recs_span`.
     pub cap: u32,
-    /// `index[g]`: the record of the block that starts at granule `g` (a hint; see the module doc).
-    pub index: *mut u32,
-    /// Granules `index` covers (its committed length / 4); always covers the committed arena.
-    pub index_len: usize,
+    pub first: *mut u32,
+    /// Windows of `first` that are valid.
+    pub init_windows: usize,
     /// Head of each class's free list (`NONE` if empty).
     pub heads: [u32; NUM_CLASSES],
-    /// Dead slots on all free lists. Every record below `count` is live or on a free list, so the
-    /// table holds `count - nfree` live blocks ([`live_blocks`](Self::live_blocks)).
+    /// Dead slots on all free lists.
     pub nfree: u32,
-    /// Requested bytes of the live blocks.
+    /// Live blocks of the table and their requested bytes.
+    pub live_blocks: usize,
     pub live_bytes: usize,
     recs_span: Span,
-    index_span: Span,
+    first_span: Span,
 }
 
 impl Table {
     pub(crate) fn new(source: &Source, arena_reserve: usize, level: CriticalLevel) -> Result<Table, Error> {
         let max_recs = (arena_reserve / GRANULE).min(MAX_RECS);
         let recs_span = Span::new(source, max_recs * core::mem::size_of::<Rec>(), 16 * 1024, level)?;
-        let index_span = Span::new(source, (arena_reserve / GRANULE).max(1) * 4, 16 * 1024, level)?;
+        let windows = arena_reserve.div_ceil(GRANULE << WINDOW_SHIFT) + 1;
+        let first_span = Span::new(source, windows * 4, 4096, level)?;
         Ok(Table {
             recs: recs_span.base().as_ptr().cast(),
             count: 0,
             cap: 0,
-            index: index_span.base().as_ptr().cast(),
-            index_len: 0,
+            first: first_span.base().as_ptr().cast(),
+            init_windows: 0,
             heads: [NONE; NUM_CLASSES],
             nfree: 0,
+            live_blocks: 0,
             live_bytes: 0,
             recs_span,
-            index_span,
+            first_span,
         })
     }
 
@@ -206,36 +202,38 @@ impl Table {
         unsafe { *self.recs.add(i as usize) }
     }
 
-    /// Commit the granule index for an arena of `arena_committed` bytes. Called whenever the
+    /// Commit the window index for an arena of `arena_committed` bytes. Called whenever the
     /// arena commits more, so that [`push`](Self::push) never needs more of it.
-    pub(crate) fn ensure_index(&mut self, arena_committed: usize) -> Result<(), Error> {
-        let need = (arena_committed / GRANULE) * 4;
-        if need > self.index_span.committed() {
-            self.index_span.ensure(need)?;
-            self.index_len = self.index_span.committed() / 4;
-        }
-        Ok(())
+    pub(crate) fn ensure_windows(&mut self, arena_committed: usize) -> Result<(), Error> {
+        let windows = (arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1;
+        self.first_span.ensure(windows * 4)
     }
 
     /// Append a live record for a block at granule `off` of `size` bytes under `parent`
     /// (`NONE` for a root), index it and link it. The block must start above every recorded
-    /// block, and the granule index must cover it (`ensure_index`). Returns its index.
+    /// block, and the window index must cover it (`ensure_windows`). Returns its index.
     #[inline]
     pub(crate) fn push(&mut self, off: u32, size: u32, parent: u32) -> Result<u32, Error> {
         if self.count >= self.cap {
             self.grow()?;
         }
         let i = self.count;
-        debug_assert!((off as usize) < self.index_len, "granule index not committed for granule {off}");
+        let w = (off as usize) >> WINDOW_SHIFT;
+        debug_assert!(w < self.first_span.committed() / 4, "window index not committed for window {w}");
         debug_assert!(i == 0 || unsafe { self.get(i - 1).off } < off, "records out of address order");
-        // SAFETY: the index covers the committed arena (`ensure_index`), which contains the block.
-        unsafe { *self.index.add(off as usize) = i };
+        while self.init_windows <= w {
+            // SAFETY: init_windows <= w and the index covers the committed arena
+            // (`ensure_windows`), which contains every block.
+            unsafe { *self.first.add(self.init_windows) = i };
+            self.init_windows += 1;
+        }
         // SAFETY: i < cap.
         unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
         self.count = i + 1;
         if parent != NONE {
             self.link_under(i, parent);
         }
+        self.live_blocks += 1;
         self.live_bytes += size as usize;
         Ok(i)
     }
@@ -280,19 +278,31 @@ impl Table {
     }
 
     /// The materialized record whose block starts at granule `g`, if it is live.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn find(&self, g: usize) -> Option<u32> {
-        if g >= self.index_len {
+        let w = g >> WINDOW_SHIFT;
+        if w >= self.init_windows {
             return None;
         }
-        // SAFETY: g < index_len: committed.
-        let i = unsafe { *self.index.add(g) };
-        if i >= self.count {
-            return None;
+        // SAFETY: w < init_windows, and w + 1 too when used.
+        let (mut lo, mut hi) = unsafe {
+            (*self.first.add(w), if w + 1 < self.init_windows { *self.first.add(w + 1) } else { self.count })
+        };
+        let g = g as u32;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // SAFETY: lo <= mid < hi <= count <= cap.
+            let off = unsafe { self.get(mid).off };
+            if off < g {
+                lo = mid + 1;
+            } else if off > g {
+                hi = mid;
+            } else {
+                // SAFETY: as above.
+                return (unsafe { self.get(mid).prev } != DEAD).then_some(mid);
+            }
         }
-        // SAFETY: i < count <= cap.
-        let r = unsafe { self.get(i) };
-        (r.off as usize == g && r.prev != DEAD).then_some(i)
+        None
     }
 
     /// Make every child of live record `i` a root (O(children)).
@@ -352,6 +362,7 @@ impl Table {
                 c = cn;
             }
             on_free(i, &r);
+            self.live_blocks -= 1;
             self.live_bytes -= r.size as usize;
             let class = class_of_granules(granules(r.size as usize));
             let head = self.heads[class];
@@ -370,38 +381,32 @@ impl Table {
     /// Forget every record in O(number of classes).
     pub(crate) fn reset(&mut self) {
         self.count = 0;
+        self.init_windows = 0;
         if self.nfree != 0 {
             // every head is NONE when no slot is free: skip the 768-byte store otherwise
             self.heads = [NONE; NUM_CLASSES];
             self.nfree = 0;
         }
+        self.live_blocks = 0;
         self.live_bytes = 0;
-    }
-
-    /// Live (materialized) blocks.
-    #[inline]
-    pub(crate) fn live_blocks(&self) -> usize {
-        (self.count - self.nfree) as usize
     }
 
     /// Committed bytes of the table's arrays.
     pub(crate) fn committed(&self) -> usize {
-        self.recs_span.committed() + self.index_span.committed()
+        self.recs_span.committed() + self.first_span.committed()
     }
     pub(crate) fn reserved(&self) -> usize {
-        self.recs_span.reserved() + self.index_span.reserved()
+        self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond what `count` records need (after a reset), and index memory
-    /// beyond an arena of `arena_committed` bytes.
-    pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
+    /// Give back table memory beyond what `count` records need (after a reset).
+    pub(crate) fn trim(&mut self, keep_recs: usize) -> Result<usize, Error> {
         let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
         let a = unsafe { self.recs_span.trim(keep)? };
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
-        // SAFETY: every block lies in the committed arena, so no entry past it is referenced.
-        let b = unsafe { self.index_span.trim((arena_committed / GRANULE) * 4)? };
-        self.index_len = self.index_span.committed() / 4;
+        // SAFETY: no window past init_windows is referenced.
+        let b = unsafe { self.first_span.trim(self.init_windows * 4)? };
         Ok(a + b)
     }
 }
