@@ -71,7 +71,8 @@ pub unsafe extern "system" fn CoTaskMemRealloc(pv: *mut c_void, cb: SIZE_T) -> *
 /// If `pv` is a live block, the caller no longer uses it.
 #[no_mangle]
 pub unsafe extern "system" fn CoTaskMemFree(pv: *mut c_void) {
-    if heap::free_fast(pv.cast()) {
+    // SAFETY: forwarded caller guarantee.
+    if unsafe { heap::free_fast(pv.cast()) } {
         return;
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {

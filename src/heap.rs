@@ -664,14 +664,23 @@ pub fn report_bad_pointer(what: &str, p: *const u8) {
 /// Cannot panic (no calls, no allocation).
 #[inline(always)]
 pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
-    fast(|r| r.try_alloc_reusing(size))
+    fast(|r| r.try_alloc(size))
 }
 
 /// The lock-free fast path of [`free`] alone: `false` (nothing done) when the slow path would be
 /// needed. Cannot panic (no calls, no allocation).
+///
+/// # Safety
+/// As [`free`].
 #[inline(always)]
-pub(crate) fn free_fast(p: *mut u8) -> bool {
-    fast(|r| r.free_leaf(p).then_some(())).is_some()
+pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
+    // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
+    fast(|r| unsafe { r.try_free_leaf(p) }.then_some(())).is_some()
+}
+
+/// The layout of a task-heap block of `size` bytes, or `TooLarge`.
+fn task_layout(size: usize) -> Result<Layout, Error> {
+    Layout::from_size_align(size, ALIGN).map_err(|_| Error::TooLarge)
 }
 
 /// `CoTaskMemAlloc`: a 16-aligned block of `size` bytes, or `None`.
@@ -686,7 +695,7 @@ pub fn alloc(size: usize) -> Option<NonNull<u8>> {
 /// Allocate with an explicit critical level: `Task` may fail at once; `AppDomain` and `Process`
 /// give idle memory back ([`heap_minimize`]) and retry before they fail.
 pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
-    if let Some(p) = fast(|r| r.try_alloc_reusing(size)) {
+    if let Some(p) = fast(|r| r.try_alloc(size)) {
         return Some(p);
     }
     alloc_slow(size, level)
@@ -695,22 +704,22 @@ pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> 
 #[cold]
 #[inline(never)]
 fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
-    if Layout::from_size_align(size, ALIGN).is_err() {
+    let Ok(layout) = task_layout(size) else {
         return failed();
-    }
+    };
     let h = match cur_heap() {
         Ok(h) => h,
-        Err(true) => return shared_alloc(size),
+        Err(true) => return shared_alloc(layout),
         Err(false) => return failed(),
     };
-    if let Some(p) = fenced(h, |r| r.try_alloc_reusing(size)) {
+    if let Some(p) = fenced(h, |r| r.try_alloc(size)) {
         return Some(p);
     }
-    match with_own(h, |r| r.alloc_reusing(size)) {
+    match with_own(h, |r| r.alloc(layout)) {
         Some(Ok(p)) => Some(p),
         Some(Err(_)) if level != CriticalLevel::Task => {
             heap_minimize();
-            match with_own(h, |r| r.alloc_reusing(size)) {
+            match with_own(h, |r| r.alloc(layout)) {
                 Some(Ok(p)) => Some(p),
                 _ => failed(),
             }
@@ -720,8 +729,8 @@ fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
 }
 
 /// Allocate from the shared heap (for threads that have no heap of their own).
-fn shared_alloc(size: usize) -> Option<NonNull<u8>> {
-    match shared_heap().and_then(|h| with_foreign(h, |r| r.alloc_reusing(size))) {
+fn shared_alloc(layout: Layout) -> Option<NonNull<u8>> {
+    match shared_heap().and_then(|h| with_foreign(h, |r| r.alloc(layout))) {
         Some(Ok(p)) => Some(p),
         _ => failed(),
     }
@@ -755,7 +764,8 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// If `p` is a live block, nothing uses it afterwards.
 #[inline]
 pub unsafe fn free(p: *mut u8) -> bool {
-    if free_fast(p) {
+    // SAFETY: forwarded caller guarantee.
+    if unsafe { free_fast(p) } {
         return true;
     }
     free_slow(p, false)
@@ -767,8 +777,9 @@ pub unsafe fn free(p: *mut u8) -> bool {
 /// If `p` is a live block, nothing uses it or its embedded blocks afterwards.
 #[inline]
 pub unsafe fn free_tree(p: *mut u8) -> bool {
-    // A root block without children is its whole tree.
-    if fast(|r| r.free_leaf(p).then_some(())).is_some() {
+    // A block without children is its whole tree.
+    // SAFETY: forwarded caller guarantee.
+    if unsafe { free_fast(p) } {
         return true;
     }
     free_slow(p, true)
@@ -782,7 +793,8 @@ fn free_slow(p: *mut u8, tree: bool) -> bool {
     };
     let what = if tree { "free_tree" } else { "CoTaskMemFree" };
     if let Some(h) = own_heap_of(p) {
-        if fenced(h, |r| r.free_leaf(p).then_some(())).is_some() {
+        // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
+        if fenced(h, |r| unsafe { r.try_free_leaf(p) }.then_some(())).is_some() {
             return true;
         }
         // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.

@@ -1,7 +1,7 @@
 //! `Region`: tracked blocks over a page arena and the side table.
 //!
 //! Every block has a record (start, requested size, parent, children) in the side table
-//! ([`crate::table`]); nothing is stored inline with user data. A block can be hung under
+//! (`table.rs`); nothing is stored inline with user data. A block can be hung under
 //! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
 //! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
 //!
@@ -135,11 +135,13 @@ impl RegionBuilder {
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
+            reserved: arena.reserved(),
             log_buf,
             arena,
             untracked,
             bad_pointers: Cell::new(0),
             big_align: UnsafeCell::new(HashMap::new()),
+            slow_free: Cell::new(self.scrub.on_free),
             scrub: self.scrub,
             _not_sync: PhantomData,
         })
@@ -206,6 +208,8 @@ pub struct Region {
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
+    /// `arena.reserved()`, cached for pointer checks.
+    reserved: usize,
     /// The log's storage: `log_start..log_end`.
     log_buf: Box<[u32; LOG_CAP]>,
     arena: Span,
@@ -213,6 +217,9 @@ pub struct Region {
     bad_pointers: Cell<u64>,
     /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
     big_align: UnsafeCell<HashMap<u32, usize>>,
+    /// True while a freed block needs more than a free-list push: scrubbing is on, or some
+    /// block has an entry in `big_align`. Recomputed whenever either changes.
+    slow_free: Cell<bool>,
     scrub: Scrub,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -310,24 +317,84 @@ impl Region {
     /// Allocate a tracked root block. Alignment is at least 16.
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        // A new root ends the pending tail (it is not part of the tail's subtree).
-        if !self.root.get().is_null() {
-            self.materialize();
-        }
         let size = layout.size();
-        let top = self.top.get();
-        // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
-        // children need only compare with `limit`.
-        let limit = top.wrapping_add(LOG_CAP * GRANULE);
-        if layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-            && limit as usize <= self.fast_end.get() as usize
-        {
-            self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
-            // SAFETY: top lies inside the reservation, derived from its base: non-null.
-            return Ok(unsafe { NonNull::new_unchecked(top) });
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            // 1. A dead slot of the same class first: memory stays bounded when blocks are
+            //    freed one by one, and a reused root does not touch the tail.
+            let t = self.table();
+            let class = (size - 1) / GRANULE;
+            if t.heads[class] != NONE {
+                return Ok(self.reuse(class, size, NONE));
+            }
+            // 2. A new tail. A new root ends the pending tail (it is not in the tail's subtree).
+            if !self.root.get().is_null() {
+                self.materialize();
+            }
+            let top = self.top.get();
+            // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
+            // children need only compare with `limit`.
+            let limit = top.wrapping_add(LOG_CAP * GRANULE);
+            if limit as usize <= self.fast_end.get() as usize {
+                self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(top) });
+            }
         }
         self.alloc_slow(None, layout)
+    }
+
+    /// The part of [`alloc`](Self::alloc) (size 1 to 1024, alignment 16) that needs nothing but
+    /// memory already at hand: a dead slot of the size class, or a new tail when no tail is
+    /// pending and the committed arena has room. `None` (and nothing changed) otherwise.
+    ///
+    /// It never calls out (no page commit, no host callback, no logging), so a caller that must
+    /// not be re-entered (the task heap's lock-free path) can use it where `alloc` could not be.
+    #[inline(always)]
+    pub fn try_alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        if size.wrapping_sub(1) >= FAST_MAX {
+            return None;
+        }
+        let class = (size - 1) / GRANULE;
+        if self.table().heads[class] != NONE {
+            return Some(self.reuse(class, size, NONE));
+        }
+        if !self.root.get().is_null() {
+            return None; // ending the pending tail would record it, which may commit
+        }
+        let top = self.top.get();
+        let limit = top.wrapping_add(LOG_CAP * GRANULE);
+        if limit as usize > self.fast_end.get() as usize {
+            return None;
+        }
+        self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+        // SAFETY: top lies inside the reservation, derived from its base: non-null.
+        Some(unsafe { NonNull::new_unchecked(top) })
+    }
+
+    /// Make the dead slot at the head of `class`'s free list a live block of `size` bytes under
+    /// `parent` (`NONE`: a root). The free list must not be empty.
+    #[inline]
+    fn reuse(&self, class: usize, size: usize, parent: u32) -> NonNull<u8> {
+        let t = self.table();
+        let i = t.heads[class];
+        debug_assert!(i != NONE, "reuse from an empty free list");
+        // SAFETY: free-list entries are dead records below count.
+        let r = unsafe { t.rec(i) };
+        debug_assert_eq!(r.prev, table::DEAD, "free list of class {class} holds a live record {i}");
+        let next = r.next;
+        let off = r.off as usize * GRANULE;
+        r.size = size as u32;
+        r.prev = NONE;
+        r.child = NONE;
+        r.next = NONE;
+        t.heads[class] = next;
+        if parent != NONE {
+            t.link_under(i, parent);
+        }
+        t.live_blocks += 1;
+        t.live_bytes += size;
+        // SAFETY: the slot lies inside the reservation, derived from its base: non-null.
+        unsafe { NonNull::new_unchecked(self.ptr_at(off)) }
     }
 
     /// Allocate a tracked block as an embedded pointer of `parent`: freeing `parent` frees it.
@@ -457,23 +524,8 @@ impl Region {
         };
         let t = self.table();
         // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
-        if align == GRANULE {
-            if let Some(i) = t.pop_free(class) {
-                // SAFETY: i is a dead record below count.
-                let r = unsafe { t.rec(i) };
-                r.size = size as u32;
-                r.prev = NONE;
-                r.child = NONE;
-                r.next = NONE;
-                let off = r.off as usize * GRANULE;
-                if p != NONE {
-                    t.link_under(i, p);
-                }
-                t.live_blocks += 1;
-                t.live_bytes += size;
-                // SAFETY: the slot lies inside the reservation: non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
-            }
+        if align == GRANULE && t.heads[class] != NONE {
+            return Ok(self.reuse(class, size, p));
         }
         // 2. bump
         let base = self.base.as_ptr() as usize;
@@ -500,6 +552,7 @@ impl Region {
             if align > GRANULE {
                 // SAFETY: no other reference to the map is alive (see `table()`).
                 unsafe { (*self.big_align.get()).insert(i, align) };
+                self.slow_free.set(true);
             }
             self.top.set(self.ptr_at(need));
         }
@@ -541,14 +594,17 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        self.materialize();
+        // Blocks below the tail are all in the table already.
+        if p.as_ptr() >= self.root.get() {
+            self.materialize();
+        }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
     }
 
     #[inline]
     fn check_range(&self, p: *const u8) -> Result<usize, Error> {
         let off = self.off_of(p);
-        if off >= self.arena.reserved() {
+        if off >= self.reserved {
             return Err(Error::ForeignPointer);
         }
         if off % GRANULE != 0 || off >= self.top_off() {
@@ -647,8 +703,16 @@ impl Region {
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        let t = self.table();
+        // SAFETY: i is live.
+        let leaf = unsafe { t.rec(i).child } == NONE;
+        if leaf && !self.slow_free.get() {
+            // A leaf (every CoTaskMem block): no subtree walk.
+            t.free_leaf(i);
+            return Ok(());
+        }
         if !cascade {
-            self.table().detach_children(i);
+            t.detach_children(i);
         }
         self.free_record(i);
         Ok(())
@@ -659,12 +723,54 @@ impl Region {
     ///
     /// # Safety
     /// No reference into the freed block is used afterwards.
+    #[inline]
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
-            self.rewind();
+        // SAFETY: forwarded caller guarantee.
+        if unsafe { self.try_free_leaf(ptr.as_ptr()) } {
             return Ok(());
         }
         self.free_slow(ptr, false)
+    }
+
+    /// The inline part of [`free_one`](Self::free_one): free `p` if it is a live block without
+    /// children that needs no scrubbing or alignment bookkeeping (every `CoTaskMem` block in
+    /// steady state) or the only block of the pending tail. `false` (and nothing changed) for
+    /// anything else, including any pointer that is not a live block start of this region.
+    /// For such a block, freeing it alone and freeing its tree ([`free`](Self::free)) are the same.
+    ///
+    /// It never calls out (no page commit, no host callback, no logging).
+    ///
+    /// # Safety
+    /// If `p` is a live block, no reference into it is used afterwards.
+    #[inline(always)]
+    pub unsafe fn try_free_leaf(&self, p: *const u8) -> bool {
+        // A childless recorded block (every CoTaskMem block in steady state): one window lookup
+        // and a free-list push, inline. Tail blocks have no record, so the lookup misses them.
+        let off = self.off_of(p);
+        if off % GRANULE == 0 && !self.slow_free.get() {
+            let t = self.table();
+            if let Some(i) = t.slot(off / GRANULE) {
+                // SAFETY: `slot` returns records below count <= cap; the records live in their
+                // own reservation, so this reference does not alias the table's fields.
+                let r = unsafe { &mut *t.recs.add(i as usize) };
+                // A root without children: `prev == child == NONE` (all ones; `DEAD` is not).
+                if r.prev & r.child == NONE {
+                    t.free_root_leaf(i, r);
+                    return true;
+                }
+                if r.child == NONE && r.prev != table::DEAD {
+                    t.free_leaf(i);
+                    return true;
+                }
+                return false;
+            }
+        }
+        // The only block of the pending tail: a rewind.
+        if p == self.root.get() as *const u8 && self.log_len() == 1 {
+            self.rewind();
+            return true;
+        }
+        false
     }
 
     /// Free materialized record `i` and its subtree.
@@ -685,6 +791,7 @@ impl Region {
                 big.remove(&idx);
             }
         });
+        self.slow_free.set(self.scrub.on_free || !big.is_empty());
     }
 
     /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
@@ -777,10 +884,21 @@ impl Region {
         self.peek_size(ptr.as_ptr()).is_ok()
     }
 
+    /// The tracked reservation: its start and length. Every block lies inside it, and it does
+    /// not move while the region lives.
+    pub fn arena_range(&self) -> (*const u8, usize) {
+        (self.base.as_ptr(), self.arena.reserved())
+    }
+
+    /// Live tracked blocks (as [`stats`](Self::stats) counts them, without the rest).
+    pub fn live_blocks(&self) -> usize {
+        self.table().live_blocks + self.log_len()
+    }
+
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.off_of(ptr) < self.arena.reserved()
+        self.off_of(ptr) < self.reserved
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
@@ -801,6 +919,7 @@ impl Region {
         let big = self.big_align.get_mut();
         if !big.is_empty() {
             big.clear();
+            self.slow_free.set(self.scrub.on_free);
         }
         self.untracked.reset();
     }
@@ -858,7 +977,7 @@ impl Region {
             reserved: self.arena.reserved() + t.reserved() + u.reserved,
             high_water: self.high_water.get(),
             table_committed: t.committed(),
-            free_slots: t.nfree as usize,
+            free_slots: t.count as usize - t.live_blocks,
             bad_pointers: self.bad_pointers.get(),
         }
     }
@@ -1024,6 +1143,26 @@ mod tests {
         unsafe { r.free(root).unwrap() };
         assert!(!r.owns(a2) && !r.owns(c));
         assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn freed_roots_are_reused_without_disturbing_the_tail() {
+        let r = region();
+        let a = r.alloc(l(40)).unwrap();
+        let _b = r.alloc(l(40)).unwrap(); // a is recorded, b is the tail root
+                                          // SAFETY: a is live.
+        unsafe { r.free(a).unwrap() };
+        assert_eq!(r.stats().free_slots, 1);
+        let t = r.alloc(l(100)).unwrap(); // a new tail
+        let kid = r.alloc_child(t, l(10)).unwrap();
+        let again = r.alloc(l(33)).unwrap(); // same class as a: reused, the tail stays pending
+        assert_eq!(again, a);
+        assert_eq!(r.stats().free_slots, 0);
+        // SAFETY: t is the tail root: its subtree is rewound.
+        unsafe { r.free(t).unwrap() };
+        assert!(!r.owns(kid) && r.owns(again));
+        assert_eq!(r.stats().live_blocks, 2);
+        assert_eq!(r.size_of(again), Some(33));
     }
 
     #[test]

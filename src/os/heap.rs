@@ -16,6 +16,11 @@ pub(super) fn query_config() -> OsConfig {
     OsConfig { page_size: PAGE, granularity: PAGE, has_virtual_reserve: false, backend: "heap" }
 }
 
+/// See `super::memory_load`: the heap backend does not know the machine's memory load.
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    None
+}
+
 /// A reserved range (here: a zeroed heap allocation). See `os/mod.rs`.
 #[derive(Debug)]
 pub struct Reservation {

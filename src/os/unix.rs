@@ -36,6 +36,29 @@ unsafe impl Send for Reservation {}
 // SAFETY: as above; no method touches the mapped bytes through `&self`.
 unsafe impl Sync for Reservation {}
 
+/// See [`super::memory_load`]: `MemTotal` and `MemAvailable` from `/proc/meminfo` (proc(5)).
+#[cfg(target_os = "linux")]
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+    };
+    let total = field("MemTotal:")?;
+    let avail = field("MemAvailable:")?.min(total);
+    if total == 0 {
+        return None;
+    }
+    let load = 100 - (avail.saturating_mul(100) / total).min(100);
+    Some((load as u32, usize::try_from(avail.saturating_mul(1024)).unwrap_or(usize::MAX)))
+}
+
+/// See [`super::memory_load`]: not reported on this Unix.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    None
+}
+
 fn os_err(e: std::io::Error) -> Error {
     match e.raw_os_error() {
         Some(code) if code == rustix::io::Errno::NOMEM.raw_os_error() => Error::OutOfMemory,
