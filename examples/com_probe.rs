@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 use napalloc::heap;
 use std::hint::black_box;
 fn main() {
@@ -12,14 +13,22 @@ fn main() {
             let h = black_box(bp);
             let arr = black_box(unsafe { bp.add(16) });
             for i in 0..16 {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
                 let sz = 16 + (((x >> 32) * 241) >> 32) as usize;
                 let b = black_box(unsafe { bp.add(128 + sz * 16) });
-                unsafe { b.write(1); (arr as *mut *mut u8).add(i & 7).write(b); }
+                unsafe {
+                    b.write(1);
+                    (arr as *mut *mut u8).add(i & 7).write(b);
+                }
                 blocks[i] = b;
             }
-            for b in blocks { black_box(b); }
-            black_box(arr); black_box(h);
+            for b in blocks {
+                black_box(b);
+            }
+            black_box(arr);
+            black_box(h);
         }
         return;
     }
@@ -30,14 +39,25 @@ fn main() {
             let arr = unsafe { alloc(Layout::from_size_align(64, 16).unwrap()) };
             let mut sizes = [0usize; 16];
             for i in 0..16 {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
                 let sz = 16 + (((x >> 32) * 241) >> 32) as usize;
                 let b = unsafe { alloc(Layout::from_size_align(sz, 16).unwrap()) };
-                unsafe { b.write(1); (arr as *mut *mut u8).add(i & 7).write(b); }
-                blocks[i] = b; sizes[i] = sz;
+                unsafe {
+                    b.write(1);
+                    (arr as *mut *mut u8).add(i & 7).write(b);
+                }
+                blocks[i] = b;
+                sizes[i] = sz;
             }
-            for i in 0..16 { unsafe { dealloc(blocks[i], Layout::from_size_align(sizes[i], 16).unwrap()) } }
-            unsafe { dealloc(arr, Layout::from_size_align(64, 16).unwrap()); dealloc(h, Layout::from_size_align(16, 16).unwrap()); }
+            for i in 0..16 {
+                unsafe { dealloc(blocks[i], Layout::from_size_align(sizes[i], 16).unwrap()) }
+            }
+            unsafe {
+                dealloc(arr, Layout::from_size_align(64, 16).unwrap());
+                dealloc(h, Layout::from_size_align(16, 16).unwrap());
+            }
         }
         return;
     }
@@ -45,14 +65,26 @@ fn main() {
         let h = heap::alloc(16).unwrap().as_ptr();
         let arr = heap::alloc(64).unwrap().as_ptr();
         for i in 0..16 {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
             let sz = 16 + (((x >> 32) * 241) >> 32) as usize;
             let b = heap::alloc(sz).unwrap().as_ptr();
-            unsafe { b.write(1); (arr as *mut *mut u8).add(i & 7).write(b); }
+            unsafe {
+                b.write(1);
+                (arr as *mut *mut u8).add(i & 7).write(b);
+            }
             blocks[i] = b;
         }
-        for b in blocks { unsafe { black_box(heap::free(b)); } }
-        unsafe { heap::free(arr); heap::free(h); }
+        for b in blocks {
+            unsafe {
+                black_box(heap::free(b));
+            }
+        }
+        unsafe {
+            heap::free(arr);
+            heap::free(h);
+        }
     }
     println!("{:?}", heap::thread_stats().live_blocks);
 }

@@ -41,17 +41,8 @@ struct TaskMalloc {
     refs: AtomicU32,
 }
 
-static VTBL: IMallocVtbl = IMallocVtbl {
-    query_interface,
-    add_ref,
-    release,
-    alloc,
-    realloc,
-    free,
-    get_size,
-    did_alloc,
-    heap_minimize,
-};
+static VTBL: IMallocVtbl =
+    IMallocVtbl { query_interface, add_ref, release, alloc, realloc, free, get_size, did_alloc, heap_minimize };
 
 static TASK_MALLOC: TaskMalloc = TaskMalloc { iface: IMalloc { vtbl: &VTBL }, refs: AtomicU32::new(1) };
 

@@ -69,7 +69,7 @@
 //! | `attention & FENCED` | set at creation, never cleared | no asymmetric barrier: the owner must fence |
 //! | `lock` | any thread (spin, then yield) | serializes everything but the owner's fast path |
 //! | `state` | the `lock` holder | `OWNED` by a thread (or an active scope); `ABANDONED` (its thread exited; adoptable); `IDLE` (a reset scope heap in the cache); `SHARED` (the fallback heap, owned by nobody) |
-//! | `remote` | pushed by anyone; popped by whoever drains (the owner, or the lock holder of an unowned heap) | pending frees, tagged with bit 0 for a cascading free |
+//! | `remote` | pushed by anyone; popped by whoever holds the region (the owner in its slow path, or a lock holder) | pending frees: a pointer and whether the free cascades |
 //!
 //! The invariant: **the region is touched by exactly one thread at a time**: by the owner while
 //! its `busy` is true and it read `attention == 0` after setting it, or by the holder of `lock`
@@ -167,6 +167,17 @@ impl RawLock {
     }
 }
 
+/// A free queued for a heap by another thread: the pointer (not dereferenced until the heap's
+/// region validates it) and whether the free cascades to embedded blocks (`free_tree`).
+struct RemoteFree {
+    ptr: *mut u8,
+    tree: bool,
+}
+
+// SAFETY: the pointer is only an address to validate against the receiving heap's side table;
+// nothing is read through it before that, and the block it names was given up by the sender.
+unsafe impl Send for RemoteFree {}
+
 /// One task heap: a region and the protocol around it (see the module doc).
 struct Heap {
     /// Written only by the owning thread: `true` while it is inside a fast operation on
@@ -185,8 +196,8 @@ struct Heap {
     /// Read by the owner on every operation; bits are set and cleared with RMWs: `HELD` by the
     /// lock holder, `REMOTE` by remote freers (set) and drainers (cleared), `FENCED` at creation.
     attention: CachePadded<AtomicU32>,
-    /// Pending remote frees: block addresses, bit 0 set for a cascading free.
-    remote: SegQueue<usize>,
+    /// Pending remote frees.
+    remote: SegQueue<RemoteFree>,
     lock: CachePadded<RawLock>,
     /// `OWNED`, `ABANDONED`, `IDLE` or `SHARED`; written only by the `lock` holder.
     state: AtomicU8,
@@ -263,7 +274,9 @@ fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
         return None;
     }
     let fenced = !barrier::available();
-    let region = Region::new().ok()?;
+    // Pages from the host installed with `NapallocSetHostMemoryManager` (else the OS), charged to
+    // the process-wide budget.
+    let region = Region::builder().source(crate::host::default_source()).build().ok()?;
     let (base, len) = region.arena_range();
     let heap = Box::new(Heap {
         busy: AtomicBool::new(false),
@@ -303,6 +316,10 @@ thread_local! {
     /// True while this thread holds some heap through its lock (slow path); a nested call
     /// (from a host page source or a logger) must then fail instead of entering a heap.
     static IN_SLOW: Cell<bool> = const { Cell::new(false) };
+    /// The idle scope heap of this thread's last scope (null if none): the next scope takes it
+    /// back first, with its pages still resident. Another thread may claim it from the registry
+    /// meanwhile (`claim_idle` arbitrates), so it is only a hint.
+    static SPARE: Cell<*const Heap> = const { Cell::new(ptr::null()) };
     /// Set by the exit handler: from then on the thread uses the shared heap.
     static EXITED: Cell<bool> = const { Cell::new(false) };
     /// Its destructor abandons the thread's heaps; touched once, when the first heap is taken.
@@ -315,6 +332,11 @@ struct ExitHandler;
 impl Drop for ExitHandler {
     fn drop(&mut self) {
         let _ = EXITED.try_with(|e| e.set(true));
+        let spare = SPARE.with(|s| s.replace(ptr::null()));
+        if !spare.is_null() {
+            // SAFETY: heaps are never freed.
+            let _ = scope_cache().push(unsafe { &*spare });
+        }
         let cur = CUR.try_with(|c| c.replace(ptr::null())).unwrap_or(ptr::null());
         let home = HOME.try_with(|c| c.replace(ptr::null())).unwrap_or(ptr::null());
         let mut h = cur;
@@ -370,7 +392,10 @@ fn cur_heap() -> Result<&'static Heap, bool> {
     if IN_SLOW.with(Cell::get) {
         return Err(false);
     }
-    if EXITED.with(Cell::get) {
+    // Arm the exit handler first: if the thread is already past it (a late TLS destructor
+    // allocating), it gets no heap of its own.
+    if EXITED.with(Cell::get) || EXIT.try_with(|_| {}).is_err() {
+        EXITED.with(|e| e.set(true));
         return Err(true);
     }
     // Creating a region may call a host page source, which may call us back.
@@ -380,7 +405,6 @@ fn cur_heap() -> Result<&'static Heap, bool> {
     let Some(h) = h else {
         return Err(true);
     };
-    EXIT.with(|_| {});
     HOME.with(|c| c.set(h));
     CUR.with(|c| c.set(h));
     Ok(h)
@@ -472,12 +496,17 @@ impl Held {
         }
         h.attention.fetch_and(!REMOTE, Ordering::SeqCst);
         let r = self.region();
-        while let Some(e) = h.remote.pop() {
-            let tree = e & 1 != 0;
-            let Some(p) = NonNull::new((e & !1) as *mut u8) else { continue };
+        while let Some(RemoteFree { ptr, tree }) = h.remote.pop() {
+            let Some(p) = NonNull::new(ptr) else { continue };
             // SAFETY: the freeing thread gave the block up; a bad pointer is refused (and
             // reported by the region) without being touched.
-            let r = unsafe { if tree { r.free(p) } else { r.free_one(p) } };
+            let r = unsafe {
+                if tree {
+                    r.free(p)
+                } else {
+                    r.free_one(p)
+                }
+            };
             if r.is_err() {
                 BAD.fetch_add(1, Ordering::Relaxed);
             }
@@ -508,10 +537,7 @@ impl Drop for Held {
         h.attention.fetch_and(!HELD, Ordering::Release);
         h.lock.unlock();
         // A freer of an unowned heap that found the lock taken left its block to us.
-        if self.recheck
-            && h.state.load(Ordering::SeqCst) != OWNED
-            && h.attention.load(Ordering::SeqCst) & REMOTE != 0
-        {
+        if self.recheck && h.state.load(Ordering::SeqCst) != OWNED && h.attention.load(Ordering::SeqCst) & REMOTE != 0 {
             try_drain(h);
         }
     }
@@ -549,7 +575,7 @@ fn with_heap_of<R>(p: *const u8, f: impl FnOnce(&mut Region) -> R) -> Result<R, 
 
 /// Queue a free on `h` (not this thread's), and process it at once if nobody owns `h`.
 fn remote_free(h: &'static Heap, p: *mut u8, tree: bool) {
-    h.remote.push(p as usize | tree as usize);
+    h.remote.push(RemoteFree { ptr: p, tree });
     h.attention.fetch_or(REMOTE, Ordering::SeqCst);
     if h.state.load(Ordering::SeqCst) != OWNED {
         try_drain(h);
@@ -715,11 +741,13 @@ fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
     if let Some(p) = fenced(h, |r| r.try_alloc(size)) {
         return Some(p);
     }
-    match with_own(h, |r| r.alloc(layout)) {
+    let alloc = |r: &mut Region| r.with_critical_level(level, |r| r.alloc(layout));
+    match with_own(h, alloc) {
         Some(Ok(p)) => Some(p),
         Some(Err(_)) if level != CriticalLevel::Task => {
+            // Give idle memory back (other heaps' included) and try once more.
             heap_minimize();
-            match with_own(h, |r| r.alloc(layout)) {
+            match with_own(h, alloc) {
                 Some(Ok(p)) => Some(p),
                 _ => failed(),
             }
@@ -768,7 +796,8 @@ pub unsafe fn free(p: *mut u8) -> bool {
     if unsafe { free_fast(p) } {
         return true;
     }
-    free_slow(p, false)
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow(p, false) }
 }
 
 /// Free `p` and every block recorded as its embedded pointer, recursively.
@@ -782,12 +811,15 @@ pub unsafe fn free_tree(p: *mut u8) -> bool {
     if unsafe { free_fast(p) } {
         return true;
     }
-    free_slow(p, true)
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow(p, true) }
 }
 
+/// # Safety
+/// As [`free`].
 #[cold]
 #[inline(never)]
-fn free_slow(p: *mut u8, tree: bool) -> bool {
+unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
     let Some(nn) = NonNull::new(p) else {
         return false;
     };
@@ -797,8 +829,16 @@ fn free_slow(p: *mut u8, tree: bool) -> bool {
         if fenced(h, |r| unsafe { r.try_free_leaf(p) }.then_some(())).is_some() {
             return true;
         }
-        // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
-        let r = with_own(h, |r| unsafe { if tree { r.free(nn) } else { r.free_one(nn) } });
+        let r = with_own(h, |r| {
+            // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
+            unsafe {
+                if tree {
+                    r.free(nn)
+                } else {
+                    r.free_one(nn)
+                }
+            }
+        });
         return match r {
             Some(Ok(())) => true,
             Some(Err(_)) => {
@@ -807,7 +847,7 @@ fn free_slow(p: *mut u8, tree: bool) -> bool {
             }
             None => {
                 // Re-entered while this thread holds a heap: do it later, as a remote free.
-                h.remote.push(p as usize | tree as usize);
+                h.remote.push(RemoteFree { ptr: p, tree });
                 h.attention.fetch_or(REMOTE, Ordering::SeqCst);
                 true
             }
@@ -1004,9 +1044,15 @@ fn enter_raw() -> Result<&'static Heap, Error> {
     }
     // The thread's own heap first, so that the scope chain always ends there.
     let home = cur_heap().map_err(|_| Error::OutOfMemory)?;
-    let cache = SCOPES.get_or_init(|| ArrayQueue::new(SCOPE_CACHE));
-    // The cache first; then any idle scope heap (the cache may have overflowed); then a new one.
-    let h = match core::iter::from_fn(|| cache.pop()).chain(heaps().filter(|h| h.scope)).find(|h| claim_idle(h)) {
+    let cache = scope_cache();
+    // This thread's last scope heap first; then the cache; then any idle scope heap (the cache
+    // may have overflowed); then a new one.
+    let spare = SPARE.with(|s| s.replace(ptr::null()));
+    // SAFETY: heaps are never freed.
+    let spare = (!spare.is_null()).then(|| unsafe { &*spare });
+    let mut candidates =
+        spare.into_iter().chain(core::iter::from_fn(|| cache.pop())).chain(heaps().filter(|h| h.scope));
+    let h = match candidates.find(|h| claim_idle(h)) {
         Some(h) => h,
         None => {
             IN_SLOW.with(|s| s.set(true));
@@ -1019,6 +1065,10 @@ fn enter_raw() -> Result<&'static Heap, Error> {
     h.outer.set(if cur.is_null() { home } else { cur });
     CUR.with(|c| c.set(h));
     Ok(h)
+}
+
+fn scope_cache() -> &'static ArrayQueue<&'static Heap> {
+    SCOPES.get_or_init(|| ArrayQueue::new(SCOPE_CACHE))
 }
 
 /// Make an idle scope heap ours.
@@ -1076,8 +1126,11 @@ fn retire(h: &'static Heap, held: Held) {
     h.outer.set(ptr::null());
     h.state.store(IDLE, Ordering::SeqCst);
     drop(held);
-    let cache = SCOPES.get_or_init(|| ArrayQueue::new(SCOPE_CACHE));
-    if cache.push(h).is_err() {
+    if SPARE.with(Cell::get).is_null() && !EXITED.with(Cell::get) {
+        SPARE.with(|s| s.set(h));
+        return;
+    }
+    if scope_cache().push(h).is_err() {
         // Cache full: the heap stays registered and idle (`enter_raw` finds it by a scan of the
         // registry); give its memory back meanwhile.
         if let Some(held) = Held::acquire(h, false) {

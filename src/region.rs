@@ -766,7 +766,7 @@ impl Region {
             }
         }
         // The only block of the pending tail: a rewind.
-        if p == self.root.get() as *const u8 && self.log_len() == 1 {
+        if core::ptr::eq(p, self.root.get()) && self.log_len() == 1 {
             self.rewind();
             return true;
         }
@@ -882,6 +882,15 @@ impl Region {
     /// True only for the start of a live block of this region.
     pub fn owns(&self, ptr: NonNull<u8>) -> bool {
         self.peek_size(ptr.as_ptr()).is_ok()
+    }
+
+    /// Run `f` with the arena's commits made at `level` (the commits of one critical
+    /// allocation), then restore the region's own level.
+    pub fn with_critical_level<R>(&self, level: CriticalLevel, f: impl FnOnce(&Self) -> R) -> R {
+        let old = self.arena.set_level(level);
+        let r = f(self);
+        self.arena.set_level(old);
+        r
     }
 
     /// The tracked reservation: its start and length. Every block lies inside it, and it does

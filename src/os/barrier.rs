@@ -80,7 +80,12 @@ mod backend {
         // Registered in `register`; the command cannot fail afterwards, but if it ever did, no
         // weaker barrier here would do, so be loud.
         let r = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-        assert_eq!(r, 0, "membarrier(PRIVATE_EXPEDITED) failed after registration: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "membarrier(PRIVATE_EXPEDITED) failed after registration: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
