@@ -111,11 +111,15 @@ unsafe extern "system" fn add_ref(_this: *mut IMalloc) -> ULONG {
 }
 
 unsafe extern "system" fn release(_this: *mut IMalloc) -> ULONG {
-    let prev = TASK_MALLOC
-        .refs
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1).max(1)))
-        .unwrap_or(1);
-    prev.saturating_sub(1).max(1)
+    let refs = &TASK_MALLOC.refs;
+    let mut n = refs.load(Ordering::Relaxed);
+    loop {
+        let new = n.saturating_sub(1).max(1);
+        match refs.compare_exchange_weak(n, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return new,
+            Err(now) => n = now,
+        }
+    }
 }
 
 unsafe extern "system" fn alloc(_this: *mut IMalloc, cb: SIZE_T) -> *mut c_void {
@@ -225,7 +229,7 @@ mod tests {
             assert_eq!((v.get_size)(m, ptr::null_mut()), SIZE_T::MAX);
             assert_eq!((v.did_alloc)(m, p), 1);
             assert_eq!((v.did_alloc)(m, ptr::null_mut()), -1);
-            assert_eq!((v.did_alloc)(m, 1 as *mut c_void), 0);
+            assert_eq!((v.did_alloc)(m, ptr::NonNull::<u8>::dangling().as_ptr().cast()), 0);
             assert_eq!((v.did_alloc)(m, p.cast::<u8>().add(4).cast()), 0);
             p.cast::<u8>().write_bytes(0xAB, 16);
             let q = (v.realloc)(m, p, 100);

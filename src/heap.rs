@@ -955,13 +955,12 @@ pub fn stats() -> HeapStats {
 }
 
 /// Counters of the calling thread's current heap alone (its innermost scope, else its own
-/// heap): not disturbed by other threads' allocations. Zero if it has none yet.
+/// heap, which is created or adopted now if the thread has none yet; an adopted heap may hold
+/// blocks of the thread that abandoned it). Remote frees queued for it are done first. Other
+/// threads' allocations do not change these counters.
 pub fn thread_stats() -> HeapStats {
     let mut s = HeapStats::default();
-    let cur = CUR.with(Cell::get);
-    if !cur.is_null() {
-        // SAFETY: heaps are never freed.
-        let h: &'static Heap = unsafe { &*cur };
+    if let Ok(h) = cur_heap() {
         if let Some(r) = with_own(h, |r| r.stats()) {
             s.live_blocks = r.live_blocks as u64;
             s.live_bytes = r.live_bytes as u64;
@@ -1138,5 +1137,93 @@ fn retire(h: &'static Heap, held: Held) {
                 TRIMS.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Small versions of `tests/task_heap*.rs`, so that Miri runs the protocol too
+    //! (`cargo miri test --lib`): other tests share the process, so only per-thread books are
+    //! checked exactly.
+    use super::*;
+    use std::thread;
+
+    /// A block pointer handed to another thread (keeps its provenance, for Miri).
+    #[derive(Clone, Copy, Debug)]
+    struct P(*mut u8);
+    // SAFETY: a block of the task heap may be used and freed by any thread.
+    unsafe impl Send for P {}
+
+    fn mine() -> u64 {
+        thread_stats().live_blocks
+    }
+
+    #[test]
+    fn remote_frees_foreign_queries_and_reallocs() {
+        let before = mine();
+        let blocks: Vec<P> = (0..20).map(|i| P(alloc(16 + i * 8).unwrap().as_ptr())).collect();
+        let moved = thread::spawn(move || {
+            let mut moved = P(ptr::null_mut());
+            for (i, &P(p)) in blocks.iter().enumerate() {
+                assert_eq!(size_of(p), Some(16 + i * 8));
+                assert_eq!(did_alloc(p), 1);
+                assert_eq!(did_alloc(p.wrapping_add(4)), 0);
+                if i % 5 == 0 {
+                    // SAFETY: handed over; not used after it moves.
+                    let q = unsafe { realloc(p, 2000) };
+                    assert!(!q.is_null());
+                    if !moved.0.is_null() {
+                        // SAFETY: the previous reallocated block, freed once.
+                        assert!(unsafe { free(moved.0) });
+                    }
+                    moved = P(q);
+                } else {
+                    // SAFETY: handed over, freed once.
+                    assert!(unsafe { free(p) });
+                }
+            }
+            moved
+        })
+        .join()
+        .unwrap();
+        assert_eq!(size_of(moved.0), Some(2000), "reallocated in its own heap");
+        assert_eq!(mine(), before + 1, "19 remote frees drained; the last reallocated block is live");
+        // SAFETY: live, freed once.
+        assert!(unsafe { free(moved.0) });
+        assert_eq!(mine(), before);
+    }
+
+    #[test]
+    fn blocks_survive_their_thread() {
+        let (a, b) = thread::spawn(|| {
+            let a = alloc(40).unwrap();
+            let b = alloc_child(a, 24).unwrap();
+            (P(a.as_ptr()), P(b.as_ptr()))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(size_of(a.0), Some(40));
+        assert_eq!(size_of(b.0), Some(24));
+        // SAFETY: live; the tree goes with it.
+        assert!(unsafe { free_tree(a.0) });
+        assert_eq!(did_alloc(b.0), 0, "freed with its parent, at once");
+    }
+
+    #[test]
+    fn scopes_reset_on_leave() {
+        let before = mine();
+        let leaked = scope(|| {
+            let p = alloc(100).unwrap();
+            assert_eq!(mine(), 1, "the scope's own region");
+            p.as_ptr()
+        })
+        .unwrap();
+        assert_eq!(did_alloc(leaked), 0);
+        assert_eq!(mine(), before);
+        let g = enter_scope().unwrap();
+        let h = enter_handle().unwrap();
+        assert_eq!(leave_handle(g.handle()), Err(Error::InvalidLayout), "not the innermost");
+        assert_eq!(leave_handle(h), Ok(()));
+        g.leave().unwrap();
     }
 }

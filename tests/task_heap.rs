@@ -187,7 +187,7 @@ fn foreign_interior_and_double_frees_change_nothing_and_are_counted() {
         CoTaskMemFree(foreign); // not ours
         CoTaskMemFree(p.add(4).cast()); // interior
         CoTaskMemFree(p.add(16).cast()); // interior, granule-aligned
-        CoTaskMemFree(1 as *mut c_void); // nonsense
+        CoTaskMemFree(ptr::NonNull::<u8>::dangling().as_ptr().cast()); // address 1: nonsense
     }
     assert_eq!(mine(), before, "nothing was freed");
     assert!(all(p, 48, 9) && all(keep, 64, 7), "nothing was written");
@@ -241,7 +241,7 @@ fn did_alloc_answers_1_0_and_minus_1() {
         let p = (v.alloc)(m, 32);
         assert_eq!((v.did_alloc)(m, p), 1);
         assert_eq!((v.did_alloc)(m, ptr::null_mut()), -1);
-        assert_eq!((v.did_alloc)(m, 1 as *mut c_void), 0);
+        assert_eq!((v.did_alloc)(m, ptr::NonNull::<u8>::dangling().as_ptr().cast()), 0);
         assert_eq!((v.did_alloc)(m, p.cast::<u8>().add(4).cast()), 0, "interior");
         let mut x = 0u32;
         assert_eq!((v.did_alloc)(m, (&mut x as *mut u32).cast()), 0, "foreign");
