@@ -1,4 +1,4 @@
-//! The C exports of the COM task allocator and of napalloc's own entry points, with the names and
+//! The C exports of the COM task allocator and of napalloc's own entry points (`Napalloc*`), with the names and
 //! signatures of `include/napalloc.h`.
 //!
 //! A thin layer: argument checks, HRESULTs, and no panic across the C ABI. Each export forwards to
@@ -17,7 +17,9 @@
 use crate::com;
 use crate::heap;
 use crate::hr::{E_FAIL, E_INVALIDARG, E_OUTOFMEMORY, E_POINTER, HRESULT, S_OK};
-use crate::nap::types::{EMemoryCriticalLevel, IMalloc, NapallocScope, NapallocStats, DWORD, SIZE_T};
+use crate::nap::types::{
+    EMemoryCriticalLevel, IHostMemoryManager, IMalloc, NapallocScope, NapallocStats, DWORD, SIZE_T,
+};
 use crate::Error;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
@@ -93,6 +95,30 @@ pub unsafe extern "system" fn CoGetMalloc(mem_context: DWORD, pp_malloc: *mut *m
         // SAFETY: forwarded caller guarantee.
         unsafe { com::co_get_malloc(mem_context, pp_malloc) }
     })
+}
+
+/// `HRESULT NapallocSetHostMemoryManager(IHostMemoryManager *host)`: take the pages of every
+/// region created from now on from `host` (AddRef'd and kept; napalloc registers its
+/// `ICLRMemoryNotificationCallback` with it); NULL goes back to the OS. See
+/// [`crate::host::set_host_memory_manager`].
+///
+/// # Safety
+/// `host` is NULL or a live, free-threaded `IHostMemoryManager` that stays usable while napalloc
+/// holds its reference.
+#[no_mangle]
+pub unsafe extern "system" fn NapallocSetHostMemoryManager(host: *mut IHostMemoryManager) -> HRESULT {
+    guard_hr(|| {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { crate::host::set_host_memory_manager(host.cast()) }
+    })
+}
+
+/// `HRESULT NapallocSetBudget(SIZE_T softLimit, SIZE_T hardLimit)`: limits for committed memory
+/// (0: no limit); `softLimit > hardLimit` with `hardLimit != 0` → `E_INVALIDARG`, nothing changed.
+/// See [`crate::host::set_budget`].
+#[no_mangle]
+pub extern "system" fn NapallocSetBudget(soft_limit: SIZE_T, hard_limit: SIZE_T) -> HRESULT {
+    guard_hr(|| crate::host::set_budget(soft_limit, hard_limit))
 }
 
 /// `void *NapallocAllocCritical(SIZE_T cb, EMemoryCriticalLevel level)`: `CoTaskMemAlloc` at a
