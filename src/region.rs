@@ -388,6 +388,7 @@ impl Region {
         r.child = NONE;
         r.next = NONE;
         t.heads[class] = next;
+        t.hints[off / GRANULE % table::HINTS] = i;
         if parent != NONE {
             t.link_under(i, parent);
         }
@@ -744,17 +745,34 @@ impl Region {
     /// If `p` is a live block, no reference into it is used afterwards.
     #[inline(always)]
     pub unsafe fn try_free_leaf(&self, p: *const u8) -> bool {
-        // A childless recorded block (every CoTaskMem block in steady state): one window lookup
-        // and a free-list push, inline. Tail blocks have no record, so the lookup misses them.
+        // A childless recorded block (every CoTaskMem block in steady state): a hint-cache or
+        // window lookup and a free-list push, inline. Tail blocks have no record: both miss them.
         let off = self.off_of(p);
-        if off % GRANULE == 0 && !self.slow_free.get() {
+        if !self.slow_free.get() {
             let t = self.table();
-            if let Some(i) = t.slot(off / GRANULE) {
-                // SAFETY: `slot` returns records below count <= cap; the records live in their
-                // own reservation, so this reference does not alias the table's fields.
-                let r = unsafe { &mut *t.recs.add(i as usize) };
-                // A root without children: `prev == child == NONE` (all ones; `DEAD` is not).
-                if r.prev & r.child == NONE {
+            let g = off / GRANULE;
+            let h = t.hints[g % table::HINTS];
+            // The hint is trusted only for a record below count that starts exactly at `p` (the
+            // compare of whole offsets also refuses a pointer that is not 16-aligned).
+            // SAFETY: h < count <= cap.
+            let i = if h < t.count && unsafe { t.get(h).off } as usize * GRANULE == off {
+                Some(h)
+            } else if off % GRANULE == 0 {
+                t.slot(g)
+            } else {
+                None
+            };
+            if let Some(i) = i {
+                // SAFETY: `i` is a record below count <= cap; the records live in their own
+                // reservation, so this pointer does not alias the table's fields.
+                let rp = unsafe { t.recs.add(i as usize) };
+                // `prev` and `child`, adjacent in the `repr(C)` record, read at once: a root
+                // without children has both `NONE` (all ones; `DEAD` is not).
+                // SAFETY: bytes 8..16 of a live record: its `prev` and `child` fields.
+                let prev_child = unsafe { rp.cast::<u8>().add(8).cast::<u64>().read_unaligned() };
+                // SAFETY: as above.
+                let r = unsafe { &mut *rp };
+                if prev_child == u64::MAX {
                     t.free_root_leaf(i, r);
                     return true;
                 }

@@ -42,6 +42,8 @@ pub(crate) const MAX_RECS: usize = (PARENT - 1) as usize;
 pub const GRANULE: usize = 16;
 /// log2 of the lookup window in granules (64 granules = 1 KiB).
 const WINDOW_SHIFT: u32 = 6;
+/// Entries of the lookup hint cache (a power of two).
+pub(crate) const HINTS: usize = 512;
 
 /// Sizes of up to `EXACT_CLASSES` granules have a class each; larger ones are grouped four per
 /// doubling and rounded up to the class size when bump-allocated, so that a dead slot of a class
@@ -64,6 +66,9 @@ pub(crate) struct Rec {
     pub child: u32,
     pub next: u32,
 }
+
+// `Region::try_free_leaf` reads `prev` and `child` as one 8-byte word.
+const _: () = assert!(core::mem::offset_of!(Rec, prev) == 8 && core::mem::offset_of!(Rec, child) == 12);
 
 /// Granules a block of `size` bytes occupies (zero-size blocks take one: they must be unique).
 #[inline(always)]
@@ -146,6 +151,13 @@ pub(crate) struct Table {
     /// Head of each class's free list (`NONE` if empty). Every record is live or on exactly
     /// one free list, so the number of dead slots is `count - live_blocks`.
     pub heads: [u32; NUM_CLASSES],
+    /// A direct-mapped cache in front of the windows: `hints[g % HINTS]` is the record of the
+    /// last block recorded or reused at a granule `g` with that remainder. Only a hint, never
+    /// cleared: [`slot_hinted`](Self::slot_hinted) trusts an entry only if it is below `count`
+    /// and its record starts at the granule looked up (offsets below `count` are unique, so such
+    /// a record *is* the one the windows would find). Blocks freed soon after they were handed
+    /// out (every `CoTaskMem` block) are found without the bitmap and popcount.
+    pub hints: [u32; HINTS],
     /// Requested bytes of the live blocks.
     pub live_bytes: usize,
     recs_span: Span,
@@ -165,6 +177,7 @@ impl Table {
             windows: first_span.base().as_ptr().cast(),
             init_windows: 0,
             heads: [NONE; NUM_CLASSES],
+            hints: [NONE; HINTS],
             live_blocks: 0,
             live_bytes: 0,
             recs_span,
@@ -256,6 +269,7 @@ impl Table {
         unsafe { (*self.windows.add(w)).bits |= 1 << (off & 63) };
         // SAFETY: i < cap.
         unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
+        self.hints[off as usize % HINTS] = i;
         self.count = i + 1;
         if parent != NONE {
             self.link_under(i, parent);
@@ -331,12 +345,14 @@ impl Table {
             return None;
         }
         // SAFETY: w < init_windows.
-        let win = unsafe { *self.windows.add(w) };
-        let bit = 1u64 << (g & 63);
-        if win.bits & bit == 0 {
+        let win = unsafe { &*self.windows.add(w) };
+        // Shift bit `g % 64` to the top: the sign says whether a record starts at `g`, and the
+        // bits left are those at or below `g`.
+        let up = win.bits << (63 - (g & 63));
+        if (up as i64) >= 0 {
             return None;
         }
-        Some(win.first + (win.bits & (bit - 1)).count_ones())
+        Some(win.first + up.count_ones() - 1)
     }
 
     /// Free live record `i` (`r`), a root without children: no unlinking, straight onto its
