@@ -86,6 +86,7 @@ use crate::region::Region;
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
+use core::mem::MaybeUninit;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -123,6 +124,8 @@ const HELD: u32 = 1;
 const REMOTE: u32 = 2;
 /// `attention`: no asymmetric barrier on this platform; the owner fences (set for good).
 const FENCED: u32 = 4;
+/// `attention` of [`NO_HEAP`] only: not a heap (set for good).
+const NOT_A_HEAP: u32 = 8;
 
 /// `state`: owned by a thread (its heap, or a scope it entered).
 const OWNED: u8 = 0;
@@ -184,8 +187,9 @@ struct Heap {
     /// `region` (set before it reads `attention`, cleared with `Release` after the operation).
     /// Read by a lock holder of an `OWNED` heap, who waits for `false` after setting `HELD`.
     busy: AtomicBool,
-    /// Touched only as the protocol allows (see the module doc).
-    region: UnsafeCell<Region>,
+    /// Touched only as the protocol allows (see the module doc). Initialized in every heap but
+    /// [`NO_HEAP`], whose region is never touched (its `attention` is never 0).
+    region: UnsafeCell<MaybeUninit<Region>>,
     /// Start of the region's tracked arena. Immutable after creation.
     base: usize,
     /// Length of the region's tracked arena. Immutable after creation.
@@ -228,6 +232,41 @@ impl Heap {
     fn contains(&self, p: *const u8) -> bool {
         (p as usize).wrapping_sub(self.base) < self.len
     }
+
+    /// The region. Dereferencing it is allowed only as the protocol allows, and never for
+    /// [`NO_HEAP`].
+    #[inline(always)]
+    fn region_ptr(&self) -> *mut Region {
+        // `MaybeUninit<Region>` has the layout of `Region`.
+        self.region.get().cast()
+    }
+}
+
+/// What `CUR` points to while the thread has no heap: its `attention` is never 0, so the fast
+/// path needs no null check and falls through to the slow path, which gets the thread a heap.
+/// Not registered; its region is uninitialized and never touched; the fast path's stores to its
+/// `busy` flag are harmless (nobody reads it).
+static NO_HEAP: Heap = Heap {
+    busy: AtomicBool::new(false),
+    region: UnsafeCell::new(MaybeUninit::uninit()),
+    base: 0,
+    len: 0,
+    outer: Cell::new(ptr::null()),
+    attention: CachePadded::new(AtomicU32::new(NOT_A_HEAP)),
+    remote: SegQueue::new(),
+    lock: CachePadded::new(RawLock::new()),
+    state: AtomicU8::new(SHARED),
+    scope: false,
+};
+
+/// A heap pointer of `CUR` (or a handle), unless it is [`NO_HEAP`] or null.
+#[inline]
+fn real(h: *const Heap) -> Option<&'static Heap> {
+    if h.is_null() || ptr::eq(h, &NO_HEAP) {
+        return None;
+    }
+    // SAFETY: every other heap pointer we hold is a leaked, registered heap: never freed.
+    Some(unsafe { &*h })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +319,7 @@ fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
     let (base, len) = region.arena_range();
     let heap = Box::new(Heap {
         busy: AtomicBool::new(false),
-        region: UnsafeCell::new(region),
+        region: UnsafeCell::new(MaybeUninit::new(region)),
         base: base as usize,
         len,
         outer: Cell::new(ptr::null()),
@@ -292,7 +331,11 @@ fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
     });
     let i = HEAPS.fetch_add(1, Ordering::AcqRel);
     if i >= MAX_HEAPS {
-        return None; // lost the race for the last slot: the heap is dropped, never published
+        // Lost the race for the last slot: the heap is never published; release its region.
+        let mut heap = heap;
+        // SAFETY: initialized above, never used, dropped once.
+        unsafe { heap.region.get_mut().assume_init_drop() };
+        return None;
     }
     let heap: &'static Heap = Box::leak(heap);
     SLOTS[i].store(heap as *const Heap as *mut Heap, Ordering::Release);
@@ -308,9 +351,9 @@ fn shared_heap() -> Option<&'static Heap> {
 // ---------------------------------------------------------------------------------------------
 
 thread_local! {
-    /// The heap this thread allocates from: its innermost scope, else its own heap; null until
-    /// the first allocation (and after the thread's exit handler ran).
-    static CUR: Cell<*const Heap> = const { Cell::new(ptr::null()) };
+    /// The heap this thread allocates from: its innermost scope, else its own heap; [`NO_HEAP`]
+    /// until the first allocation (and after the thread's exit handler ran). Never null.
+    static CUR: Cell<*const Heap> = const { Cell::new(&NO_HEAP) };
     /// This thread's own heap, null until needed.
     static HOME: Cell<*const Heap> = const { Cell::new(ptr::null()) };
     /// True while this thread holds some heap through its lock (slow path); a nested call
@@ -337,12 +380,13 @@ impl Drop for ExitHandler {
             // SAFETY: heaps are never freed.
             let _ = scope_cache().push(unsafe { &*spare });
         }
-        let cur = CUR.try_with(|c| c.replace(ptr::null())).unwrap_or(ptr::null());
-        let home = HOME.try_with(|c| c.replace(ptr::null())).unwrap_or(ptr::null());
+        let cur = CUR.with(|c| c.replace(&NO_HEAP));
+        let home = HOME.with(|c| c.replace(ptr::null()));
         let mut h = cur;
-        while !h.is_null() && h != home {
-            // SAFETY: heaps are never freed.
-            let heap = unsafe { &*h };
+        while let Some(heap) = real(h) {
+            if ptr::eq(heap, home) {
+                break;
+            }
             h = heap.outer.get();
             abandon(heap);
         }
@@ -359,11 +403,10 @@ fn own_heaps() -> impl Iterator<Item = &'static Heap> {
     let mut h = CUR.with(Cell::get);
     let mut done = false;
     core::iter::from_fn(move || {
-        if done || h.is_null() {
+        if done {
             return None;
         }
-        // SAFETY: heaps are never freed.
-        let heap: &'static Heap = unsafe { &*h };
+        let heap = real(h)?;
         if h == home {
             done = true;
         } else {
@@ -384,10 +427,8 @@ fn own_heap_of(p: *const u8) -> Option<&'static Heap> {
 /// Where this thread allocates: its current heap, creating (or adopting) its own on first use.
 /// `Err(true)` means "use the shared heap", `Err(false)` "re-entered: fail".
 fn cur_heap() -> Result<&'static Heap, bool> {
-    let cur = CUR.with(Cell::get);
-    if !cur.is_null() {
-        // SAFETY: heaps are never freed.
-        return Ok(unsafe { &*cur });
+    if let Some(cur) = real(CUR.with(Cell::get)) {
+        return Ok(cur);
     }
     if IN_SLOW.with(Cell::get) {
         return Err(false);
@@ -485,7 +526,7 @@ impl Held {
     fn region(&self) -> &mut Region {
         // SAFETY: we hold the lock with HELD set and the owner out of its fast path (module doc),
         // and IN_SLOW keeps this thread from re-entering: this is the only reference.
-        unsafe { &mut *self.heap.region.get() }
+        unsafe { &mut *self.heap.region_ptr() }
     }
 
     /// Free everything queued on the heap by other threads.
@@ -626,19 +667,15 @@ impl Held {
 /// `f` must not call out (no page commits, no logging): it may not be re-entered.
 #[inline(always)]
 fn fast<R>(f: impl FnOnce(&Region) -> Option<R>) -> Option<R> {
-    let h = CUR.with(Cell::get);
-    if h.is_null() {
-        return None;
-    }
-    // SAFETY: heaps are never freed.
-    let h = unsafe { &*h };
+    // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
+    let h = unsafe { &*CUR.with(Cell::get) };
     h.busy.store(true, Ordering::Relaxed);
     barrier::light();
     let r = if h.attention.load(Ordering::Acquire) == 0 {
         // SAFETY: we own the heap, `busy` is set and nobody held it when we looked (module doc):
         // the region is ours until `busy` is cleared; `f` does not call out, so no other
         // reference to the region is created meanwhile.
-        f(unsafe { &*h.region.get() })
+        f(unsafe { &*h.region_ptr() })
     } else {
         None
     };
@@ -656,7 +693,7 @@ fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region) -> Option<R>) -> Option<R
     fence(Ordering::SeqCst);
     let r = if h.attention.load(Ordering::Acquire) == FENCED {
         // SAFETY: as in `fast`, with a real fence between the store of `busy` and the load.
-        f(unsafe { &*h.region.get() })
+        f(unsafe { &*h.region_ptr() })
     } else {
         None
     };
@@ -701,7 +738,8 @@ pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
 #[inline(always)]
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    fast(|r| unsafe { r.try_free_leaf(p) }.then_some(())).is_some()
+    // Task-heap regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
+    fast(|r| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
 }
 
 /// The layout of a task-heap block of `size` bytes, or `TooLarge`.
@@ -826,7 +864,7 @@ unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
     let what = if tree { "free_tree" } else { "CoTaskMemFree" };
     if let Some(h) = own_heap_of(p) {
         // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
-        if fenced(h, |r| unsafe { r.try_free_leaf(p) }.then_some(())).is_some() {
+        if fenced(h, |r| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some() {
             return true;
         }
         let r = with_own(h, |r| {
@@ -1060,8 +1098,8 @@ fn enter_raw() -> Result<&'static Heap, Error> {
             h.ok_or(Error::OutOfMemory)?
         }
     };
-    let cur = CUR.with(Cell::get);
-    h.outer.set(if cur.is_null() { home } else { cur });
+    // `cur_heap` above made sure the thread has a heap: `CUR` is a real heap.
+    h.outer.set(real(CUR.with(Cell::get)).unwrap_or(home));
     CUR.with(|c| c.set(h));
     Ok(h)
 }
@@ -1086,12 +1124,10 @@ fn claim_idle(h: &'static Heap) -> bool {
 /// Leave the innermost scope `h` of this thread: reset its region and put it in the cache.
 /// `Err(InvalidLayout)` (nothing changed) if `h` is not the thread's innermost scope.
 fn leave_raw(h: *const Heap) -> Result<(), Error> {
-    let cur = CUR.with(Cell::get);
-    if h.is_null() || !ptr::eq(h, cur) || ptr::eq(h, HOME.with(Cell::get)) {
+    // Compared, not dereferenced, until it is known to be this thread's current heap.
+    let Some(h) = real(h).filter(|&h| ptr::eq(h, CUR.with(Cell::get)) && !ptr::eq(h, HOME.with(Cell::get))) else {
         return Err(Error::InvalidLayout);
-    }
-    // SAFETY: `h` is this thread's current heap: a leaked heap.
-    let h: &'static Heap = unsafe { &*h };
+    };
     let held = Held::acquire(h, true).ok_or(Error::InvalidLayout)?;
     CUR.with(|c| c.set(h.outer.get()));
     retire(h, held);

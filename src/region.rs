@@ -745,10 +745,33 @@ impl Region {
     /// If `p` is a live block, no reference into it is used afterwards.
     #[inline(always)]
     pub unsafe fn try_free_leaf(&self, p: *const u8) -> bool {
+        // SAFETY: forwarded caller guarantee; `PLAIN = false` checks `slow_free` itself.
+        unsafe { self.free_leaf_inline::<false>(p) }
+    }
+
+    /// [`try_free_leaf`](Self::try_free_leaf) for a region that never scrubs freed memory and
+    /// never holds a block aligned above 16 bytes (the task heap's regions: every block they
+    /// hand out is 16-aligned, and realloc keeps alignment), so that freeing never needs more
+    /// than a free-list push: the check for that is skipped (and only asserted in debug builds).
+    ///
+    /// # Safety
+    /// As `try_free_leaf`, and the region was built without scrubbing and has only been asked
+    /// for alignments of at most 16.
+    #[inline(always)]
+    pub unsafe fn try_free_leaf_plain(&self, p: *const u8) -> bool {
+        debug_assert!(!self.slow_free.get(), "try_free_leaf_plain on a region that scrubs or over-aligns");
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.free_leaf_inline::<true>(p) }
+    }
+
+    /// # Safety
+    /// As `try_free_leaf`; with `PLAIN`, as `try_free_leaf_plain`.
+    #[inline(always)]
+    unsafe fn free_leaf_inline<const PLAIN: bool>(&self, p: *const u8) -> bool {
         // A childless recorded block (every CoTaskMem block in steady state): a hint-cache or
         // window lookup and a free-list push, inline. Tail blocks have no record: both miss them.
         let off = self.off_of(p);
-        if !self.slow_free.get() {
+        if PLAIN || !self.slow_free.get() {
             let t = self.table();
             let g = off / GRANULE;
             let h = t.hints[g % table::HINTS];
