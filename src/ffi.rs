@@ -48,7 +48,7 @@ pub extern "system" fn CoTaskMemAlloc(cb: SIZE_T) -> *mut c_void {
     if let Some(p) = heap::alloc_fast(cb) {
         return p.as_ptr().cast();
     }
-    guard_ptr(|| as_void(heap::alloc(cb)))
+    guard_ptr(|| as_void(heap::alloc_slow(cb, crate::CriticalLevel::Task)))
 }
 
 /// `void *CoTaskMemRealloc(void *pv, SIZE_T cb)`: NULL `pv` allocates; `cb == 0` frees `pv` and
@@ -79,7 +79,7 @@ pub unsafe extern "system" fn CoTaskMemFree(pv: *mut c_void) {
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: forwarded caller guarantee.
-        unsafe { heap::free(pv.cast()) };
+        unsafe { heap::free_slow(pv.cast(), false) };
     }));
 }
 

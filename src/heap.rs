@@ -765,9 +765,10 @@ pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> 
     alloc_slow(size, level)
 }
 
+/// [`alloc`] past its fast path (for callers that tried [`alloc_fast`] already).
 #[cold]
 #[inline(never)]
-fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
+pub(crate) fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
     let Ok(layout) = task_layout(size) else {
         return failed();
     };
@@ -853,11 +854,14 @@ pub unsafe fn free_tree(p: *mut u8) -> bool {
     unsafe { free_slow(p, true) }
 }
 
+/// [`free`] (or, with `tree`, [`free_tree`]) past its fast path (for callers that tried
+/// [`free_fast`] already).
+///
 /// # Safety
 /// As [`free`].
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
+pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
     let Some(nn) = NonNull::new(p) else {
         return false;
     };
