@@ -34,6 +34,7 @@ fn main() {
         "system" => go(Global(std::alloc::System), n),
         "heap" => go(TaskHeap, n),
         "cotaskmem" => go(CoTaskMem, n),
+        "region" => go(BareRegion(napalloc::Region::new().unwrap()), n),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);

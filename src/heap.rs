@@ -11,16 +11,20 @@
 //!
 //! # Structure
 //! Every thread that allocates gets a *heap*: a [`Region`] it owns, reached through a
-//! `thread_local!` pointer (const-initialized, so reading it is one TLS load). Allocation and
-//! freeing of the thread's own blocks take no lock and perform no atomic read-modify-write: two
-//! plain stores of the owner's `busy` flag, one load of the heap's `attention` word, and the
-//! region's own fast paths (`Region::try_alloc_reusing`, `Region::free_leaf`).
+//! `thread_local!` pointer (const-initialized and never null, so reading it is one TLS load with
+//! no test: a thread without a heap points at a static `NO_HEAP` whose `attention` is never 0).
+//! Allocation and freeing of the thread's own blocks take no lock and perform no atomic
+//! read-modify-write: two plain stores of the owner's `busy` flag, one load of the heap's
+//! `attention` word, and the region's own fast paths (`Region::try_alloc`,
+//! `Region::try_free_leaf_plain`), which never call out of the region.
 //!
-//! Heaps live in a process-wide registry: a fixed array of `&'static Heap`. A heap is leaked on
-//! creation and **never freed** (nor is its region dropped), so a pointer to one can never lead us
-//! into freed metadata, and the address range of its arena never changes. The owner of a pointer
-//! is found by checking the calling thread's own heaps (`Region::contains`, two compares), then
-//! scanning the registry's ranges (fine for the few hundred heaps a process has).
+//! Heaps live in a process-wide registry: a fixed array of `&'static Heap` ([`MAX_HEAPS`]). A heap
+//! is leaked on creation and **never freed** (nor is its region dropped), so a pointer to one can
+//! never lead us into freed metadata, and the address range of its arena never changes. The owner
+//! of a pointer is found by checking the calling thread's own heaps (`Heap::contains`, two
+//! compares), then scanning the registry's ranges (fine for the few hundred heaps a process has).
+//! A thread that cannot have a heap of its own (the registry is full, or it is past its exit
+//! handler) allocates from one shared heap, always under its lock.
 //!
 //! * **Remote free.** `free` of a block owned by another heap pushes it on that heap's
 //!   `remote` queue (a lock-free `SegQueue`; the pointer is not touched, so a bad one cannot
@@ -30,7 +34,7 @@
 //!   snmalloc's message queues).
 //! * **Foreign access.** `realloc`, `size_of`, `did_alloc` and `alloc_child` of another heap's
 //!   block need that heap's region itself. The caller takes the heap's `lock`, sets `HELD` in
-//!   `attention`, issues the heavy side of an asymmetric barrier ([`crate::os::barrier`]:
+//!   `attention`, issues the heavy side of an asymmetric barrier (`os::barrier`:
 //!   `membarrier(2)` / `FlushProcessWriteBuffers`) and waits until the owner's `busy` is false.
 //!   From then until it clears `HELD` and unlocks, it has the region to itself: the owner, whose
 //!   next operation reads `attention != 0`, falls back to its slow path, which takes the lock.
@@ -38,7 +42,13 @@
 //!   compiler barrier, because the heavy barrier serializes the owner's CPU; where no such
 //!   barrier exists (Miri, unknown platforms, a kernel without `membarrier`), every heap carries
 //!   `FENCED` in its `attention`, so the owner always runs the slow path's variant of the fast
-//!   path with a full `fence(SeqCst)` between the store and the load.
+//!   path with a full `fence(SeqCst)` between the store and the load. The heavy barrier costs
+//!   microseconds, which is why only these rare cross-thread operations pay it; a remote `free`
+//!   does not (it only queues).
+//!
+//!   A foreign `realloc` reallocates *in the block's own region* (under foreign access) rather
+//!   than copying into the caller's heap: the block keeps its embedded-pointer records and its
+//!   place in its parent's tree, and a block that fits in place does not move at all.
 //! * **Thread exit.** A TLS destructor *abandons* the thread's heap: its blocks stay valid and
 //!   can be freed by anyone. A remote free into an abandoned heap is processed by the freeing
 //!   thread itself, under the heap's lock (try-lock; whoever holds the lock re-checks the queue
@@ -49,16 +59,20 @@
 //!   heap of its own for a while. Leaving the scope resets that heap in O(1): **every pointer into
 //!   a finished scope is dead**. A later free of one is refused if it does not hit a live block,
 //!   and cannot be told apart from a live block if the scope's heap was reused since. Scope heaps
-//!   are registered like thread heaps (other threads can free into them) and are kept in a small
-//!   cache, so entering a scope does not map memory.
+//!   are registered like thread heaps (other threads can free into them) and are reused: the
+//!   thread keeps the heap of its last scope (its pages still resident), and a process-wide
+//!   `ArrayQueue` holds the others, so entering a scope does not map memory.
 //! * **Reentrancy.** A host page source (user code) may call back into the task heap while a
 //!   region commits pages, and so may a logger while a bad pointer is reported. Region methods
 //!   that can call out run only in the slow path, with `HELD` set and the thread-local `IN_SLOW`
 //!   flag raised: a nested call sees `attention != 0`, goes to the slow path, finds `IN_SLOW` and
 //!   fails cleanly (NULL; a nested free is queued on the heap and done later) instead of aliasing.
+//! * **Critical levels.** [`alloc_critical`] makes the region's commits at the given level (the
+//!   host budget's policy: `Process` may use the reserve), and for `AppDomain` and `Process`
+//!   gives idle memory back ([`heap_minimize`]) and retries once before it fails.
 //!
 //! # The protocol, field by field
-//! For each [`Heap`]:
+//! For each `Heap`:
 //!
 //! | field | written by | values |
 //! | --- | --- | --- |
@@ -67,8 +81,9 @@
 //! | `attention & HELD` | the `lock` holder, after locking and before unlocking | someone holds the region through the lock |
 //! | `attention & REMOTE` | remote freers set it after pushing; whoever drains clears it before draining | `remote` may hold pointers |
 //! | `attention & FENCED` | set at creation, never cleared | no asymmetric barrier: the owner must fence |
-//! | `lock` | any thread (spin, then yield) | serializes everything but the owner's fast path |
-//! | `state` | the `lock` holder | `OWNED` by a thread (or an active scope); `ABANDONED` (its thread exited; adoptable); `IDLE` (a reset scope heap in the cache); `SHARED` (the fallback heap, owned by nobody) |
+//! | `attention & NOT_A_HEAP` | `NO_HEAP` only, for good | the thread has no heap yet |
+//! | `lock` | any thread (spin, then yield); every operation `SeqCst` | serializes everything but the owner's fast path |
+//! | `state` | the `lock` holder | `OWNED` by a thread (its heap or an active scope); `ABANDONED` (its thread exited; adoptable); `IDLE` (a reset scope heap, free to claim); `SHARED` (the fallback heap, owned by nobody) |
 //! | `remote` | pushed by anyone; popped by whoever holds the region (the owner in its slow path, or a lock holder) | pending frees: a pointer and whether the free cascades |
 //!
 //! The invariant: **the region is touched by exactly one thread at a time**: by the owner while
@@ -78,6 +93,11 @@
 //!
 //! A free routed to another heap returns `true` ("done or queued"): its validation happens when
 //! the owner drains the queue, and a bad pointer is counted then.
+//!
+//! # Cost
+//! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
+//! its own) costs about 1 180 instructions above the no-allocation floor on this fast path, half
+//! of what glibc's malloc/free need (`examples/com_way.rs`, `benches/com.rs`).
 
 use crate::host::CriticalLevel;
 use crate::nap::types::NapallocScope;
@@ -86,8 +106,8 @@ use crate::region::Region;
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
-use core::mem::MaybeUninit;
 use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crossbeam_queue::{ArrayQueue, SegQueue};

@@ -135,3 +135,20 @@ impl<G: GlobalAlloc> Com for Global<G> {
 fn oom() -> ! {
     panic!("allocation failed in the benchmark")
 }
+
+/// A bare `Region` (no task heap around it): `try_alloc` / `free_one`, for comparison.
+pub struct BareRegion(pub napalloc::Region);
+impl Com for BareRegion {
+    #[inline(always)]
+    fn alloc(&mut self, size: usize) -> *mut u8 {
+        match self.0.try_alloc(size) {
+            Some(p) => p.as_ptr(),
+            None => self.0.alloc(core::alloc::Layout::from_size_align(size, 16).unwrap()).unwrap().as_ptr(),
+        }
+    }
+    #[inline(always)]
+    fn free(&mut self, p: *mut u8, _size: usize) {
+        // SAFETY: `p` came from `alloc` and is freed once.
+        unsafe { self.0.free_one(core::ptr::NonNull::new_unchecked(p)).unwrap() };
+    }
+}
