@@ -617,3 +617,67 @@ fn scope_regions_are_reused() {
     }
     assert!(handles.len() < 50, "{} regions for 100 nested scopes", handles.len());
 }
+
+#[test]
+fn foreign_access_while_the_owner_allocates() {
+    // The owner allocates and frees in a tight loop (its lock-free fast path), while another
+    // thread queries, reallocates and frees blocks the owner handed over: every foreign access
+    // takes the owner's heap through the handshake. Any overlap would corrupt the side table or
+    // the blocks: wrong sizes or contents, lost blocks, refused frees.
+    let rounds = if cfg!(miri) { 60 } else { 20_000 };
+    let (tx, rx) = mpsc::sync_channel::<(usize, usize, u8)>(64);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let owner = thread::spawn(move || {
+        let before = mine();
+        let mut own: Vec<(*mut u8, usize, u8)> = Vec::new();
+        for i in 0..rounds {
+            let (n, b) = (16 + (i * 37) % 400, (i % 251) as u8);
+            let p = filled(n, b);
+            if i % 3 == 0 {
+                tx.send((p as usize, n, b)).unwrap();
+            } else {
+                own.push((p, n, b));
+            }
+            if own.len() > 32 {
+                let (q, m, c) = own.swap_remove((i * 7) % own.len());
+                assert!(all(q, m, c), "an owner's block was overwritten");
+                // SAFETY: live, freed once.
+                unsafe { CoTaskMemFree(q.cast()) };
+            }
+        }
+        drop(tx);
+        for (q, m, c) in own {
+            assert!(all(q, m, c));
+            // SAFETY: live, freed once.
+            unsafe { CoTaskMemFree(q.cast()) };
+        }
+        done_rx.recv().unwrap(); // the other thread has freed everything it was handed
+        mine() == before
+    });
+    let foreign = thread::spawn(move || {
+        let mut k = 0usize;
+        for (a, n, b) in rx {
+            let p = a as *mut u8;
+            assert_eq!(heap::size_of(p), Some(n), "size of a block of a busy owner");
+            assert_eq!(heap::did_alloc(p), 1);
+            assert!(all(p, n, b));
+            let p = if k % 2 == 0 {
+                // SAFETY: handed over; not used after it moves.
+                let q = unsafe { CoTaskMemRealloc(p.cast(), n + 300) }.cast::<u8>();
+                assert!(!q.is_null());
+                assert_eq!(heap::size_of(q), Some(n + 300));
+                assert!(all(q, n, b), "contents kept by a foreign realloc");
+                q
+            } else {
+                p
+            };
+            // SAFETY: handed over, freed once.
+            unsafe { CoTaskMemFree(p.cast()) };
+            k += 1;
+        }
+        done_tx.send(()).unwrap();
+        k
+    });
+    assert_eq!(foreign.join().unwrap(), rounds.div_ceil(3));
+    assert!(owner.join().unwrap(), "the owner's heap is back where it started");
+}
