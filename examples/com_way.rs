@@ -7,7 +7,9 @@
 //! valgrind --tool=callgrind target/release/examples/com_way MODE 10000
 //! ```
 //! Modes: `floor` (the loop without allocation), `system` (Rust's System allocator: glibc
-//! malloc/free), `heap` (napalloc's `heap::alloc` / `heap::free`), `cotaskmem` (the C exports).
+//! malloc/free), `heap` (napalloc's `heap::alloc` / `heap::free`), `cotaskmem` (the C exports),
+//! `region` (a bare `Region`: `try_alloc` / `free_one`, without the task heap around it), and
+//! `heap-2t` / `system-2t` (two threads, N requests each, for timing the scaling).
 //! Each run first does 64 warm-up requests, so the N = 0 run has the same start-up and lazily
 //! created state: `(Ir(N) - Ir(0)) / N` is the cost of one request.
 
@@ -26,7 +28,7 @@ fn go<A: Com>(mut a: A, n: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
-        eprintln!("usage: com_way floor|system|heap|cotaskmem N");
+        eprintln!("usage: com_way floor|system|heap|cotaskmem|region|heap-2t|system-2t N");
         std::process::exit(2);
     };
     match mode.as_str() {
@@ -35,6 +37,25 @@ fn main() {
         "heap" => go(TaskHeap, n),
         "cotaskmem" => go(CoTaskMem, n),
         "region" => go(BareRegion(napalloc::Region::new().unwrap()), n),
+        // Two threads, each its own request loop of N requests (its own random sequence).
+        "heap-2t" | "system-2t" => {
+            let system = mode.starts_with("system");
+            let threads: Vec<_> = (0..2u64)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        let mut x = SEED.wrapping_add(t.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        if system {
+                            let mut a = Global(std::alloc::System);
+                            run(&mut a, &mut x, 64 + n);
+                        } else {
+                            run(&mut TaskHeap, &mut x, 64 + n);
+                        }
+                        std::hint::black_box(x);
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+        }
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
