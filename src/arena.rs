@@ -44,7 +44,8 @@ pub(crate) struct Span {
     limit: Cell<usize>,
     /// Commit at least this much at a time.
     chunk: usize,
-    level: CriticalLevel,
+    /// Critical level of the next commits (the region may change it for one allocation).
+    level: Cell<CriticalLevel>,
 }
 
 impl Span {
@@ -52,7 +53,7 @@ impl Span {
         let pages = Pages::reserve(source, reserve, level)?;
         let page = crate::os::page_size();
         let chunk = crate::os::round_up(chunk.max(page), page).ok_or(Error::TooLarge)?;
-        Ok(Span { limit: Cell::new(pages.len()), pages, committed: Cell::new(0), chunk, level })
+        Ok(Span { limit: Cell::new(pages.len()), pages, committed: Cell::new(0), chunk, level: Cell::new(level) })
     }
 
     #[inline]
@@ -99,7 +100,7 @@ impl Span {
         };
         // SAFETY: [have, new) is page-aligned (both are multiples of the page size) and inside
         // the reservation (new <= reserved).
-        unsafe { self.pages.commit(have, new - have, self.level)? };
+        unsafe { self.pages.commit(have, new - have, self.level.get())? };
         self.committed.set(new);
         Ok(())
     }
@@ -119,6 +120,11 @@ impl Span {
         unsafe { self.pages.decommit(keep, have - keep)? };
         self.committed.set(keep);
         Ok(have - keep)
+    }
+
+    /// Commit at `level` from now on; returns the previous level.
+    pub(crate) fn set_level(&self, level: CriticalLevel) -> CriticalLevel {
+        self.level.replace(level)
     }
 
     pub(crate) fn set_limit(&self, limit: usize) {
