@@ -27,6 +27,7 @@
 pub mod arena;
 mod error;
 pub mod host;
+pub mod nap;
 pub mod os;
 
 pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
