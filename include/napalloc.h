@@ -867,13 +867,17 @@ NAPALLOC_API void NAPALLOC_CALL FreeSystemHealthAgentState(SystemHealthAgentStat
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetHostMemoryManager(IHostMemoryManager *host);
 
 /* CoTaskMemAlloc at a given critical level: the block is an ordinary task-allocator block (free it
- * with CoTaskMemFree). eAppDomainCritical trims and retries before it fails; eProcessCritical may
- * also use the reserve between the soft and the hard limit. NULL on failure. */
+ * with CoTaskMemFree). eTaskCritical may fail at once; eAppDomainCritical trims idle memory and
+ * retries before it fails; eProcessCritical may also use the reserve between the soft and the hard
+ * limit of NapallocSetBudget. NULL on failure, and for a level EMemoryCriticalLevel does not
+ * define. cb == 0 behaves as CoTaskMemAlloc(0). */
 NAPALLOC_API void *NAPALLOC_CALL NapallocAllocCritical(SIZE_T cb, EMemoryCriticalLevel level);
 
-/* Budget for committed memory, in bytes: above softLimit task-critical allocations fail, up to
- * hardLimit only process-critical ones succeed. 0 = no limit. softLimit > hardLimit (with
- * hardLimit != 0) -> E_INVALIDARG. */
+/* Budget for committed memory (NapallocStats::committed_bytes), in bytes. A commit that would pass
+ * softLimit fails for eTaskCritical and eAppDomainCritical requests (the latter after a trim and a
+ * retry); eProcessCritical requests may go on up to hardLimit. 0 means no limit. softLimit >
+ * hardLimit with hardLimit != 0 -> E_INVALIDARG, nothing changed. Memory already committed beyond a
+ * new limit is not taken back at once; trims return it as it falls idle. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetBudget(SIZE_T softLimit, SIZE_T hardLimit);
 
 /* Fill *out with the current counters. NULL out -> E_POINTER. */
@@ -883,11 +887,15 @@ NAPALLOC_API HRESULT NAPALLOC_CALL NapallocGetStats(NapallocStats *out);
  * IMalloc::HeapMinimize. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocHeapMinimize(void);
 
-/* Request scopes. NapallocScopeEnter starts a scope on the calling thread: task-allocator blocks
- * allocated by this thread until the matching NapallocScopeLeave belong to the scope.
- * NapallocScopeLeave resets the scope: it frees whatever the request leaked (every block of the
- * scope still live) and ends it. NULL scope pointer -> E_INVALIDARG (E_POINTER for a NULL out
- * pointer in Enter). */
+/* Request scopes. NapallocScopeEnter starts a scope on the calling thread and returns its handle:
+ * task-allocator blocks (CoTaskMem*, IMalloc, the NapUtil Alloc* functions) allocated by this
+ * thread until the matching NapallocScopeLeave belong to the scope. NapallocScopeLeave resets the
+ * scope: it frees whatever the request leaked (every block of the scope still live, embedded
+ * blocks included) and ends it; a later CoTaskMemFree of such a block is a freed pointer (ignored,
+ * reported). Scopes are left on the thread that entered them, innermost first.
+ *   NapallocScopeEnter(NULL) -> E_POINTER.
+ *   NapallocScopeLeave(NULL), or a scope that is not the calling thread's innermost -> E_INVALIDARG,
+ *   nothing changed. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocScopeEnter(NapallocScope **scope);
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocScopeLeave(NapallocScope *scope);
 

@@ -38,3 +38,8 @@ pub mod region;
 mod table;
 
 pub use region::{Region, RegionBuilder, Scrub, Stats};
+
+/// The README's Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

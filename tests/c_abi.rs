@@ -18,7 +18,8 @@
 //! executable lives in that `deps/` directory, so the copies there are the ones built from the
 //! sources under test; `target/<profile>/` is the fallback, and if neither has both libraries the
 //! harness runs `cargo build --lib` for the same profile.
-#![cfg(unix)]
+// Unix only (gcc, ELF tools, rpaths); not under Miri, which cannot start processes.
+#![cfg(all(unix, not(miri)))]
 
 use napalloc::nap::types::*;
 use std::collections::{BTreeMap, BTreeSet};

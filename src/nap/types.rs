@@ -21,7 +21,7 @@
 //! `extern "system"` is the C convention on x86-64 and `__stdcall` on 32-bit Windows, which is
 //! what `STDMETHODCALLTYPE` and `NAPALLOC_CALL` mean in the header.
 
-#![allow(non_camel_case_types, non_snake_case)]
+#![allow(non_camel_case_types)]
 
 use crate::host::CriticalLevel;
 use core::ffi::{c_char, c_int, c_void};
@@ -903,6 +903,20 @@ pub struct NapallocStats {
     pub trims: u64,
 }
 
+impl From<crate::heap::HeapStats> for NapallocStats {
+    fn from(s: crate::heap::HeapStats) -> Self {
+        NapallocStats {
+            live_blocks: s.live_blocks,
+            live_bytes: s.live_bytes,
+            committed_bytes: s.committed_bytes,
+            reserved_bytes: s.reserved_bytes,
+            bad_pointer_reports: s.bad_pointers,
+            failed_allocations: s.failed_allocations,
+            trims: s.trims,
+        }
+    }
+}
+
 /// `NapallocScope`: opaque to C. The task heap hands out pointers to its own scope type cast to
 /// `*mut NapallocScope`; this type only names the pointee in signatures.
 #[repr(C)]
@@ -1069,7 +1083,8 @@ mod tests {
     fn soh_attribute_value_is_16_bytes_with_the_pointer_at_8() {
         assert_eq!(size_of::<SoHAttributeValue>(), 16);
         assert_eq!(align_of::<SoHAttributeValue>(), 8);
-        let p = 0x1000 as *mut u8;
+        let mut byte = 0u8;
+        let p: *mut u8 = &mut byte;
         let v = SoHAttributeValue { vendor_specific_val: VendorSpecific { vendor_id: 7, size: 3, vendor_specific_data: p } };
         // SAFETY: every member is plain data; the bytes at offset 8 were written as a pointer
         // by the initialisation of `vendor_specific_val`, the union's largest member.
@@ -1118,7 +1133,8 @@ mod tests {
 
     #[test]
     fn embedded_pointer_reads_only_pointer_members() {
-        let p = 0x2000 as *mut Ipv4Address;
+        let mut addr = Ipv4Address::default();
+        let p: *mut Ipv4Address = &mut addr;
         let v = SoHAttributeValue { v4_addresses_val: Ipv4Addresses { count: 1, addresses: p } };
         // SAFETY: the v4AddressesVal member is initialised, so offset 8 holds a pointer.
         unsafe {
@@ -1185,6 +1201,24 @@ mod tests {
     }
 
     #[test]
+    fn stats_convert_field_by_field() {
+        let h = crate::heap::HeapStats {
+            live_blocks: 1,
+            live_bytes: 2,
+            committed_bytes: 3,
+            reserved_bytes: 4,
+            bad_pointers: 5,
+            failed_allocations: 6,
+            trims: 7,
+        };
+        let s = NapallocStats::from(h);
+        assert_eq!(
+            [s.live_blocks, s.live_bytes, s.committed_bytes, s.reserved_bytes, s.bad_pointer_reports, s.failed_allocations, s.trims],
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+    }
+
+    #[test]
     fn filetime_halves() {
         let t = FileTime::from_u64(0x0123_4567_89AB_CDEF);
         assert_eq!((t.dw_low_date_time, t.dw_high_date_time), (0x89AB_CDEF, 0x0123_4567));
@@ -1215,7 +1249,8 @@ mod tests {
         static FULL: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: Some(counted_add_ref), release: Some(counted_release) };
         static NO_RELEASE: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: None, release: None };
         let mut obj = Counted { base: ComObject { vtbl: &FULL }, refs: AtomicU32::new(1) };
-        let p: *mut ComObject = &mut obj.base;
+        // The pointer covers the whole object: the vtable functions read `refs` through it.
+        let p: *mut ComObject = core::ptr::addr_of_mut!(obj).cast();
         // SAFETY: `p` points to a live object with a full vtable; we own the references.
         unsafe {
             assert_eq!(ComObject::add_ref(p), Some(2));
@@ -1228,8 +1263,8 @@ mod tests {
         let mut null_vtbl = Counted { base: ComObject { vtbl: core::ptr::null() }, refs: AtomicU32::new(1) };
         // SAFETY: live objects whose vtable is NULL or has NULL entries.
         unsafe {
-            assert_eq!(ComObject::release(&mut null_entry.base), None);
-            assert_eq!(ComObject::release(&mut null_vtbl.base), None);
+            assert_eq!(ComObject::release(core::ptr::addr_of_mut!(null_entry).cast()), None);
+            assert_eq!(ComObject::release(core::ptr::addr_of_mut!(null_vtbl).cast()), None);
         }
         assert_eq!(null_entry.refs.load(Ordering::Relaxed), 1);
     }
