@@ -76,6 +76,14 @@ fn bad(what: &str, p: *const u8, e: Error) {
     log::warn!("napalloc: {what}({p:p}) refused: {e}");
 }
 
+/// Report a pointer that a caller of the heap refused to use (the NapUtil `Free*` functions:
+/// a top-level pointer that is not a live block, a block too small for its structure, an
+/// embedded array shorter than its count): a `log` warning and [`HeapStats::bad_pointers`].
+pub fn report_bad_pointer(what: &str, p: *const u8) {
+    GLOBAL.bad_pointers.fetch_add(1, Ordering::Relaxed);
+    log::warn!("napalloc: {what}({p:p}) refused");
+}
+
 /// `CoTaskMemAlloc`: a 16-aligned block of `size` bytes, or `None`.
 pub fn alloc(size: usize) -> Option<NonNull<u8>> {
     alloc_critical(size, CriticalLevel::Task)
