@@ -22,6 +22,9 @@ pub mod safe;
 pub mod types;
 pub mod util;
 
+#[cfg(test)]
+mod tests;
+
 pub use safe::{Attribute, ComPtr, Connections, CountedString, FixupInfo, NapError, SoH, SoHBuilder};
 pub use types::{
     ComObject, EMemoryAvailable, EMemoryCriticalLevel, ExtendedIsolationState, FailureCategory, FileTime, FixupState,
