@@ -257,10 +257,8 @@ fn safe_handles_go_to_c_and_come_back() -> Result<(), NapError> {
         string: ptr::null_mut(),
     };
     // SAFETY: refused without a read.
-    assert_eq!(
-        unsafe { CountedString::from_raw(&mut on_stack) }.unwrap_err(),
-        NapError::InvalidArg
-    );
+    let r = unsafe { CountedString::from_raw(&mut on_stack) }.unwrap_err();
+    assert_eq!(r, NapError::InvalidArg);
     assert_eq!(live(), live0 + 2);
     // SAFETY: still ours; `FreeSoH` clamps the count to the one attribute the array holds.
     unsafe { FreeSoH(sp) };

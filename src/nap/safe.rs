@@ -293,11 +293,11 @@ impl Connections {
     /// # Panics
     /// If `i >= self.len()`.
     pub fn set(&mut self, i: usize, conn: ComPtr) -> Option<ComPtr> {
-        let len = self.len();
-        let slot = self
-            .slots_mut()
-            .get_mut(i)
-            .unwrap_or_else(|| panic!("slot {i} of {len}"));
+        let slots = self.slots_mut();
+        let len = slots.len();
+        let Some(slot) = slots.get_mut(i) else {
+            panic!("Connections::set: slot {i} of {len}");
+        };
         let old = mem::replace(slot, conn.into_raw());
         // SAFETY: the slot owned this reference; it is handed to the caller.
         unsafe { ComPtr::from_raw(old) }

@@ -196,11 +196,8 @@ fn alloc_connections_refuses_bad_arguments_and_leaves_out_null() {
     for count in [21, 100, u16::MAX] {
         let mut p = 0x8 as *mut Connections;
         // SAFETY: `p` is a valid out pointer.
-        assert_eq!(
-            unsafe { alloc_connections_in(&m, &mut p, count) },
-            E_INVALIDARG,
-            "count {count}"
-        );
+        let hr = unsafe { alloc_connections_in(&m, &mut p, count) };
+        assert_eq!(hr, E_INVALIDARG, "count {count}");
         assert!(p.is_null());
     }
     assert_eq!((m.live(), m.allocs.get()), (0, 0));
@@ -213,11 +210,8 @@ fn alloc_connections_out_of_memory_at_every_step_leaks_nothing() {
             let m = TestMem::new().failing_at(k);
             let mut p = 0x8 as *mut Connections;
             // SAFETY: `p` is a valid out pointer.
-            assert_eq!(
-                unsafe { alloc_connections_in(&m, &mut p, count) },
-                E_OUTOFMEMORY,
-                "count {count}, step {k}"
-            );
+            let hr = unsafe { alloc_connections_in(&m, &mut p, count) };
+            assert_eq!(hr, E_OUTOFMEMORY, "count {count}, step {k}");
             assert!(p.is_null());
             assert_eq!(m.live(), 0, "count {count}, step {k}: leaked");
         }
@@ -260,26 +254,19 @@ fn alloc_counted_string_refuses_null_and_overlong_strings() {
     let m = TestMem::new();
     let w = utf16("ok");
     // SAFETY: NULL out pointer, refused.
-    assert_eq!(
-        unsafe { alloc_counted_string_in(&m, ptr::null_mut(), w.as_ptr()) },
-        E_INVALIDARG
-    );
+    let hr = unsafe { alloc_counted_string_in(&m, ptr::null_mut(), w.as_ptr()) };
+    assert_eq!(hr, E_INVALIDARG);
     let mut p = 0x8 as *mut CountedString;
     // SAFETY: NULL string, refused; `p` is a valid out pointer.
-    assert_eq!(
-        unsafe { alloc_counted_string_in(&m, &mut p, ptr::null()) },
-        E_INVALIDARG
-    );
+    let hr = unsafe { alloc_counted_string_in(&m, &mut p, ptr::null()) };
+    assert_eq!(hr, E_INVALIDARG);
     assert!(p.is_null());
     for len in [1025, 1026, 5000] {
         let long = utf16(&"y".repeat(len));
         let mut p = 0x8 as *mut CountedString;
         // SAFETY: NUL-terminated; valid out pointer.
-        assert_eq!(
-            unsafe { alloc_counted_string_in(&m, &mut p, long.as_ptr()) },
-            E_INVALIDARG,
-            "{len}"
-        );
+        let hr = unsafe { alloc_counted_string_in(&m, &mut p, long.as_ptr()) };
+        assert_eq!(hr, E_INVALIDARG, "{len}");
         assert!(p.is_null());
     }
     assert_eq!((m.live(), m.allocs.get()), (0, 0));
@@ -292,10 +279,8 @@ fn alloc_counted_string_out_of_memory_at_every_step_leaks_nothing() {
         let m = TestMem::new().failing_at(k);
         let mut p = 0x8 as *mut CountedString;
         // SAFETY: NUL-terminated; valid out pointer.
-        assert_eq!(
-            unsafe { alloc_counted_string_in(&m, &mut p, w.as_ptr()) },
-            E_OUTOFMEMORY
-        );
+        let hr = unsafe { alloc_counted_string_in(&m, &mut p, w.as_ptr()) };
+        assert_eq!(hr, E_OUTOFMEMORY);
         assert!(p.is_null());
         assert_eq!(m.live(), 0, "step {k}");
     }

@@ -425,10 +425,8 @@ pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Con
     }
     // SAFETY: `c` is a live, 16-aligned block of at least size_of::<Connections>() bytes; every
     // bit pattern is a valid `Connections`.
-    let Connections {
-        count,
-        connections: slots,
-    } = unsafe { c.read() };
+    let fields = unsafe { c.read() };
+    let (count, slots) = (fields.count, fields.connections);
     let n = if slots.cast::<Connections>() == c {
         // A structure that is its own slot array holds no interface pointers to release.
         m.report_bad_pointer("FreeConnections: the slot array is the structure", slots.cast());
