@@ -54,11 +54,7 @@ unsafe extern "system" fn release(this: *mut ComObject) -> u32 {
     }
 }
 
-static VTBL: IUnknownVtbl = IUnknownVtbl {
-    query_interface: None,
-    add_ref: Some(add_ref),
-    release: Some(release),
-};
+static VTBL: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: Some(add_ref), release: Some(release) };
 
 /// AddRef through the object's vtable, as a C caller does.
 #[inline(always)]
@@ -87,10 +83,7 @@ fn napalloc_safe_iteration(objs: &[*mut ComObject; SLOTS]) {
 #[inline(never)]
 fn common_iteration(objs: &[*mut ComObject; SLOTS]) {
     let mut slots = [ptr::null_mut::<ComObject>(); SLOTS];
-    let mut c = raw::Connections {
-        count: SLOTS as u16,
-        connections: slots.as_mut_ptr(),
-    };
+    let mut c = raw::Connections { count: SLOTS as u16, connections: slots.as_mut_ptr() };
     // SAFETY: as in `glibc_iteration`, with the structure and the array on the stack.
     unsafe {
         for (i, &o) in objs.iter().enumerate() {
@@ -110,12 +103,7 @@ fn common_iteration(objs: &[*mut ComObject; SLOTS]) {
 
 /// Run `variant` once (warm-up: first use of the heap), then `n` more times.
 fn measured(variant: &str, n: u64) {
-    let mut fakes: Vec<Fake> = (0..SLOTS)
-        .map(|_| Fake {
-            base: ComObject { vtbl: &VTBL },
-            refs: 1,
-        })
-        .collect();
+    let mut fakes: Vec<Fake> = (0..SLOTS).map(|_| Fake { base: ComObject { vtbl: &VTBL }, refs: 1 }).collect();
     let objs: [*mut ComObject; SLOTS] = std::array::from_fn(|i| ptr::addr_of_mut!(fakes[i]).cast());
     let f: fn(&[*mut ComObject; SLOTS]) = match variant {
         "rust-safe" => napalloc_safe_iteration,
@@ -153,11 +141,7 @@ fn callgrind_ir(exe: &Path, variant: &str, n: u64) -> Option<u64> {
 /// lies next to this executable, in `target/<profile>/deps/`).
 fn build_c_client() -> Result<PathBuf, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let deps = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .parent()
-        .ok_or("no deps directory")?
-        .to_path_buf();
+    let deps = std::env::current_exe().map_err(|e| e.to_string())?.parent().ok_or("no deps directory")?.to_path_buf();
     if !deps.join("libnapalloc.a").is_file() {
         return Err(format!("no libnapalloc.a in {}", deps.display()));
     }
@@ -171,14 +155,7 @@ fn build_c_client() -> Result<PathBuf, String> {
         .arg("-o")
         .arg(&exe)
         .arg(format!("-L{}", deps.display()))
-        .args([
-            "-Wl,-Bstatic",
-            "-lnapalloc",
-            "-Wl,-Bdynamic",
-            "-lpthread",
-            "-ldl",
-            "-lm",
-        ])
+        .args(["-Wl,-Bstatic", "-lnapalloc", "-Wl,-Bdynamic", "-lpthread", "-ldl", "-lm"])
         .output()
         .map_err(|e| format!("cannot run gcc: {e}"))?;
     if !out.status.success() {

@@ -1,7 +1,7 @@
 //! `Region`: tracked blocks over a page arena and the side table.
 //!
 //! Every block has a record (start, requested size, parent, children) in the side table
-//! ([`crate::table`]); nothing is stored inline with user data. A block can be hung under
+//! (`table.rs`); nothing is stored inline with user data. A block can be hung under
 //! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
 //! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
 //!
@@ -135,11 +135,13 @@ impl RegionBuilder {
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
+            reserved: arena.reserved(),
             log_buf,
             arena,
             untracked,
             bad_pointers: Cell::new(0),
             big_align: UnsafeCell::new(HashMap::new()),
+            slow_free: Cell::new(self.scrub.on_free),
             scrub: self.scrub,
             _not_sync: PhantomData,
         })
@@ -206,6 +208,8 @@ pub struct Region {
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
+    /// `arena.reserved()`, cached for pointer checks.
+    reserved: usize,
     /// The log's storage: `log_start..log_end`.
     log_buf: Box<[u32; LOG_CAP]>,
     arena: Span,
@@ -213,6 +217,9 @@ pub struct Region {
     bad_pointers: Cell<u64>,
     /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
     big_align: UnsafeCell<HashMap<u32, usize>>,
+    /// True while a freed block needs more than a free-list push: scrubbing is on, or some
+    /// block has an entry in `big_align`. Recomputed whenever either changes.
+    slow_free: Cell<bool>,
     scrub: Scrub,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -223,10 +230,7 @@ unsafe impl Send for Region {}
 
 impl core::fmt::Debug for Region {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Region")
-            .field("base", &self.base)
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("Region").field("base", &self.base).field("stats", &self.stats()).finish()
     }
 }
 
@@ -313,30 +317,56 @@ impl Region {
     /// Allocate a tracked root block. Alignment is at least 16.
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        // A new root ends the pending tail (it is not part of the tail's subtree).
-        if !self.root.get().is_null() {
-            self.materialize();
-        }
         let size = layout.size();
-        let top = self.top.get();
-        // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
-        // children need only compare with `limit`.
-        let limit = top.wrapping_add(LOG_CAP * GRANULE);
-        if layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-            && limit as usize <= self.fast_end.get() as usize
-        {
-            self.start_tail(
-                top,
-                (size + (GRANULE - 1)) & !(GRANULE - 1),
-                size,
-                NONE,
-                limit,
-            );
-            // SAFETY: top lies inside the reservation, derived from its base: non-null.
-            return Ok(unsafe { NonNull::new_unchecked(top) });
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            // 1. A dead slot of the same class first: memory stays bounded when blocks are
+            //    freed one by one, and a reused root does not touch the tail.
+            let t = self.table();
+            let class = (size - 1) / GRANULE;
+            if t.heads[class] != NONE {
+                return Ok(self.reuse(class, size, NONE));
+            }
+            // 2. A new tail. A new root ends the pending tail (it is not in the tail's subtree).
+            if !self.root.get().is_null() {
+                self.materialize();
+            }
+            let top = self.top.get();
+            // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
+            // children need only compare with `limit`.
+            let limit = top.wrapping_add(LOG_CAP * GRANULE);
+            if limit as usize <= self.fast_end.get() as usize {
+                self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(top) });
+            }
         }
         self.alloc_slow(None, layout)
+    }
+
+    /// Make the dead slot at the head of `class`'s free list a live block of `size` bytes under
+    /// `parent` (`NONE`: a root). The free list must not be empty.
+    #[inline]
+    fn reuse(&self, class: usize, size: usize, parent: u32) -> NonNull<u8> {
+        let t = self.table();
+        let i = t.heads[class];
+        debug_assert!(i != NONE, "reuse from an empty free list");
+        // SAFETY: free-list entries are dead records below count.
+        let r = unsafe { t.rec(i) };
+        debug_assert_eq!(r.prev, table::DEAD, "free list of class {class} holds a live record {i}");
+        let next = r.next;
+        let off = r.off as usize * GRANULE;
+        r.size = size as u32;
+        r.prev = NONE;
+        r.child = NONE;
+        r.next = NONE;
+        t.heads[class] = next;
+        if parent != NONE {
+            t.link_under(i, parent);
+        }
+        t.live_blocks += 1;
+        t.live_bytes += size;
+        // SAFETY: the slot lies inside the reservation, derived from its base: non-null.
+        unsafe { NonNull::new_unchecked(self.ptr_at(off)) }
     }
 
     /// Allocate a tracked block as an embedded pointer of `parent`: freeing `parent` frees it.
@@ -345,10 +375,7 @@ impl Region {
     #[inline]
     pub fn alloc_child(&self, parent: NonNull<u8>, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
-        if parent.as_ptr() == self.root.get()
-            && layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-        {
+        if parent.as_ptr() == self.root.get() && layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
             // The parent is the tail root (non-null): the child joins the tail.
             let top = self.top.get();
             let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
@@ -417,21 +444,14 @@ impl Region {
     /// Re-derive `fast_end`: inline tails may start only while the table can take a full log.
     fn refresh_fast_end(&self) {
         let ok = self.table().reserve(LOG_CAP + 1).is_ok();
-        self.fast_end.set(if ok {
-            self.end.get()
-        } else {
-            self.base.as_ptr()
-        });
+        self.fast_end.set(if ok { self.end.get() } else { self.base.as_ptr() });
     }
 
     /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
     /// the newest block). The caller checked that the tail is not empty and the log has room.
     fn log_child(&self, size: usize, flag: u32) -> Result<NonNull<u8>, Error> {
         let top = self.top.get();
-        let need = self
-            .top_off()
-            .checked_add(tail_extent(size))
-            .ok_or(Error::TooLarge)?;
+        let need = self.top_off().checked_add(tail_extent(size)).ok_or(Error::TooLarge)?;
         if need > self.off_of(self.end.get()) {
             self.grow_arena(need)?;
         }
@@ -449,11 +469,7 @@ impl Region {
     /// can be logged), or record the block at once.
     #[cold]
     #[inline(never)]
-    fn alloc_slow(
-        &self,
-        parent: Option<NonNull<u8>>,
-        layout: Layout,
-    ) -> Result<NonNull<u8>, Error> {
+    fn alloc_slow(&self, parent: Option<NonNull<u8>>, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
         if size > u32::MAX as usize {
             return Err(Error::TooLarge);
@@ -464,11 +480,7 @@ impl Region {
         // A child of the tail root or of the newest tail block joins the tail if the log has room.
         if let Some(pp) = parent {
             let root = self.root.get();
-            if !root.is_null()
-                && align == GRANULE
-                && size <= LOG_SIZE_MAX
-                && self.log.get() != self.log_end
-            {
+            if !root.is_null() && align == GRANULE && size <= LOG_SIZE_MAX && self.log.get() != self.log_end {
                 if pp.as_ptr() == root {
                     return self.log_child(size, 0);
                 }
@@ -484,23 +496,8 @@ impl Region {
         };
         let t = self.table();
         // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
-        if align == GRANULE {
-            if let Some(i) = t.pop_free(class) {
-                // SAFETY: i is a dead record below count.
-                let r = unsafe { t.rec(i) };
-                r.size = size as u32;
-                r.prev = NONE;
-                r.child = NONE;
-                r.next = NONE;
-                let off = r.off as usize * GRANULE;
-                if p != NONE {
-                    t.link_under(i, p);
-                }
-                t.live_blocks += 1;
-                t.live_bytes += size;
-                // SAFETY: the slot lies inside the reservation: non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
-            }
+        if align == GRANULE && t.heads[class] != NONE {
+            return Ok(self.reuse(class, size, p));
         }
         // 2. bump
         let base = self.base.as_ptr() as usize;
@@ -519,24 +516,15 @@ impl Region {
             // 2a. the block starts a new tail (start == top: no padding)
             let cap = ptr.wrapping_add(LOG_CAP * GRANULE);
             let end = self.end.get();
-            let limit = if (cap as usize) < end as usize {
-                cap
-            } else {
-                end
-            };
-            self.start_tail(
-                ptr,
-                ext,
-                size,
-                if p == NONE { NONE } else { PARENT | p },
-                limit,
-            );
+            let limit = if (cap as usize) < end as usize { cap } else { end };
+            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, limit);
         } else {
             // 2b. recorded at once
             let i = t.push((start / GRANULE) as u32, size as u32, p)?;
             if align > GRANULE {
                 // SAFETY: no other reference to the map is alive (see `table()`).
                 unsafe { (*self.big_align.get()).insert(i, align) };
+                self.slow_free.set(true);
             }
             self.top.set(self.ptr_at(need));
         }
@@ -562,11 +550,7 @@ impl Region {
         self.refresh_fast_end();
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
-            self.limit.set(if (cap as usize) < end as usize {
-                cap
-            } else {
-                end
-            });
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
         Ok(())
     }
@@ -582,14 +566,17 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        self.materialize();
+        // Blocks below the tail are all in the table already.
+        if p.as_ptr() >= self.root.get() {
+            self.materialize();
+        }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
     }
 
     #[inline]
     fn check_range(&self, p: *const u8) -> Result<usize, Error> {
         let off = self.off_of(p);
-        if off >= self.arena.reserved() {
+        if off >= self.reserved {
             return Err(Error::ForeignPointer);
         }
         if off % GRANULE != 0 || off >= self.top_off() {
@@ -687,11 +674,17 @@ impl Region {
             self.log.set(unsafe { self.log.get().sub(1) });
             return Ok(());
         }
-        let i = self
-            .lookup(ptr)
-            .map_err(|e| self.report_bad("free", ptr, e))?;
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        let t = self.table();
+        // SAFETY: i is live.
+        let leaf = unsafe { t.rec(i).child } == NONE;
+        if leaf && !self.slow_free.get() {
+            // A leaf (every CoTaskMem block): no subtree walk.
+            t.free_leaf(i);
+            return Ok(());
+        }
         if !cascade {
-            self.table().detach_children(i);
+            t.detach_children(i);
         }
         self.free_record(i);
         Ok(())
@@ -702,10 +695,27 @@ impl Region {
     ///
     /// # Safety
     /// No reference into the freed block is used afterwards.
+    #[inline]
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
+        let p = ptr.as_ptr();
+        let root = self.root.get();
+        if p == root && self.log_len() == 1 {
             self.rewind();
             return Ok(());
+        }
+        // A childless block below the tail (every CoTaskMem block in steady state): one window
+        // lookup and a free-list push, inline.
+        let below = if root.is_null() { self.top.get() } else { root };
+        let off = self.off_of(p);
+        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() {
+            let t = self.table();
+            if let Some(i) = t.find(off / GRANULE) {
+                // SAFETY: i is a live record.
+                if unsafe { t.rec(i).child } == NONE {
+                    t.free_leaf(i);
+                    return Ok(());
+                }
+            }
         }
         self.free_slow(ptr, false)
     }
@@ -728,6 +738,7 @@ impl Region {
                 big.remove(&idx);
             }
         });
+        self.slow_free.set(self.scrub.on_free || !big.is_empty());
     }
 
     /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
@@ -738,8 +749,7 @@ impl Region {
     pub unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
         if new_size > u32::MAX as usize {
             // still validate the pointer so a bad one is reported as such
-            self.lookup(ptr)
-                .map_err(|e| self.report_bad("realloc", ptr, e))?;
+            self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
             return Err(Error::TooLarge);
         }
         // In place: the newest tail block can grow or shrink at the top.
@@ -761,9 +771,7 @@ impl Region {
 
     #[cold]
     fn realloc_move(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
-        let i = self
-            .lookup(ptr)
-            .map_err(|e| self.report_bad("realloc", ptr, e))?;
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
         let t = self.table();
         // SAFETY: i is live.
         let old = unsafe { t.get(i) };
@@ -779,14 +787,10 @@ impl Region {
         let layout = Layout::from_size_align(new_size, align).map_err(|_| Error::TooLarge)?;
         let new = self.alloc_slow(None, layout)?;
         // SAFETY: both blocks are live and distinct; copy the smaller size.
-        unsafe {
-            core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size))
-        };
+        unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size)) };
         self.materialize();
         let t = self.table();
-        let j = t
-            .find(self.off_of(new.as_ptr()) / GRANULE)
-            .expect("the block just allocated is live");
+        let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
         // Put j where i is in the tree, give it i's children, then free i alone.
         // SAFETY: i and j are live materialized records; j is a root without children.
         unsafe {
@@ -830,7 +834,7 @@ impl Region {
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.off_of(ptr) < self.arena.reserved()
+        self.off_of(ptr) < self.reserved
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
@@ -851,6 +855,7 @@ impl Region {
         let big = self.big_align.get_mut();
         if !big.is_empty() {
             big.clear();
+            self.slow_free.set(self.scrub.on_free);
         }
         self.untracked.reset();
     }
@@ -865,11 +870,7 @@ impl Region {
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
             let end = self.end.get();
-            self.limit.set(if (cap as usize) < end as usize {
-                cap
-            } else {
-                end
-            });
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
         let b = self.table().trim(LOG_CAP + 1)?;
         self.refresh_fast_end();
@@ -912,7 +913,7 @@ impl Region {
             reserved: self.arena.reserved() + t.reserved() + u.reserved,
             high_water: self.high_water.get(),
             table_committed: t.committed(),
-            free_slots: t.nfree as usize,
+            free_slots: t.count as usize - t.live_blocks,
             bad_pointers: self.bad_pointers.get(),
         }
     }
@@ -930,10 +931,7 @@ unsafe impl allocator_api2::alloc::Allocator for &Region {
     unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
         // SAFETY: the caller no longer uses the block (Allocator contract).
         let r = unsafe { Region::free(self, ptr) };
-        debug_assert!(
-            r.is_ok(),
-            "deallocate of a block this region did not hand out"
-        );
+        debug_assert!(r.is_ok(), "deallocate of a block this region did not hand out");
     }
 
     unsafe fn grow(
@@ -952,8 +950,7 @@ unsafe impl allocator_api2::alloc::Allocator for &Region {
             return Ok(NonNull::slice_from_raw_parts(p, new.size()));
         }
         // SAFETY: ptr is a live block of this region (Allocator contract).
-        let p = unsafe { Region::realloc(self, ptr, new.size()) }
-            .map_err(|_| allocator_api2::alloc::AllocError)?;
+        let p = unsafe { Region::realloc(self, ptr, new.size()) }.map_err(|_| allocator_api2::alloc::AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }
 
@@ -974,10 +971,7 @@ mod tests {
     use super::*;
 
     fn region() -> Region {
-        Region::builder()
-            .reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 })
-            .build()
-            .unwrap()
+        Region::builder().reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 }).build().unwrap()
     }
     fn l(size: usize) -> Layout {
         Layout::from_size_align(size, 8).unwrap()
@@ -998,10 +992,7 @@ mod tests {
             }
             let s = r.stats();
             assert_eq!(s.live_blocks, 18, "round {round}");
-            assert_eq!(
-                s.live_bytes,
-                16 + 64 + (0..16).map(|i| 16 + i * 15).sum::<usize>()
-            );
+            assert_eq!(s.live_bytes, 16 + 64 + (0..16).map(|i| 16 + i * 15).sum::<usize>());
             assert!(r.owns(arr) && r.owns(blocks[7]));
             assert_eq!(r.size_of(blocks[3]), Some(16 + 45));
             // SAFETY: nothing is used after the free.
@@ -1010,11 +1001,7 @@ mod tests {
             assert_eq!(r.stats().live_bytes, 0);
             assert!(!r.owns(blocks[7]));
         }
-        assert_eq!(
-            r.stats().free_slots,
-            0,
-            "materialized blocks were rewound, not free-listed"
-        );
+        assert_eq!(r.stats().free_slots, 0, "materialized blocks were rewound, not free-listed");
     }
 
     #[test]
@@ -1034,15 +1021,9 @@ mod tests {
             assert_eq!(r.realloc(a, usize::MAX), Err(Error::TooLarge));
         }
         assert_eq!(r.alloc_child(interior, l(8)), Err(Error::NotABlock));
-        assert_eq!(
-            r.alloc(Layout::from_size_align(isize::MAX as usize - 64, 16).unwrap()),
-            Err(Error::TooLarge)
-        );
+        assert_eq!(r.alloc(Layout::from_size_align(isize::MAX as usize - 64, 16).unwrap()), Err(Error::TooLarge));
         let after = r.stats();
-        assert_eq!(
-            (after.live_blocks, after.live_bytes),
-            (before.live_blocks, before.live_bytes)
-        );
+        assert_eq!((after.live_blocks, after.live_bytes), (before.live_blocks, before.live_bytes));
         assert_eq!(after.bad_pointers, 3);
         // SAFETY: a is live; afterwards both a and b are gone, so the second free is a double free.
         unsafe {
@@ -1057,9 +1038,7 @@ mod tests {
     fn individual_child_free_and_reuse_keep_tree_intact() {
         let r = region();
         let root = r.alloc(l(32)).unwrap();
-        let kids: Vec<_> = (0..10)
-            .map(|i| r.alloc_child(root, l(24 + i)).unwrap())
-            .collect();
+        let kids: Vec<_> = (0..10).map(|i| r.alloc_child(root, l(24 + i)).unwrap()).collect();
         let grandkid = r.alloc_child(kids[4], l(40)).unwrap();
         let other = r.alloc(l(8)).unwrap(); // ends the tail: everything is materialized
                                             // SAFETY: each pointer is freed once.
@@ -1100,6 +1079,26 @@ mod tests {
         unsafe { r.free(root).unwrap() };
         assert!(!r.owns(a2) && !r.owns(c));
         assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn freed_roots_are_reused_without_disturbing_the_tail() {
+        let r = region();
+        let a = r.alloc(l(40)).unwrap();
+        let _b = r.alloc(l(40)).unwrap(); // a is recorded, b is the tail root
+                                          // SAFETY: a is live.
+        unsafe { r.free(a).unwrap() };
+        assert_eq!(r.stats().free_slots, 1);
+        let t = r.alloc(l(100)).unwrap(); // a new tail
+        let kid = r.alloc_child(t, l(10)).unwrap();
+        let again = r.alloc(l(33)).unwrap(); // same class as a: reused, the tail stays pending
+        assert_eq!(again, a);
+        assert_eq!(r.stats().free_slots, 0);
+        // SAFETY: t is the tail root: its subtree is rewound.
+        unsafe { r.free(t).unwrap() };
+        assert!(!r.owns(kid) && r.owns(again));
+        assert_eq!(r.stats().live_blocks, 2);
+        assert_eq!(r.size_of(again), Some(33));
     }
 
     #[test]
@@ -1148,9 +1147,7 @@ mod tests {
             assert!(seen.insert(p), "zero-size blocks are unique");
             assert_eq!(r.size_of(p), Some(0));
         }
-        let big = r
-            .alloc(Layout::from_size_align(100, 4096).unwrap())
-            .unwrap();
+        let big = r.alloc(Layout::from_size_align(100, 4096).unwrap()).unwrap();
         // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
         let moved = unsafe { r.realloc(big, 70_000).unwrap() };
         assert_eq!(moved.as_ptr() as usize % 4096, 0);
@@ -1174,14 +1171,7 @@ mod tests {
 
     #[test]
     fn scrub_zeroes_freed_memory() {
-        let r = Region::builder()
-            .reserve(1 << 20)
-            .scrub(Scrub {
-                on_free: true,
-                on_reset: true,
-            })
-            .build()
-            .unwrap();
+        let r = Region::builder().reserve(1 << 20).scrub(Scrub { on_free: true, on_reset: true }).build().unwrap();
         let h = r.alloc(l(64)).unwrap();
         let c = r.alloc_child(h, l(64)).unwrap();
         // SAFETY: both are 64-byte live blocks.

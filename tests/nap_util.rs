@@ -55,24 +55,14 @@ unsafe extern "system" fn heap_release(this: *mut ComObject) -> u32 {
     left
 }
 
-static HEAP_VTBL: IUnknownVtbl = IUnknownVtbl {
-    query_interface: None,
-    add_ref: Some(heap_add_ref),
-    release: Some(heap_release),
-};
+static HEAP_VTBL: IUnknownVtbl =
+    IUnknownVtbl { query_interface: None, add_ref: Some(heap_add_ref), release: Some(heap_release) };
 
 fn new_heap_object(releases: &AtomicU32) -> *mut ComObject {
-    let p = heap::alloc(std::mem::size_of::<HeapObject>())
-        .unwrap()
-        .as_ptr()
-        .cast::<HeapObject>();
+    let p = heap::alloc(std::mem::size_of::<HeapObject>()).unwrap().as_ptr().cast::<HeapObject>();
     // SAFETY: a fresh block of the object's size, 16-aligned.
     unsafe {
-        p.write(HeapObject {
-            base: ComObject { vtbl: &HEAP_VTBL },
-            refs: AtomicU32::new(1),
-            releases,
-        });
+        p.write(HeapObject { base: ComObject { vtbl: &HEAP_VTBL }, refs: AtomicU32::new(1), releases });
     }
     p.cast()
 }
@@ -166,9 +156,7 @@ fn every_c_free_refuses_bad_top_level_pointers_and_reports_each() {
     assert_eq!((live(), bad()), (live0, bad0 + 3 * 12));
     assert!(foreign.iter().all(|&x| x == 0));
     // SAFETY: `keep` holds 96 bytes.
-    assert!(unsafe { std::slice::from_raw_parts(keep, 96) }
-        .iter()
-        .all(|&b| b == 0xA5));
+    assert!(unsafe { std::slice::from_raw_parts(keep, 96) }.iter().all(|&b| b == 0xA5));
     // SAFETY: both live, freed once.
     unsafe { assert!(heap::free(keep) && heap::free(other)) };
 
@@ -192,11 +180,7 @@ fn safe_handles_go_to_c_and_come_back() -> Result<(), NapError> {
     // Rust builds, C frees.
     let s = CountedString::from_str("https://remediation.example/")?;
     let f = FixupInfo::new(4)?;
-    let soh = SoHBuilder::new()
-        .attribute(2, &[0, 1, 0x37, 0x80])
-        .attribute(11, &[])
-        .attribute(9, b"v1")
-        .build()?;
+    let soh = SoHBuilder::new().attribute(2, &[0, 1, 0x37, 0x80]).attribute(11, &[]).attribute(9, b"v1").build()?;
     assert_eq!(live(), live0 + 2 + 2 + 1 + 1 + 2);
     // SAFETY: each structure came from `into_raw` and is freed once.
     unsafe {
@@ -213,20 +197,9 @@ fn safe_handles_go_to_c_and_come_back() -> Result<(), NapError> {
     // SAFETY: fresh blocks of the sizes written.
     unsafe {
         v.copy_from_nonoverlapping(b"abc".as_ptr(), 3);
-        attrs.write(raw::SoHAttribute {
-            r#type: 10,
-            size: 3,
-            value: v,
-        });
-        attrs.add(1).write(raw::SoHAttribute {
-            r#type: 2,
-            size: 0,
-            value: ptr::null_mut(),
-        });
-        sp.write(raw::SoH {
-            count: 2,
-            attributes: attrs,
-        });
+        attrs.write(raw::SoHAttribute { r#type: 10, size: 3, value: v });
+        attrs.add(1).write(raw::SoHAttribute { r#type: 2, size: 0, value: ptr::null_mut() });
+        sp.write(raw::SoH { count: 2, attributes: attrs });
     }
     // SAFETY: `sp` is handed over once.
     let soh = unsafe { SoH::from_raw(sp) }?;
@@ -240,22 +213,12 @@ fn safe_handles_go_to_c_and_come_back() -> Result<(), NapError> {
     let attrs = heap::alloc(16).unwrap().as_ptr().cast::<raw::SoHAttribute>();
     // SAFETY: fresh blocks; two attributes claimed, one fits.
     unsafe {
-        attrs.write(raw::SoHAttribute {
-            r#type: 10,
-            size: 0,
-            value: ptr::null_mut(),
-        });
-        sp.write(raw::SoH {
-            count: 2,
-            attributes: attrs,
-        });
+        attrs.write(raw::SoHAttribute { r#type: 10, size: 0, value: ptr::null_mut() });
+        sp.write(raw::SoH { count: 2, attributes: attrs });
     }
     // SAFETY: refused, so nothing is taken over.
     assert_eq!(unsafe { SoH::from_raw(sp) }.unwrap_err(), NapError::InvalidArg);
-    let mut on_stack = raw::CountedString {
-        length: 0,
-        string: ptr::null_mut(),
-    };
+    let mut on_stack = raw::CountedString { length: 0, string: ptr::null_mut() };
     // SAFETY: refused without a read.
     let r = unsafe { CountedString::from_raw(&mut on_stack) }.unwrap_err();
     assert_eq!(r, NapError::InvalidArg);

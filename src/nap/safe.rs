@@ -338,9 +338,7 @@ impl Connections {
             let need = usize::from(c.count) * size_of::<*mut ComObject>();
             live_block(c.connections.cast(), need).ok_or(NapError::InvalidArg)?;
         }
-        Ok(Connections {
-            raw: NonNull::new(p).ok_or(NapError::InvalidArg)?,
-        })
+        Ok(Connections { raw: NonNull::new(p).ok_or(NapError::InvalidArg)? })
     }
 }
 
@@ -491,9 +489,7 @@ impl CountedString {
         if !(c.string.is_null() && c.length == 0) {
             live_block(c.string.cast(), usize::from(c.length) * 2).ok_or(NapError::InvalidArg)?;
         }
-        Ok(CountedString {
-            raw: NonNull::new(p).ok_or(NapError::InvalidArg)?,
-        })
+        Ok(CountedString { raw: NonNull::new(p).ok_or(NapError::InvalidArg)? })
     }
 }
 
@@ -563,9 +559,7 @@ impl FixupInfo {
         let mut p = ptr::null_mut();
         // SAFETY: `p` is a valid out pointer.
         NapError::check(unsafe { util::alloc_fixup_info(&mut p, count) })?;
-        Ok(FixupInfo {
-            raw: NonNull::new(p).ok_or(NapError::OutOfMemory)?,
-        })
+        Ok(FixupInfo { raw: NonNull::new(p).ok_or(NapError::OutOfMemory)? })
     }
 
     fn get(&self) -> raw::FixupInfo {
@@ -646,9 +640,7 @@ impl FixupInfo {
         if !(rc.results.is_null() && rc.count == 0) {
             live_block(rc.results.cast(), usize::from(rc.count) * size_of::<HRESULT>()).ok_or(NapError::InvalidArg)?;
         }
-        Ok(FixupInfo {
-            raw: NonNull::new(p).ok_or(NapError::InvalidArg)?,
-        })
+        Ok(FixupInfo { raw: NonNull::new(p).ok_or(NapError::InvalidArg)? })
     }
 }
 
@@ -768,19 +760,14 @@ impl SoH {
             for i in 0..usize::from(s.count) {
                 // SAFETY: the array is a live block of at least `count` attributes.
                 let a = unsafe { s.attributes.add(i).read() };
-                let ok = if a.value.is_null() {
-                    a.size == 0
-                } else {
-                    live_block(a.value, usize::from(a.size)).is_some()
-                };
+                let ok =
+                    if a.value.is_null() { a.size == 0 } else { live_block(a.value, usize::from(a.size)).is_some() };
                 if !ok {
                     return Err(NapError::InvalidArg);
                 }
             }
         }
-        Ok(SoH {
-            raw: NonNull::new(p).ok_or(NapError::InvalidArg)?,
-        })
+        Ok(SoH { raw: NonNull::new(p).ok_or(NapError::InvalidArg)? })
     }
 }
 
@@ -837,18 +824,13 @@ impl<'a> SoHBuilder<'a> {
     /// 4000 bytes (`maxSoHAttributeSize`) → [`NapError::InvalidArg`]; memory short →
     /// [`NapError::OutOfMemory`] with nothing left allocated. An empty value is stored as NULL.
     pub fn build(&self) -> Result<SoH, NapError> {
-        Ok(SoH {
-            raw: self.build_in(&TaskHeap)?,
-        })
+        Ok(SoH { raw: self.build_in(&TaskHeap)? })
     }
 
     pub(crate) fn build_in<M: TaskMem + ?Sized>(&self, m: &M) -> Result<NonNull<raw::SoH>, NapError> {
         let n = self.attrs.len();
         if n > usize::from(MAX_SOH_ATTRIBUTE_COUNT)
-            || self
-                .attrs
-                .iter()
-                .any(|(_, v)| v.len() > usize::from(MAX_SOH_ATTRIBUTE_SIZE))
+            || self.attrs.iter().any(|(_, v)| v.len() > usize::from(MAX_SOH_ATTRIBUTE_SIZE))
         {
             return Err(NapError::InvalidArg);
         }
@@ -880,13 +862,7 @@ impl<'a> SoHBuilder<'a> {
                     b
                 };
                 // SAFETY: i < n attributes of the fresh array.
-                unsafe {
-                    attrs.add(i).write(raw::SoHAttribute {
-                        r#type: ty,
-                        size: value.len() as u16,
-                        value: v,
-                    })
-                };
+                unsafe { attrs.add(i).write(raw::SoHAttribute { r#type: ty, size: value.len() as u16, value: v }) };
             }
             Some(())
         })();

@@ -27,10 +27,7 @@ struct TestMem {
 impl TestMem {
     fn new() -> TestMem {
         TestMem {
-            region: Region::builder()
-                .reserve(if cfg!(miri) { 1 << 20 } else { 16 << 20 })
-                .build()
-                .unwrap(),
+            region: Region::builder().reserve(if cfg!(miri) { 1 << 20 } else { 16 << 20 }).build().unwrap(),
             fail_at: Cell::new(None),
             allocs: Cell::new(0),
             reported: Cell::new(0),
@@ -59,11 +56,7 @@ impl TestMem {
     }
     /// A root block of `size` bytes filled with `fill`, as a C caller's `CoTaskMemAlloc` gives.
     fn block<T>(&self, size: usize, fill: u8) -> *mut T {
-        let p = self
-            .region
-            .alloc(Layout::from_size_align(size, 16).unwrap())
-            .unwrap()
-            .as_ptr();
+        let p = self.region.alloc(Layout::from_size_align(size, 16).unwrap()).unwrap().as_ptr();
         // SAFETY: a fresh block of `size` bytes.
         unsafe { p.write_bytes(fill, size) };
         p.cast()
@@ -88,9 +81,7 @@ impl TaskMem for TestMem {
         if self.tick() {
             return None;
         }
-        self.region
-            .alloc_child(parent, Layout::from_size_align(size, 16).ok()?)
-            .ok()
+        self.region.alloc_child(parent, Layout::from_size_align(size, 16).ok()?).ok()
     }
     unsafe fn free(&self, p: *mut u8) -> bool {
         // SAFETY: forwarded caller guarantee.
@@ -128,11 +119,8 @@ unsafe extern "system" fn fake_release(this: *mut ComObject) -> u32 {
     f.refs.fetch_sub(1, Ordering::Relaxed) - 1
 }
 
-static FAKE_VTBL: IUnknownVtbl = IUnknownVtbl {
-    query_interface: None,
-    add_ref: Some(fake_add_ref),
-    release: Some(fake_release),
-};
+static FAKE_VTBL: IUnknownVtbl =
+    IUnknownVtbl { query_interface: None, add_ref: Some(fake_add_ref), release: Some(fake_release) };
 
 fn fakes<const N: usize>() -> Box<[Fake; N]> {
     Box::new(core::array::from_fn(|_| Fake {
@@ -305,10 +293,7 @@ fn alloc_counted_string_never_reads_past_what_it_needs() {
             0,
         );
         assert_ne!(p, libc::MAP_FAILED);
-        assert_eq!(
-            libc::mprotect(p.cast::<u8>().add(page).cast(), page, libc::PROT_NONE),
-            0
-        );
+        assert_eq!(libc::mprotect(p.cast::<u8>().add(page).cast(), page, libc::PROT_NONE), 0);
         p.cast::<u16>()
     };
     let end = page / 2; // units in the readable page
@@ -422,14 +407,8 @@ fn free_connections_of_hand_built_blocks_and_null_members() {
     let slots = m.block::<*mut ComObject>(3 * 8, 0);
     // SAFETY: a 3-slot block.
     unsafe { slots.add(2).write(obj(&objs[2])) };
-    let c = m.boxed(Connections {
-        count: 3,
-        connections: slots,
-    });
-    let empty = m.boxed(Connections {
-        count: 5,
-        connections: ptr::null_mut(),
-    });
+    let c = m.boxed(Connections { count: 3, connections: slots });
+    let empty = m.boxed(Connections { count: 5, connections: ptr::null_mut() });
     assert_eq!(m.live(), 3);
     // SAFETY: both live, unused afterwards; slot 2 holds the caller's reference.
     unsafe {
@@ -437,12 +416,7 @@ fn free_connections_of_hand_built_blocks_and_null_members() {
         free_connections_in(&m, empty);
         free_connections_in(&m, ptr::null_mut());
     }
-    assert_eq!(
-        objs.iter()
-            .map(|f| f.releases.load(Ordering::Relaxed))
-            .collect::<Vec<_>>(),
-        [0, 0, 1]
-    );
+    assert_eq!(objs.iter().map(|f| f.releases.load(Ordering::Relaxed)).collect::<Vec<_>>(), [0, 0, 1]);
     assert_eq!((m.live(), m.bad()), (0, 0));
 }
 
@@ -456,36 +430,22 @@ fn free_connections_clamps_a_count_beyond_its_array_and_skips_a_foreign_array() 
         slots.write(obj(&objs[0]));
         slots.add(1).write(obj(&objs[1]));
     }
-    let c = m.boxed(Connections {
-        count: 20,
-        connections: slots,
-    });
+    let c = m.boxed(Connections { count: 20, connections: slots });
     // SAFETY: live; the two slots hold references.
     unsafe { free_connections_in(&m, c) };
-    assert_eq!(
-        objs.iter()
-            .map(|f| f.releases.load(Ordering::Relaxed))
-            .collect::<Vec<_>>(),
-        [1, 1, 0, 0]
-    );
+    assert_eq!(objs.iter().map(|f| f.releases.load(Ordering::Relaxed)).collect::<Vec<_>>(), [1, 1, 0, 0]);
     assert_eq!((m.live(), m.bad()), (0, 1), "clamped and reported");
 
     // An array the heap did not hand out is not read (no Release) and its free is refused.
     let mut foreign = [obj(&objs[2]), obj(&objs[3])];
-    let c = m.boxed(Connections {
-        count: 2,
-        connections: foreign.as_mut_ptr(),
-    });
+    let c = m.boxed(Connections { count: 2, connections: foreign.as_mut_ptr() });
     // SAFETY: `c` is live; the foreign array is never read or freed.
     unsafe { free_connections_in(&m, c) };
     assert_eq!(objs[2].releases.load(Ordering::Relaxed), 0);
     assert_eq!((m.live(), m.bad()), (0, 2));
 
     // A structure that is its own array: nothing is released, the structure is freed once.
-    let c = m.boxed(Connections {
-        count: 2,
-        connections: ptr::null_mut(),
-    });
+    let c = m.boxed(Connections { count: 2, connections: ptr::null_mut() });
     // SAFETY: `c` is live.
     unsafe {
         (*c).connections = c.cast();
@@ -537,19 +497,11 @@ fn free_counted_string_fixup_isolation_network_private_free_their_member_then_th
     assert_eq!((m.live(), m.bad()), (1, 0));
     assert!(m.owns(keep));
     // SAFETY: `keep` holds 64 bytes.
-    assert!(unsafe { core::slice::from_raw_parts(keep, 64) }
-        .iter()
-        .all(|&b| b == 0x77));
+    assert!(unsafe { core::slice::from_raw_parts(keep, 64) }.iter().all(|&b| b == 0x77));
 
     // NULL members: only the structures go.
-    let cs = m.boxed(CountedString {
-        length: 0,
-        string: ptr::null_mut(),
-    });
-    let ns = m.boxed(NetworkSoH {
-        size: 0,
-        data: ptr::null_mut(),
-    });
+    let cs = m.boxed(CountedString { length: 0, string: ptr::null_mut() });
+    let ns = m.boxed(NetworkSoH { size: 0, data: ptr::null_mut() });
     // SAFETY: live, unused afterwards.
     unsafe {
         free_counted_string_in(&m, cs);
@@ -582,24 +534,11 @@ fn free_soh_frees_every_value_the_array_and_the_struct() {
     let m = TestMem::new();
     let attrs = m.block::<SoHAttribute>(10 * 16, 0);
     for i in 0..10u16 {
-        let value = if i == 4 {
-            ptr::null_mut()
-        } else {
-            m.block::<u8>(usize::from(i) + 1, i as u8)
-        };
+        let value = if i == 4 { ptr::null_mut() } else { m.block::<u8>(usize::from(i) + 1, i as u8) };
         // SAFETY: 10 attributes.
-        unsafe {
-            attrs.add(usize::from(i)).write(SoHAttribute {
-                r#type: i + 2,
-                size: i + 1,
-                value,
-            })
-        };
+        unsafe { attrs.add(usize::from(i)).write(SoHAttribute { r#type: i + 2, size: i + 1, value }) };
     }
-    let soh = m.boxed(SoH {
-        count: 10,
-        attributes: attrs,
-    });
+    let soh = m.boxed(SoH { count: 10, attributes: attrs });
     assert_eq!(m.live(), 11);
     // SAFETY: live, unused afterwards.
     unsafe { free_soh_in(&m, soh) };
@@ -609,17 +548,8 @@ fn free_soh_frees_every_value_the_array_and_the_struct() {
     let attrs = m.block::<SoHAttribute>(2 * 16, 0);
     let v = m.block::<u8>(4, 1);
     // SAFETY: 2 attributes.
-    unsafe {
-        attrs.write(SoHAttribute {
-            r#type: 9,
-            size: 4,
-            value: v,
-        })
-    };
-    let soh = m.boxed(SoH {
-        count: 100,
-        attributes: attrs,
-    });
+    unsafe { attrs.write(SoHAttribute { r#type: 9, size: 4, value: v }) };
+    let soh = m.boxed(SoH { count: 100, attributes: attrs });
     // SAFETY: live, unused afterwards.
     unsafe { free_soh_in(&m, soh) };
     assert_eq!((m.live(), m.bad()), (0, 1));
@@ -627,17 +557,8 @@ fn free_soh_frees_every_value_the_array_and_the_struct() {
     // A value equal to the array is skipped (the array is freed once, after the loop).
     let attrs = m.block::<SoHAttribute>(2 * 16, 0);
     // SAFETY: 2 attributes.
-    unsafe {
-        attrs.write(SoHAttribute {
-            r#type: 9,
-            size: 4,
-            value: attrs.cast(),
-        })
-    };
-    let soh = m.boxed(SoH {
-        count: 2,
-        attributes: attrs,
-    });
+    unsafe { attrs.write(SoHAttribute { r#type: 9, size: 4, value: attrs.cast() }) };
+    let soh = m.boxed(SoH { count: 2, attributes: attrs });
     // SAFETY: live, unused afterwards.
     unsafe { free_soh_in(&m, soh) };
     assert_eq!((m.live(), m.bad()), (0, 1));
@@ -653,11 +574,7 @@ fn free_soh_attribute_value_frees_exactly_the_member_its_type_selects() {
         // Offset 8 holds a pointer to a live block whatever the type: only a type whose member
         // has a pointer may free it.
         // SAFETY: a 16-byte block; every member with a pointer has it at offset 8.
-        unsafe {
-            value.write(SoHAttributeValue {
-                octet_string_val: OctetString { size: 24, data: inner },
-            })
-        };
+        unsafe { value.write(SoHAttributeValue { octet_string_val: OctetString { size: 24, data: inner } }) };
         // SAFETY: live; the member `ty` selects is initialised (all 16 bytes are).
         unsafe { free_soh_attribute_value_in(&m, ty, value) };
         assert!(!m.owns(value), "type {t}: the value block is freed");
@@ -687,11 +604,7 @@ fn free_soh_attribute_value_frees_exactly_the_member_its_type_selects() {
 fn registration(m: &TestMem, id: u32, with_strings: bool) -> NapComponentRegistrationInfo {
     let s = |n: u16| CountedString {
         length: n,
-        string: if with_strings {
-            m.block::<u16>(usize::from(n + 1) * 2, 0x41)
-        } else {
-            ptr::null_mut()
-        },
+        string: if with_strings { m.block::<u16>(usize::from(n + 1) * 2, 0x41) } else { ptr::null_mut() },
     };
     NapComponentRegistrationInfo {
         id,
@@ -742,10 +655,7 @@ fn free_registration_info_array_frees_every_string_then_the_block_and_nulls_it()
 
     // A block that is not a live block start is not read, and *info is left alone.
     let block = m.block::<NapComponentRegistrationInfo>(240, 0);
-    let mut info = block
-        .cast::<u8>()
-        .wrapping_add(16)
-        .cast::<NapComponentRegistrationInfo>();
+    let mut info = block.cast::<u8>().wrapping_add(16).cast::<NapComponentRegistrationInfo>();
     let before = info;
     // SAFETY: the interior pointer is refused without a read.
     unsafe { free_nap_component_registration_info_array_in(&m, 1, &mut info) };
@@ -841,18 +751,12 @@ fn every_free_refuses_foreign_interior_freed_and_small_pointers_and_changes_noth
             // see a freed pointer.
             assert_eq!((m.bad() - bad, live - m.live()), (FREE_KINDS - 1, 1), "{what}");
         } else {
-            assert_eq!(
-                (m.bad() - bad, live - m.live()),
-                (FREE_KINDS, 0),
-                "{what}: every call reports, none frees"
-            );
+            assert_eq!((m.bad() - bad, live - m.live()), (FREE_KINDS, 0), "{what}: every call reports, none frees");
         }
     }
     assert!(on_stack.iter().all(|&b| b == 0x99));
     // SAFETY: `keep` has 256 bytes.
-    assert!(unsafe { core::slice::from_raw_parts(keep, 256) }
-        .iter()
-        .all(|&b| b == 0x3C));
+    assert!(unsafe { core::slice::from_raw_parts(keep, 256) }.iter().all(|&b| b == 0x3C));
     assert!(m.owns(cs) && m.owns(s));
     // SAFETY: `cs` and its string are still intact and freed once.
     unsafe {
@@ -906,10 +810,7 @@ fn soh_builder_out_of_memory_at_every_step_leaks_nothing() {
 fn counted_string_builder_out_of_memory_leaks_nothing() {
     for k in 0..2 {
         let m = TestMem::new().failing_at(k);
-        assert_eq!(
-            counted_string_in(&m, 3, |u| u.fill(65)).unwrap_err(),
-            NapError::OutOfMemory
-        );
+        assert_eq!(counted_string_in(&m, 3, |u| u.fill(65)).unwrap_err(), NapError::OutOfMemory);
         assert_eq!(m.live(), 0);
     }
     let m = TestMem::new();

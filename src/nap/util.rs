@@ -432,12 +432,7 @@ pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Con
         m.report_bad_pointer("FreeConnections: the slot array is the structure", slots.cast());
         0
     } else {
-        readable_count(
-            m,
-            "FreeConnections: count beyond the slot array",
-            slots,
-            usize::from(count),
-        )
+        readable_count(m, "FreeConnections: count beyond the slot array", slots, usize::from(count))
     };
     for i in 0..n {
         // SAFETY: i < n, and the slot array is a live block of at least n slots.
@@ -580,12 +575,7 @@ pub(crate) unsafe fn free_soh_in<M: TaskMem + ?Sized>(m: &M, soh: *mut SoH) {
     }
     // SAFETY: a live block large enough for the structure; any bit pattern is valid.
     let SoH { count, attributes } = unsafe { soh.read() };
-    let n = readable_count(
-        m,
-        "FreeSoH: count beyond the attribute array",
-        attributes,
-        usize::from(count),
-    );
+    let n = readable_count(m, "FreeSoH: count beyond the attribute array", attributes, usize::from(count));
     for i in 0..n {
         // SAFETY: i < n, and the attribute array is a live block of at least n attributes. It is
         // still live: a value equal to it (or to the structure) is skipped below.
@@ -735,20 +725,13 @@ pub(crate) unsafe fn free_nap_component_registration_info_array_in<M: TaskMem + 
         return;
     }
     // An empty array may be a block smaller than one entry: check only its start then.
-    let size = if count == 0 {
-        checked_min(m, WHAT, block.cast(), 0)
-    } else {
-        checked_block(m, WHAT, block)
-    };
+    let size = if count == 0 { checked_min(m, WHAT, block.cast(), 0) } else { checked_block(m, WHAT, block) };
     let Some(size) = size else {
         return;
     };
     let cap = size / size_of::<NapComponentRegistrationInfo>();
     let n = if usize::from(count) > cap {
-        m.report_bad_pointer(
-            "FreeNapComponentRegistrationInfoArray: count beyond the block",
-            block.cast(),
-        );
+        m.report_bad_pointer("FreeNapComponentRegistrationInfoArray: count beyond the block", block.cast());
         cap
     } else {
         usize::from(count)
