@@ -2,8 +2,10 @@
 //! every failure path runs and the books (live blocks, refused pointers) are exact: these tests
 //! share nothing with each other or with the process-wide task heap.
 //!
-//! (Failure of the real task heap cannot be injected until a failing page source can be put
-//! under it; the functions are written over [`TaskMem`] so their failure paths are tested here.)
+//! Failure is injected two ways: [`TestMem::failing_at`] fails one chosen allocation (so every
+//! step of every `Alloc*` fails once), and [`exhausted`] puts the region on a page budget and
+//! fills it, so the page source itself refuses memory. (The process-wide task heap takes its
+//! pages from the OS without a budget, so its allocations cannot be made to fail from here.)
 
 use super::safe::{counted_string_in, NapError, SoHBuilder};
 use super::types::*;
@@ -25,6 +27,9 @@ struct TestMem {
 }
 
 impl TestMem {
+    fn over(region: Region) -> TestMem {
+        TestMem { region, fail_at: Cell::new(None), allocs: Cell::new(0), reported: Cell::new(0) }
+    }
     fn new() -> TestMem {
         TestMem {
             region: Region::builder().reserve(if cfg!(miri) { 1 << 20 } else { 16 << 20 }).build().unwrap(),
@@ -816,4 +821,56 @@ fn counted_string_builder_out_of_memory_leaks_nothing() {
     let m = TestMem::new();
     assert_eq!(counted_string_in(&m, 1025, |_| {}).unwrap_err(), NapError::InvalidArg);
     assert_eq!(m.allocs.get(), 0);
+}
+
+/// A region whose page source is charged to a budget of 256 KiB, filled with 16-byte blocks until
+/// the budget refuses more, then with one 16-byte block freed again: a structure fits (in the
+/// dead slot), anything larger does not.
+fn exhausted() -> (TestMem, usize) {
+    let budget = crate::host::Budget::new(256 << 10, 256 << 10).unwrap();
+    let region = Region::builder()
+        .reserve(16 << 20)
+        .commit_chunk(4096)
+        .source(crate::host::Source::os().with_budget(budget))
+        .build()
+        .unwrap();
+    let m = TestMem::over(region);
+    let mut last = None;
+    while let Some(p) = m.alloc(16) {
+        last = Some(p);
+    }
+    assert!(m.alloc(16).is_none() && m.alloc(100).is_none(), "the budget refuses more memory");
+    // SAFETY: the newest filler is live and not used afterwards.
+    assert!(unsafe { m.free(last.unwrap().as_ptr()) });
+    let live = m.live();
+    (m, live)
+}
+
+#[test]
+fn allocation_failure_of_the_page_source_fails_each_alloc_and_leaks_nothing() {
+    let (m, live) = exhausted();
+    assert!(live > 1000);
+    let w = utf16("remediation server");
+    let mut c = 0x8 as *mut Connections;
+    let mut s = 0x8 as *mut CountedString;
+    let mut f = 0x8 as *mut FixupInfo;
+    // SAFETY: valid out pointers; `w` is NUL-terminated.
+    let hrs = unsafe {
+        [
+            alloc_connections_in(&m, &mut c, 8),
+            alloc_counted_string_in(&m, &mut s, w.as_ptr()),
+            alloc_fixup_info_in(&m, &mut f, 100),
+        ]
+    };
+    assert_eq!(hrs, [E_OUTOFMEMORY; 3]);
+    assert!(c.is_null() && s.is_null() && f.is_null());
+    let values = [[1u8; 40], [2u8; 40]];
+    let soh = SoHBuilder::new().attribute(9, &values[0]).attribute(10, &values[1]).build_in(&m);
+    assert_eq!(soh.unwrap_err(), NapError::OutOfMemory);
+    assert_eq!(m.live(), live, "each structure that fit in the dead slot was freed again");
+    // What fits in the one free slot still works: a Connections without slots.
+    let mut c = ptr::null_mut();
+    // SAFETY: valid out pointer.
+    assert_eq!(unsafe { alloc_connections_in(&m, &mut c, 0) }, S_OK);
+    assert_eq!(m.live(), live + 1);
 }
