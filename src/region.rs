@@ -120,8 +120,8 @@ impl RegionBuilder {
             .source(self.source.clone())
             .critical_level(self.level)
             .build()?;
-        let mut log_buf = Box::new([0u32; LOG_CAP]);
-        let log_start = log_buf.as_mut_ptr();
+        let log_buf = Box::new(UnsafeCell::new([0u32; LOG_CAP]));
+        let log_start = log_buf.get().cast::<u32>();
         Ok(Region {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
@@ -211,7 +211,7 @@ pub struct Region {
     /// `arena.reserved()`, cached for pointer checks.
     reserved: usize,
     /// The log's storage: `log_start..log_end`.
-    log_buf: Box<[u32; LOG_CAP]>,
+    log_buf: Box<UnsafeCell<[u32; LOG_CAP]>>,
     arena: Span,
     untracked: PageArena,
     bad_pointers: Cell<u64>,
@@ -261,7 +261,7 @@ impl Region {
 
     #[inline(always)]
     fn log_start(&self) -> *mut u32 {
-        self.log_buf.as_ptr() as *mut u32
+        self.log_buf.get().cast::<u32>()
     }
 
     /// Entries in the tail log.
@@ -881,7 +881,7 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        let b = self.table().trim(LOG_CAP + 1)?;
+        let b = self.table().trim(LOG_CAP + 1, self.arena.committed())?;
         self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
@@ -1142,6 +1142,18 @@ mod tests {
         unsafe { r.free(s).unwrap() };
         assert!(r.owns(v2));
         assert_eq!(r.stats().live_blocks, 2, "v1 (detached from arr) and v2");
+    }
+
+    #[test]
+    fn trim_keeps_the_window_index_for_the_committed_arena() {
+        // alloc; trim; alloc materializes into a window of pages that stayed committed
+        let mut r = region();
+        r.alloc(l(16)).unwrap();
+        r.trim(0).unwrap();
+        let b = r.alloc(l(16)).unwrap();
+        let c = r.alloc(l(16)).unwrap();
+        assert!(r.owns(b) && r.owns(c));
+        assert_eq!(r.stats().live_blocks, 3);
     }
 
     #[test]

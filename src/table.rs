@@ -416,14 +416,17 @@ impl Table {
         self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond what `count` records need (after a reset).
-    pub(crate) fn trim(&mut self, keep_recs: usize) -> Result<usize, Error> {
+    /// Give back table memory beyond what `count` records need (after a reset). The window index
+    /// keeps covering an arena of `arena_committed` bytes (the invariant of `ensure_windows`).
+    pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
         let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
         let a = unsafe { self.recs_span.trim(keep)? };
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
-        // SAFETY: no window past init_windows is referenced.
-        let b = unsafe { self.first_span.trim(self.init_windows * core::mem::size_of::<Window>())? };
+        let windows = ((arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1).max(self.init_windows);
+        // SAFETY: no window past init_windows is referenced, and `push` writes only windows of
+        // the committed arena, which stay committed.
+        let b = unsafe { self.first_span.trim(windows * core::mem::size_of::<Window>())? };
         Ok(a + b)
     }
 }
