@@ -11,7 +11,8 @@
 //! * this program itself, run with `rust-safe N` (the same through the safe handles:
 //!   `Connections::new`, `set(i, ComPtr)`, drop) and `rust-common N` (the common work in Rust).
 //!
-//! One measurement by hand:
+//! `cargo bench --bench connections_ir -- --test` runs every variant a few times without
+//! measuring. One measurement by hand:
 //! `valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/c-bench/connections_ir napalloc 20000`.
 
 use napalloc::nap::types::{self as raw, ComObject, IUnknownVtbl};
@@ -84,7 +85,7 @@ fn napalloc_safe_iteration(objs: &[*mut ComObject; SLOTS]) {
 fn common_iteration(objs: &[*mut ComObject; SLOTS]) {
     let mut slots = [ptr::null_mut::<ComObject>(); SLOTS];
     let mut c = raw::Connections { count: SLOTS as u16, connections: slots.as_mut_ptr() };
-    // SAFETY: as in `glibc_iteration`, with the structure and the array on the stack.
+    // SAFETY: the objects are live; each slot gets a reference that is released in the same call.
     unsafe {
         for (i, &o) in objs.iter().enumerate() {
             let o = black_box(o);
@@ -179,7 +180,28 @@ fn measure_all(exe: &Path, variants: &[&'static str]) -> BTreeMap<&'static str, 
     per
 }
 
+/// `cargo bench -- --test`: run every variant a few times, natively, so that none rots.
+fn smoke_test() {
+    for v in RUST_VARIANTS {
+        measured(v, 10);
+    }
+    match build_c_client() {
+        Ok(exe) => {
+            for v in C_VARIANTS {
+                let status = Command::new(&exe).args([v, "10"]).status().expect("run the C client");
+                assert!(status.success(), "C client, variant {v}: {status}");
+            }
+        }
+        Err(e) => println!("C client not built ({e})"),
+    }
+    println!("connections_ir: every variant ran");
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        smoke_test();
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if let [variant, n] = args.as_slice() {
         measured(variant, n.parse().expect("iterations"));

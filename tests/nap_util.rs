@@ -7,7 +7,7 @@ use napalloc::hr::{E_INVALIDARG, S_OK};
 use napalloc::nap::ffi::*;
 use napalloc::nap::types::{self as raw, ComObject, IUnknownVtbl, SoHAttributeType};
 use napalloc::nap::{ComPtr, Connections, CountedString, FixupInfo, NapError, SoH, SoHBuilder};
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -105,9 +105,9 @@ fn an_enforcement_client_hands_out_connections_and_the_consumer_frees_them() {
 fn alloc_functions_refuse_bad_input_through_the_c_abi() {
     let _g = serial();
     let live0 = live();
-    let mut c = 0x10 as *mut raw::Connections;
-    let mut s = 0x10 as *mut raw::CountedString;
-    let mut f = 0x10 as *mut raw::FixupInfo;
+    let mut c = NonNull::<raw::Connections>::dangling().as_ptr();
+    let mut s = NonNull::<raw::CountedString>::dangling().as_ptr();
+    let mut f = NonNull::<raw::FixupInfo>::dangling().as_ptr();
     let long: Vec<u16> = std::iter::repeat(u16::from(b'w')).take(1025).chain([0]).collect();
     // SAFETY: every out pointer is valid or NULL; `long` is NUL-terminated.
     unsafe {
