@@ -595,11 +595,20 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        // Blocks below the tail are all in the table already.
-        if p.as_ptr() >= self.root.get() {
+        // Blocks below the tail are all in the table already, but the records of their children
+        // are complete only if the tail does not hang under one of them.
+        if p.as_ptr() >= self.root.get() || self.tail_nested() {
             self.materialize();
         }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
+    }
+
+    /// True if the pending tail's root is a child of a recorded block: that block's record does
+    /// not show this child until the tail is materialized.
+    #[inline]
+    fn tail_nested(&self) -> bool {
+        // SAFETY: entry 0 is written whenever the tail is not empty (root non-null).
+        !self.root.get().is_null() && unsafe { *self.log_start() } & NESTED != 0
     }
 
     #[inline]
@@ -771,7 +780,9 @@ impl Region {
         // A childless recorded block (every CoTaskMem block in steady state): a hint-cache or
         // window lookup and a free-list push, inline. Tail blocks have no record: both miss them.
         let off = self.off_of(p);
-        if PLAIN || !self.slow_free.get() {
+        // A recorded block whose child is the pending tail's root does not know that child yet
+        // (its record says childless): with such a tail, take the path that materializes.
+        if (PLAIN || !self.slow_free.get()) && !self.tail_nested() {
             let t = self.table();
             let g = off / GRANULE;
             let h = t.hints[g % table::HINTS];
@@ -1213,6 +1224,40 @@ mod tests {
         assert!(!r.owns(kid) && r.owns(again));
         assert_eq!(r.stats().live_blocks, 2);
         assert_eq!(r.size_of(again), Some(33));
+    }
+
+    #[test]
+    fn a_tail_under_a_recorded_block_is_freed_with_it_or_detached_from_it() {
+        let r = region();
+        // `v2` is a child of `arr`, which is neither the tail root nor the newest tail block:
+        // `v2` starts a new tail that hangs under the recorded `arr`.
+        let s = r.alloc(l(16)).unwrap();
+        let arr = r.alloc_child(s, l(80)).unwrap();
+        let v1 = r.alloc_child(arr, l(7)).unwrap();
+        let v2 = r.alloc_child(arr, l(14)).unwrap();
+        assert_eq!(r.stats().live_blocks, 4);
+        // SAFETY: s is live; afterwards its whole tree is gone.
+        unsafe { r.free(s).unwrap() };
+        assert!(!r.owns(arr) && !r.owns(v1) && !r.owns(v2));
+        assert_eq!(r.stats().live_blocks, 0);
+
+        // free_one of the parent of a nested tail: the tail's root becomes a root of its own.
+        let s = r.alloc(l(16)).unwrap();
+        let arr = r.alloc_child(s, l(80)).unwrap();
+        let _v1 = r.alloc_child(arr, l(7)).unwrap();
+        let v2 = r.alloc_child(arr, l(14)).unwrap();
+        // SAFETY: arr is live and not used afterwards.
+        unsafe { r.free_one(arr).unwrap() };
+        assert!(r.owns(v2));
+        // A new block of arr's size class may take arr's record: it must not inherit v2.
+        let x = r.alloc(l(80)).unwrap();
+        // SAFETY: x is live and has no children.
+        unsafe { r.free(x).unwrap() };
+        assert!(r.owns(v2));
+        // SAFETY: s is live; v2 no longer hangs under its tree.
+        unsafe { r.free(s).unwrap() };
+        assert!(r.owns(v2));
+        assert_eq!(r.stats().live_blocks, 2, "v1 (detached from arr) and v2");
     }
 
     #[test]
