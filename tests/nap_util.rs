@@ -108,7 +108,7 @@ fn alloc_functions_refuse_bad_input_through_the_c_abi() {
     let mut c = NonNull::<raw::Connections>::dangling().as_ptr();
     let mut s = NonNull::<raw::CountedString>::dangling().as_ptr();
     let mut f = NonNull::<raw::FixupInfo>::dangling().as_ptr();
-    let long: Vec<u16> = std::iter::repeat(u16::from(b'w')).take(1025).chain([0]).collect();
+    let long: Vec<u16> = std::iter::repeat_n(u16::from(b'w'), 1025).chain([0]).collect();
     // SAFETY: every out pointer is valid or NULL; `long` is NUL-terminated.
     unsafe {
         assert_eq!(AllocConnections(&mut c, 21), E_INVALIDARG);
