@@ -223,10 +223,7 @@ unsafe impl Send for Region {}
 
 impl core::fmt::Debug for Region {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Region")
-            .field("base", &self.base)
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("Region").field("base", &self.base).field("stats", &self.stats()).finish()
     }
 }
 
@@ -322,17 +319,15 @@ impl Region {
         // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
         // children need only compare with `limit`.
         let limit = top.wrapping_add(LOG_CAP * GRANULE);
+        // A dead slot of the block's class is reused (by the slow path) before the arena grows:
+        // without this check, roots that are allocated and freed one by one (the COM way) would
+        // bump forever. For 1..=FAST_MAX bytes the class is `(size - 1) / GRANULE`.
         if layout.align() <= GRANULE
             && size.wrapping_sub(1) < FAST_MAX
             && limit as usize <= self.fast_end.get() as usize
+            && self.table().heads[(size - 1) / GRANULE] == NONE
         {
-            self.start_tail(
-                top,
-                (size + (GRANULE - 1)) & !(GRANULE - 1),
-                size,
-                NONE,
-                limit,
-            );
+            self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
             // SAFETY: top lies inside the reservation, derived from its base: non-null.
             return Ok(unsafe { NonNull::new_unchecked(top) });
         }
@@ -345,10 +340,7 @@ impl Region {
     #[inline]
     pub fn alloc_child(&self, parent: NonNull<u8>, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
-        if parent.as_ptr() == self.root.get()
-            && layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-        {
+        if parent.as_ptr() == self.root.get() && layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
             // The parent is the tail root (non-null): the child joins the tail.
             let top = self.top.get();
             let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
@@ -417,21 +409,14 @@ impl Region {
     /// Re-derive `fast_end`: inline tails may start only while the table can take a full log.
     fn refresh_fast_end(&self) {
         let ok = self.table().reserve(LOG_CAP + 1).is_ok();
-        self.fast_end.set(if ok {
-            self.end.get()
-        } else {
-            self.base.as_ptr()
-        });
+        self.fast_end.set(if ok { self.end.get() } else { self.base.as_ptr() });
     }
 
     /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
     /// the newest block). The caller checked that the tail is not empty and the log has room.
     fn log_child(&self, size: usize, flag: u32) -> Result<NonNull<u8>, Error> {
         let top = self.top.get();
-        let need = self
-            .top_off()
-            .checked_add(tail_extent(size))
-            .ok_or(Error::TooLarge)?;
+        let need = self.top_off().checked_add(tail_extent(size)).ok_or(Error::TooLarge)?;
         if need > self.off_of(self.end.get()) {
             self.grow_arena(need)?;
         }
@@ -449,11 +434,7 @@ impl Region {
     /// can be logged), or record the block at once.
     #[cold]
     #[inline(never)]
-    fn alloc_slow(
-        &self,
-        parent: Option<NonNull<u8>>,
-        layout: Layout,
-    ) -> Result<NonNull<u8>, Error> {
+    fn alloc_slow(&self, parent: Option<NonNull<u8>>, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
         if size > u32::MAX as usize {
             return Err(Error::TooLarge);
@@ -464,11 +445,7 @@ impl Region {
         // A child of the tail root or of the newest tail block joins the tail if the log has room.
         if let Some(pp) = parent {
             let root = self.root.get();
-            if !root.is_null()
-                && align == GRANULE
-                && size <= LOG_SIZE_MAX
-                && self.log.get() != self.log_end
-            {
+            if !root.is_null() && align == GRANULE && size <= LOG_SIZE_MAX && self.log.get() != self.log_end {
                 if pp.as_ptr() == root {
                     return self.log_child(size, 0);
                 }
@@ -519,18 +496,8 @@ impl Region {
             // 2a. the block starts a new tail (start == top: no padding)
             let cap = ptr.wrapping_add(LOG_CAP * GRANULE);
             let end = self.end.get();
-            let limit = if (cap as usize) < end as usize {
-                cap
-            } else {
-                end
-            };
-            self.start_tail(
-                ptr,
-                ext,
-                size,
-                if p == NONE { NONE } else { PARENT | p },
-                limit,
-            );
+            let limit = if (cap as usize) < end as usize { cap } else { end };
+            self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, limit);
         } else {
             // 2b. recorded at once
             let i = t.push((start / GRANULE) as u32, size as u32, p)?;
@@ -562,11 +529,7 @@ impl Region {
         self.refresh_fast_end();
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
-            self.limit.set(if (cap as usize) < end as usize {
-                cap
-            } else {
-                end
-            });
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
         Ok(())
     }
@@ -687,9 +650,7 @@ impl Region {
             self.log.set(unsafe { self.log.get().sub(1) });
             return Ok(());
         }
-        let i = self
-            .lookup(ptr)
-            .map_err(|e| self.report_bad("free", ptr, e))?;
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
         if !cascade {
             self.table().detach_children(i);
         }
@@ -738,8 +699,7 @@ impl Region {
     pub unsafe fn realloc(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
         if new_size > u32::MAX as usize {
             // still validate the pointer so a bad one is reported as such
-            self.lookup(ptr)
-                .map_err(|e| self.report_bad("realloc", ptr, e))?;
+            self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
             return Err(Error::TooLarge);
         }
         // In place: the newest tail block can grow or shrink at the top.
@@ -761,9 +721,7 @@ impl Region {
 
     #[cold]
     fn realloc_move(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
-        let i = self
-            .lookup(ptr)
-            .map_err(|e| self.report_bad("realloc", ptr, e))?;
+        let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
         let t = self.table();
         // SAFETY: i is live.
         let old = unsafe { t.get(i) };
@@ -779,14 +737,10 @@ impl Region {
         let layout = Layout::from_size_align(new_size, align).map_err(|_| Error::TooLarge)?;
         let new = self.alloc_slow(None, layout)?;
         // SAFETY: both blocks are live and distinct; copy the smaller size.
-        unsafe {
-            core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size))
-        };
+        unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), old_size.min(new_size)) };
         self.materialize();
         let t = self.table();
-        let j = t
-            .find(self.off_of(new.as_ptr()) / GRANULE)
-            .expect("the block just allocated is live");
+        let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
         // Put j where i is in the tree, give it i's children, then free i alone.
         // SAFETY: i and j are live materialized records; j is a root without children.
         unsafe {
@@ -865,13 +819,11 @@ impl Region {
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
             let end = self.end.get();
-            self.limit.set(if (cap as usize) < end as usize {
-                cap
-            } else {
-                end
-            });
+            self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        let b = self.table().trim(LOG_CAP + 1)?;
+        // The window index must keep covering the committed arena (see `grow_arena`): blocks
+        // of a pending tail, or bumped later into retained pages, are recorded without a commit.
+        let b = self.table().trim(LOG_CAP + 1, self.arena.committed())?;
         self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
@@ -930,10 +882,7 @@ unsafe impl allocator_api2::alloc::Allocator for &Region {
     unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) {
         // SAFETY: the caller no longer uses the block (Allocator contract).
         let r = unsafe { Region::free(self, ptr) };
-        debug_assert!(
-            r.is_ok(),
-            "deallocate of a block this region did not hand out"
-        );
+        debug_assert!(r.is_ok(), "deallocate of a block this region did not hand out");
     }
 
     unsafe fn grow(
@@ -952,8 +901,7 @@ unsafe impl allocator_api2::alloc::Allocator for &Region {
             return Ok(NonNull::slice_from_raw_parts(p, new.size()));
         }
         // SAFETY: ptr is a live block of this region (Allocator contract).
-        let p = unsafe { Region::realloc(self, ptr, new.size()) }
-            .map_err(|_| allocator_api2::alloc::AllocError)?;
+        let p = unsafe { Region::realloc(self, ptr, new.size()) }.map_err(|_| allocator_api2::alloc::AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, new.size()))
     }
 
@@ -974,10 +922,7 @@ mod tests {
     use super::*;
 
     fn region() -> Region {
-        Region::builder()
-            .reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 })
-            .build()
-            .unwrap()
+        Region::builder().reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 }).build().unwrap()
     }
     fn l(size: usize) -> Layout {
         Layout::from_size_align(size, 8).unwrap()
@@ -998,10 +943,7 @@ mod tests {
             }
             let s = r.stats();
             assert_eq!(s.live_blocks, 18, "round {round}");
-            assert_eq!(
-                s.live_bytes,
-                16 + 64 + (0..16).map(|i| 16 + i * 15).sum::<usize>()
-            );
+            assert_eq!(s.live_bytes, 16 + 64 + (0..16).map(|i| 16 + i * 15).sum::<usize>());
             assert!(r.owns(arr) && r.owns(blocks[7]));
             assert_eq!(r.size_of(blocks[3]), Some(16 + 45));
             // SAFETY: nothing is used after the free.
@@ -1010,11 +952,7 @@ mod tests {
             assert_eq!(r.stats().live_bytes, 0);
             assert!(!r.owns(blocks[7]));
         }
-        assert_eq!(
-            r.stats().free_slots,
-            0,
-            "materialized blocks were rewound, not free-listed"
-        );
+        assert_eq!(r.stats().free_slots, 0, "materialized blocks were rewound, not free-listed");
     }
 
     #[test]
@@ -1034,15 +972,9 @@ mod tests {
             assert_eq!(r.realloc(a, usize::MAX), Err(Error::TooLarge));
         }
         assert_eq!(r.alloc_child(interior, l(8)), Err(Error::NotABlock));
-        assert_eq!(
-            r.alloc(Layout::from_size_align(isize::MAX as usize - 64, 16).unwrap()),
-            Err(Error::TooLarge)
-        );
+        assert_eq!(r.alloc(Layout::from_size_align(isize::MAX as usize - 64, 16).unwrap()), Err(Error::TooLarge));
         let after = r.stats();
-        assert_eq!(
-            (after.live_blocks, after.live_bytes),
-            (before.live_blocks, before.live_bytes)
-        );
+        assert_eq!((after.live_blocks, after.live_bytes), (before.live_blocks, before.live_bytes));
         assert_eq!(after.bad_pointers, 3);
         // SAFETY: a is live; afterwards both a and b are gone, so the second free is a double free.
         unsafe {
@@ -1057,9 +989,7 @@ mod tests {
     fn individual_child_free_and_reuse_keep_tree_intact() {
         let r = region();
         let root = r.alloc(l(32)).unwrap();
-        let kids: Vec<_> = (0..10)
-            .map(|i| r.alloc_child(root, l(24 + i)).unwrap())
-            .collect();
+        let kids: Vec<_> = (0..10).map(|i| r.alloc_child(root, l(24 + i)).unwrap()).collect();
         let grandkid = r.alloc_child(kids[4], l(40)).unwrap();
         let other = r.alloc(l(8)).unwrap(); // ends the tail: everything is materialized
                                             // SAFETY: each pointer is freed once.
@@ -1148,9 +1078,7 @@ mod tests {
             assert!(seen.insert(p), "zero-size blocks are unique");
             assert_eq!(r.size_of(p), Some(0));
         }
-        let big = r
-            .alloc(Layout::from_size_align(100, 4096).unwrap())
-            .unwrap();
+        let big = r.alloc(Layout::from_size_align(100, 4096).unwrap()).unwrap();
         // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
         let moved = unsafe { r.realloc(big, 70_000).unwrap() };
         assert_eq!(moved.as_ptr() as usize % 4096, 0);
@@ -1174,14 +1102,7 @@ mod tests {
 
     #[test]
     fn scrub_zeroes_freed_memory() {
-        let r = Region::builder()
-            .reserve(1 << 20)
-            .scrub(Scrub {
-                on_free: true,
-                on_reset: true,
-            })
-            .build()
-            .unwrap();
+        let r = Region::builder().reserve(1 << 20).scrub(Scrub { on_free: true, on_reset: true }).build().unwrap();
         let h = r.alloc(l(64)).unwrap();
         let c = r.alloc_child(h, l(64)).unwrap();
         // SAFETY: both are 64-byte live blocks.

@@ -130,18 +130,9 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub(crate) fn new(
-        source: &Source,
-        arena_reserve: usize,
-        level: CriticalLevel,
-    ) -> Result<Table, Error> {
+    pub(crate) fn new(source: &Source, arena_reserve: usize, level: CriticalLevel) -> Result<Table, Error> {
         let max_recs = (arena_reserve / GRANULE).min(MAX_RECS);
-        let recs_span = Span::new(
-            source,
-            max_recs * core::mem::size_of::<Rec>(),
-            16 * 1024,
-            level,
-        )?;
+        let recs_span = Span::new(source, max_recs * core::mem::size_of::<Rec>(), 16 * 1024, level)?;
         let windows = arena_reserve.div_ceil(GRANULE << WINDOW_SHIFT) + 1;
         let first_span = Span::new(source, windows * 4, 4096, level)?;
         Ok(Table {
@@ -182,9 +173,7 @@ impl Table {
     }
 
     fn grow_to(&mut self, recs: usize) -> Result<(), Error> {
-        let need = recs
-            .checked_mul(core::mem::size_of::<Rec>())
-            .ok_or(Error::TooLarge)?;
+        let need = recs.checked_mul(core::mem::size_of::<Rec>()).ok_or(Error::TooLarge)?;
         self.recs_span.ensure(need)?;
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
         Ok(())
@@ -230,14 +219,8 @@ impl Table {
         }
         let i = self.count;
         let w = (off as usize) >> WINDOW_SHIFT;
-        debug_assert!(
-            w < self.first_span.committed() / 4,
-            "window index not committed for window {w}"
-        );
-        debug_assert!(
-            i == 0 || unsafe { self.get(i - 1).off } < off,
-            "records out of address order"
-        );
+        debug_assert!(w < self.first_span.committed() / 4, "window index not committed for window {w}");
+        debug_assert!(i == 0 || unsafe { self.get(i - 1).off } < off, "records out of address order");
         while self.init_windows <= w {
             // SAFETY: init_windows <= w and the index covers the committed arena
             // (`ensure_windows`), which contains every block.
@@ -245,15 +228,7 @@ impl Table {
             self.init_windows += 1;
         }
         // SAFETY: i < cap.
-        unsafe {
-            *self.rec(i) = Rec {
-                off,
-                size,
-                prev: NONE,
-                child: NONE,
-                next: NONE,
-            }
-        };
+        unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
         self.count = i + 1;
         if parent != NONE {
             self.link_under(i, parent);
@@ -311,14 +286,7 @@ impl Table {
         }
         // SAFETY: w < init_windows, and w + 1 too when used.
         let (mut lo, mut hi) = unsafe {
-            (
-                *self.first.add(w),
-                if w + 1 < self.init_windows {
-                    *self.first.add(w + 1)
-                } else {
-                    self.count
-                },
-            )
+            (*self.first.add(w), if w + 1 < self.init_windows { *self.first.add(w + 1) } else { self.count })
         };
         let g = g as u32;
         while lo < hi {
@@ -362,10 +330,7 @@ impl Table {
         }
         // SAFETY: free-list entries are dead records below count (invariant).
         let r = unsafe { self.rec(i) };
-        debug_assert_eq!(
-            r.prev, DEAD,
-            "free list of class {c} holds a live record {i}"
-        );
+        debug_assert_eq!(r.prev, DEAD, "free list of class {c} holds a live record {i}");
         self.heads[c] = r.next;
         self.nfree -= 1;
         Some(i)
@@ -434,14 +399,17 @@ impl Table {
         self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond what `count` records need (after a reset).
-    pub(crate) fn trim(&mut self, keep_recs: usize) -> Result<usize, Error> {
+    /// Give back table memory beyond what `count` records need (after a reset). The window index
+    /// keeps covering an arena of `arena_committed` bytes (the invariant of `ensure_windows`).
+    pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
         let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
         let a = unsafe { self.recs_span.trim(keep)? };
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
-        // SAFETY: no window past init_windows is referenced.
-        let b = unsafe { self.first_span.trim(self.init_windows * 4)? };
+        let windows = ((arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1).max(self.init_windows);
+        // SAFETY: no window past init_windows is referenced, and `push` writes only windows of
+        // the committed arena, which stay committed.
+        let b = unsafe { self.first_span.trim(windows * 4)? };
         Ok(a + b)
     }
 }
@@ -457,11 +425,7 @@ mod tests {
             let c = class_of_granules(g);
             assert!(c >= last, "classes are monotonic");
             assert!(c < NUM_CLASSES);
-            assert!(
-                class_granules(c) >= g,
-                "class {c} of {g} granules spans only {}",
-                class_granules(c)
-            );
+            assert!(class_granules(c) >= g, "class {c} of {g} granules spans only {}", class_granules(c));
             if c > 0 {
                 assert!(class_granules(c - 1) < g, "g={g} would fit class {}", c - 1);
             }
