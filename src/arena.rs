@@ -48,22 +48,11 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    pub(crate) fn new(
-        source: &Source,
-        reserve: usize,
-        chunk: usize,
-        level: CriticalLevel,
-    ) -> Result<Span, Error> {
+    pub(crate) fn new(source: &Source, reserve: usize, chunk: usize, level: CriticalLevel) -> Result<Span, Error> {
         let pages = Pages::reserve(source, reserve, level)?;
         let page = crate::os::page_size();
         let chunk = crate::os::round_up(chunk.max(page), page).ok_or(Error::TooLarge)?;
-        Ok(Span {
-            limit: Cell::new(pages.len()),
-            pages,
-            committed: Cell::new(0),
-            chunk,
-            level,
-        })
+        Ok(Span { limit: Cell::new(pages.len()), pages, committed: Cell::new(0), chunk, level })
     }
 
     #[inline]
@@ -88,11 +77,7 @@ impl Span {
             return Ok(());
         }
         if need > self.reserved() {
-            return Err(if need > self.limit.get() {
-                Error::TooLarge
-            } else {
-                Error::ReservationExhausted
-            });
+            return Err(if need > self.limit.get() { Error::TooLarge } else { Error::ReservationExhausted });
         }
         if need > self.limit.get() {
             return Err(Error::LimitExceeded);
@@ -218,13 +203,7 @@ impl ArenaBuilder {
     pub fn build(self) -> Result<PageArena, Error> {
         let span = Span::new(&self.source, self.reserve, self.chunk, self.level)?;
         span.set_limit(self.limit);
-        Ok(PageArena {
-            pos: Cell::new(0),
-            end: Cell::new(0),
-            high_water: Cell::new(0),
-            base: span.base(),
-            span,
-        })
+        Ok(PageArena { pos: Cell::new(0), end: Cell::new(0), high_water: Cell::new(0), base: span.base(), span })
     }
 }
 
@@ -288,10 +267,7 @@ impl PageArena {
     fn alloc_slow(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
         let base = self.span.base().as_ptr() as usize;
         let align = layout.align();
-        let addr = (base + self.pos.get())
-            .checked_add(align - 1)
-            .ok_or(Error::TooLarge)?
-            & !(align - 1);
+        let addr = (base + self.pos.get()).checked_add(align - 1).ok_or(Error::TooLarge)? & !(align - 1);
         let start = addr - base;
         let new_pos = start.checked_add(layout.size()).ok_or(Error::TooLarge)?;
         if new_pos > self.span.reserved() {
@@ -348,12 +324,7 @@ impl PageArena {
     /// ```
     #[inline]
     pub fn cursor(&mut self) -> Cursor<'_> {
-        Cursor {
-            pos: self.pos.get(),
-            end: self.end.get(),
-            base: self.base,
-            arena: self,
-        }
+        Cursor { pos: self.pos.get(), end: self.end.get(), base: self.base, arena: self }
     }
 
     /// Give committed memory beyond `max(used, retain)` back to the OS. Returns the bytes
@@ -442,11 +413,7 @@ impl Cursor<'_> {
 
 #[cold]
 #[inline(never)]
-fn cursor_slow(
-    arena: &PageArena,
-    pos: usize,
-    layout: Layout,
-) -> (Result<NonNull<u8>, Error>, usize, usize) {
+fn cursor_slow(arena: &PageArena, pos: usize, layout: Layout) -> (Result<NonNull<u8>, Error>, usize, usize) {
     arena.pos.set(pos);
     let r = arena.alloc_slow(layout);
     (r, arena.pos.get(), arena.end.get())
@@ -464,32 +431,21 @@ mod tests {
     use super::*;
 
     fn small() -> PageArena {
-        PageArena::builder()
-            .reserve(1 << 20)
-            .commit_chunk(16 * 1024)
-            .build()
-            .unwrap()
+        PageArena::builder().reserve(1 << 20).commit_chunk(16 * 1024).build().unwrap()
     }
 
     #[test]
     fn bump_commits_on_demand_and_resets() {
         let mut a = small();
-        assert_eq!(
-            a.stats().committed,
-            0,
-            "nothing committed before the first allocation"
-        );
-        let p = a
-            .alloc_layout(Layout::from_size_align(100, 8).unwrap())
-            .unwrap();
+        assert_eq!(a.stats().committed, 0, "nothing committed before the first allocation");
+        let p = a.alloc_layout(Layout::from_size_align(100, 8).unwrap()).unwrap();
         // SAFETY: 100 fresh bytes.
         unsafe { p.as_ptr().write_bytes(1, 100) };
         let s = a.stats();
         assert_eq!(s.used, 100);
         assert!(s.committed >= 16 * 1024 && s.committed < 64 * 1024, "{s:?}");
         for _ in 0..1000 {
-            a.alloc_layout(Layout::from_size_align(200, 16).unwrap())
-                .unwrap();
+            a.alloc_layout(Layout::from_size_align(200, 16).unwrap()).unwrap();
         }
         a.check();
         let before = a.stats();
@@ -497,10 +453,7 @@ mod tests {
         a.reset();
         let after = a.stats();
         assert_eq!(after.used, 0);
-        assert_eq!(
-            after.committed, before.committed,
-            "reset keeps pages committed"
-        );
+        assert_eq!(after.committed, before.committed, "reset keeps pages committed");
         assert_eq!(after.high_water, before.used);
         a.check();
     }
@@ -512,11 +465,8 @@ mod tests {
         while (1usize << shift) <= 65536 {
             let align = 1usize << shift;
             // odd sizes in between, so that the next allocation really needs aligning
-            a.alloc_layout(Layout::from_size_align(3, 1).unwrap())
-                .unwrap();
-            let p = a
-                .alloc_layout(Layout::from_size_align(align + 1, align).unwrap())
-                .unwrap();
+            a.alloc_layout(Layout::from_size_align(3, 1).unwrap()).unwrap();
+            let p = a.alloc_layout(Layout::from_size_align(align + 1, align).unwrap()).unwrap();
             assert_eq!(p.as_ptr() as usize % align, 0, "align {align}");
             shift += 1;
         }
@@ -526,20 +476,11 @@ mod tests {
     #[test]
     fn sizes_near_usize_max_fail_cleanly() {
         let a = small();
-        for size in [
-            usize::MAX,
-            usize::MAX - 1,
-            usize::MAX / 2,
-            isize::MAX as usize,
-            (1 << 20) + 1,
-        ] {
+        for size in [usize::MAX, usize::MAX - 1, usize::MAX / 2, isize::MAX as usize, (1 << 20) + 1] {
             for align in [1, 16, 4096] {
                 if let Ok(l) = Layout::from_size_align(size, align) {
                     let e = a.alloc_layout(l).unwrap_err();
-                    assert!(
-                        matches!(e, Error::TooLarge | Error::ReservationExhausted),
-                        "{size} {align}: {e:?}"
-                    );
+                    assert!(matches!(e, Error::TooLarge | Error::ReservationExhausted), "{size} {align}: {e:?}");
                 }
             }
         }
@@ -560,31 +501,19 @@ mod tests {
         assert_eq!(err, Error::ReservationExhausted);
         assert_eq!(n, (1 << 20) / 4000);
         // a smaller request that still fits succeeds
-        a.alloc_layout(Layout::from_size_align((1 << 20) - a.stats().used, 1).unwrap())
-            .unwrap();
+        a.alloc_layout(Layout::from_size_align((1 << 20) - a.stats().used, 1).unwrap()).unwrap();
         a.check();
     }
 
     #[test]
     fn limit_is_checked_at_every_commit() {
-        let mut a = PageArena::builder()
-            .reserve(1 << 20)
-            .commit_chunk(4096)
-            .limit(40 * 1024)
-            .build()
-            .unwrap();
+        let mut a = PageArena::builder().reserve(1 << 20).commit_chunk(4096).limit(40 * 1024).build().unwrap();
         let mut got = 0;
-        while a
-            .alloc_layout(Layout::from_size_align(1024, 8).unwrap())
-            .is_ok()
-        {
+        while a.alloc_layout(Layout::from_size_align(1024, 8).unwrap()).is_ok() {
             got += 1024;
         }
         assert_eq!(got, 40 * 1024, "exactly the limit is usable");
-        assert_eq!(
-            a.alloc_layout(Layout::new::<u8>()).unwrap_err(),
-            Error::LimitExceeded
-        );
+        assert_eq!(a.alloc_layout(Layout::new::<u8>()).unwrap_err(), Error::LimitExceeded);
         assert!(a.stats().committed <= 40 * 1024);
         a.set_limit(usize::MAX);
         a.alloc_layout(Layout::new::<u8>()).unwrap();

@@ -81,25 +81,13 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::OutOfMemory => f.write_str("the page source is out of memory"),
-            Error::ReservationExhausted => {
-                f.write_str("the reservation has no room for this request")
-            }
-            Error::LimitExceeded => {
-                f.write_str("the allocation limit or memory budget would be exceeded")
-            }
+            Error::ReservationExhausted => f.write_str("the reservation has no room for this request"),
+            Error::LimitExceeded => f.write_str("the allocation limit or memory budget would be exceeded"),
             Error::TooLarge => f.write_str("the requested size is too large"),
-            Error::InvalidLayout => {
-                f.write_str("invalid layout (alignment must be a power of two)")
-            }
+            Error::InvalidLayout => f.write_str("invalid layout (alignment must be a power of two)"),
             Error::ForeignPointer => f.write_str("pointer was not allocated by this allocator"),
-            Error::NotABlock => {
-                f.write_str("pointer is not the start of a live block (interior or already freed)")
-            }
-            Error::Host(h) => write!(
-                f,
-                "the host page source failed with HRESULT {:#010x}",
-                *h as u32
-            ),
+            Error::NotABlock => f.write_str("pointer is not the start of a live block (interior or already freed)"),
+            Error::Host(h) => write!(f, "the host page source failed with HRESULT {:#010x}", *h as u32),
             Error::Os(e) => write!(f, "operating system error {e}"),
         }
     }

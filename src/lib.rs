@@ -32,7 +32,7 @@ pub mod os;
 
 pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
 pub use error::{hr, Error};
-pub use host::CriticalLevel;
+pub use host::{Budget, CriticalLevel, MemoryAvailable, PageSource, Source};
 pub mod heap;
 pub mod region;
 mod table;

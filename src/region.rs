@@ -1,7 +1,7 @@
 //! `Region`: tracked blocks over a page arena and the side table.
 //!
 //! Every block has a record (start, requested size, parent, children) in the side table
-//! ([`crate::table`]); nothing is stored inline with user data. A block can be hung under
+//! (`table.rs`); nothing is stored inline with user data. A block can be hung under
 //! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
 //! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
 //!
@@ -135,11 +135,13 @@ impl RegionBuilder {
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
             base: arena.base(),
+            reserved: arena.reserved(),
             log_buf,
             arena,
             untracked,
             bad_pointers: Cell::new(0),
             big_align: UnsafeCell::new(HashMap::new()),
+            slow_free: Cell::new(self.scrub.on_free),
             scrub: self.scrub,
             _not_sync: PhantomData,
         })
@@ -206,6 +208,8 @@ pub struct Region {
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
+    /// `arena.reserved()`, cached for pointer checks.
+    reserved: usize,
     /// The log's storage: `log_start..log_end`.
     log_buf: Box<[u32; LOG_CAP]>,
     arena: Span,
@@ -213,6 +217,9 @@ pub struct Region {
     bad_pointers: Cell<u64>,
     /// Alignment of blocks allocated with an alignment above `GRANULE` (so realloc keeps it).
     big_align: UnsafeCell<HashMap<u32, usize>>,
+    /// True while a freed block needs more than a free-list push: scrubbing is on, or some
+    /// block has an entry in `big_align`. Recomputed whenever either changes.
+    slow_free: Cell<bool>,
     scrub: Scrub,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -310,28 +317,56 @@ impl Region {
     /// Allocate a tracked root block. Alignment is at least 16.
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, Error> {
-        // A new root ends the pending tail (it is not part of the tail's subtree).
-        if !self.root.get().is_null() {
-            self.materialize();
-        }
         let size = layout.size();
-        let top = self.top.get();
-        // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
-        // children need only compare with `limit`.
-        let limit = top.wrapping_add(LOG_CAP * GRANULE);
-        // A dead slot of the block's class is reused (by the slow path) before the arena grows:
-        // without this check, roots that are allocated and freed one by one (the COM way) would
-        // bump forever. For 1..=FAST_MAX bytes the class is `(size - 1) / GRANULE`.
-        if layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-            && limit as usize <= self.fast_end.get() as usize
-            && self.table().heads[(size - 1) / GRANULE] == NONE
-        {
-            self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
-            // SAFETY: top lies inside the reservation, derived from its base: non-null.
-            return Ok(unsafe { NonNull::new_unchecked(top) });
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            // 1. A dead slot of the same class first: memory stays bounded when blocks are
+            //    freed one by one, and a reused root does not touch the tail.
+            let t = self.table();
+            let class = (size - 1) / GRANULE;
+            if t.heads[class] != NONE {
+                return Ok(self.reuse(class, size, NONE));
+            }
+            // 2. A new tail. A new root ends the pending tail (it is not in the tail's subtree).
+            if !self.root.get().is_null() {
+                self.materialize();
+            }
+            let top = self.top.get();
+            // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
+            // children need only compare with `limit`.
+            let limit = top.wrapping_add(LOG_CAP * GRANULE);
+            if limit as usize <= self.fast_end.get() as usize {
+                self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                return Ok(unsafe { NonNull::new_unchecked(top) });
+            }
         }
         self.alloc_slow(None, layout)
+    }
+
+    /// Make the dead slot at the head of `class`'s free list a live block of `size` bytes under
+    /// `parent` (`NONE`: a root). The free list must not be empty.
+    #[inline]
+    fn reuse(&self, class: usize, size: usize, parent: u32) -> NonNull<u8> {
+        let t = self.table();
+        let i = t.heads[class];
+        debug_assert!(i != NONE, "reuse from an empty free list");
+        // SAFETY: free-list entries are dead records below count.
+        let r = unsafe { t.rec(i) };
+        debug_assert_eq!(r.prev, table::DEAD, "free list of class {class} holds a live record {i}");
+        let next = r.next;
+        let off = r.off as usize * GRANULE;
+        r.size = size as u32;
+        r.prev = NONE;
+        r.child = NONE;
+        r.next = NONE;
+        t.heads[class] = next;
+        if parent != NONE {
+            t.link_under(i, parent);
+        }
+        t.live_blocks += 1;
+        t.live_bytes += size;
+        // SAFETY: the slot lies inside the reservation, derived from its base: non-null.
+        unsafe { NonNull::new_unchecked(self.ptr_at(off)) }
     }
 
     /// Allocate a tracked block as an embedded pointer of `parent`: freeing `parent` frees it.
@@ -461,23 +496,8 @@ impl Region {
         };
         let t = self.table();
         // 1. a dead slot of the same class (alignment 16 only: slots are 16-aligned)
-        if align == GRANULE {
-            if let Some(i) = t.pop_free(class) {
-                // SAFETY: i is a dead record below count.
-                let r = unsafe { t.rec(i) };
-                r.size = size as u32;
-                r.prev = NONE;
-                r.child = NONE;
-                r.next = NONE;
-                let off = r.off as usize * GRANULE;
-                if p != NONE {
-                    t.link_under(i, p);
-                }
-                t.live_blocks += 1;
-                t.live_bytes += size;
-                // SAFETY: the slot lies inside the reservation: non-null.
-                return Ok(unsafe { NonNull::new_unchecked(self.ptr_at(off)) });
-            }
+        if align == GRANULE && t.heads[class] != NONE {
+            return Ok(self.reuse(class, size, p));
         }
         // 2. bump
         let base = self.base.as_ptr() as usize;
@@ -504,6 +524,7 @@ impl Region {
             if align > GRANULE {
                 // SAFETY: no other reference to the map is alive (see `table()`).
                 unsafe { (*self.big_align.get()).insert(i, align) };
+                self.slow_free.set(true);
             }
             self.top.set(self.ptr_at(need));
         }
@@ -545,14 +566,17 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        self.materialize();
+        // Blocks below the tail are all in the table already.
+        if p.as_ptr() >= self.root.get() {
+            self.materialize();
+        }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
     }
 
     #[inline]
     fn check_range(&self, p: *const u8) -> Result<usize, Error> {
         let off = self.off_of(p);
-        if off >= self.arena.reserved() {
+        if off >= self.reserved {
             return Err(Error::ForeignPointer);
         }
         if off % GRANULE != 0 || off >= self.top_off() {
@@ -651,8 +675,16 @@ impl Region {
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
+        let t = self.table();
+        // SAFETY: i is live.
+        let leaf = unsafe { t.rec(i).child } == NONE;
+        if leaf && !self.slow_free.get() {
+            // A leaf (every CoTaskMem block): no subtree walk.
+            t.free_leaf(i);
+            return Ok(());
+        }
         if !cascade {
-            self.table().detach_children(i);
+            t.detach_children(i);
         }
         self.free_record(i);
         Ok(())
@@ -663,10 +695,27 @@ impl Region {
     ///
     /// # Safety
     /// No reference into the freed block is used afterwards.
+    #[inline]
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        if ptr.as_ptr() == self.root.get() && self.log_len() == 1 {
+        let p = ptr.as_ptr();
+        let root = self.root.get();
+        if p == root && self.log_len() == 1 {
             self.rewind();
             return Ok(());
+        }
+        // A childless block below the tail (every CoTaskMem block in steady state): one window
+        // lookup and a free-list push, inline.
+        let below = if root.is_null() { self.top.get() } else { root };
+        let off = self.off_of(p);
+        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() {
+            let t = self.table();
+            if let Some(i) = t.find(off / GRANULE) {
+                // SAFETY: i is a live record.
+                if unsafe { t.rec(i).child } == NONE {
+                    t.free_leaf(i);
+                    return Ok(());
+                }
+            }
         }
         self.free_slow(ptr, false)
     }
@@ -689,6 +738,7 @@ impl Region {
                 big.remove(&idx);
             }
         });
+        self.slow_free.set(self.scrub.on_free || !big.is_empty());
     }
 
     /// Resize the block at `ptr`, keeping its contents up to the smaller size, its alignment, its
@@ -784,7 +834,7 @@ impl Region {
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.off_of(ptr) < self.arena.reserved()
+        self.off_of(ptr) < self.reserved
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
@@ -805,6 +855,7 @@ impl Region {
         let big = self.big_align.get_mut();
         if !big.is_empty() {
             big.clear();
+            self.slow_free.set(self.scrub.on_free);
         }
         self.untracked.reset();
     }
@@ -864,7 +915,7 @@ impl Region {
             reserved: self.arena.reserved() + t.reserved() + u.reserved,
             high_water: self.high_water.get(),
             table_committed: t.committed(),
-            free_slots: t.nfree as usize,
+            free_slots: t.count as usize - t.live_blocks,
             bad_pointers: self.bad_pointers.get(),
         }
     }
@@ -1030,6 +1081,26 @@ mod tests {
         unsafe { r.free(root).unwrap() };
         assert!(!r.owns(a2) && !r.owns(c));
         assert_eq!(r.stats().live_blocks, 1);
+    }
+
+    #[test]
+    fn freed_roots_are_reused_without_disturbing_the_tail() {
+        let r = region();
+        let a = r.alloc(l(40)).unwrap();
+        let _b = r.alloc(l(40)).unwrap(); // a is recorded, b is the tail root
+                                          // SAFETY: a is live.
+        unsafe { r.free(a).unwrap() };
+        assert_eq!(r.stats().free_slots, 1);
+        let t = r.alloc(l(100)).unwrap(); // a new tail
+        let kid = r.alloc_child(t, l(10)).unwrap();
+        let again = r.alloc(l(33)).unwrap(); // same class as a: reused, the tail stays pending
+        assert_eq!(again, a);
+        assert_eq!(r.stats().free_slots, 0);
+        // SAFETY: t is the tail root: its subtree is rewound.
+        unsafe { r.free(t).unwrap() };
+        assert!(!r.owns(kid) && r.owns(again));
+        assert_eq!(r.stats().live_blocks, 2);
+        assert_eq!(r.size_of(again), Some(33));
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //!
 //! * `recs[i]`: a [`Rec`] per block slot, **in address order** (the arena bumps upward, a freed
 //!   slot is reused only at the same address, and rewinds truncate). 20 bytes.
-//! * `first[w]`: for every 1 KiB window `w` of the arena, the index of the first record whose
-//!   block starts at or after the window. Lookup of an address is `first[w]..first[w+1]` and a
-//!   binary search of at most 64 records (a window holds at most 64 granules): O(1), typically
-//!   one to three probes. 4 bytes per KiB.
+//! * `windows[w]`: for every 1 KiB window `w` of the arena (64 granules), a bitmap of the
+//!   granules where a recorded block starts, and the index of the first record in the window.
+//!   Records are in address order, so the record of a block starting at granule `g` is
+//!   `first + popcount(bits below g)`: O(1), a handful of instructions, no search. 16 bytes per
+//!   KiB of arena.
 //! * per size class, a free list of dead slots threaded through `Rec::next`.
 //!
 //! ## The tree
@@ -96,6 +97,16 @@ pub(crate) fn class_granules(c: usize) -> usize {
     }
 }
 
+/// The size class of a block of `size` bytes.
+#[inline(always)]
+pub(crate) fn class_of_size(size: usize) -> usize {
+    if size <= EXACT_CLASSES * GRANULE {
+        size.saturating_sub(1) / GRANULE
+    } else {
+        class_of_granules(granules(size))
+    }
+}
+
 /// Granules a slot holding `size` bytes spans.
 #[inline(always)]
 pub(crate) fn extent_granules(size: usize) -> usize {
@@ -107,6 +118,17 @@ pub(crate) fn extent_granules(size: usize) -> usize {
     }
 }
 
+/// The lookup index of one 1 KiB window of the arena. Invariant (for windows below
+/// `init_windows`): bit `k` of `bits` is set iff a record starts at granule `64 w + k`, and
+/// `first` is the index of the first record at or after granule `64 w`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub bits: u64,
+    pub first: u32,
+    _pad: u32,
+}
+
 /// The record arrays and free lists of one region.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -115,13 +137,12 @@ pub(crate) struct Table {
     pub count: u32,
     /// Records committed in `recs_span`.
     pub cap: u32,
-    pub first: *mut u32,
-    /// Windows of `first` that are valid.
+    pub windows: *mut Window,
+    /// Windows that are valid (see [`Window`]).
     pub init_windows: usize,
-    /// Head of each class's free list (`NONE` if empty).
+    /// Head of each class's free list (`NONE` if empty). Every record is live or on exactly
+    /// one free list, so the number of dead slots is `count - live_blocks`.
     pub heads: [u32; NUM_CLASSES],
-    /// Dead slots on all free lists.
-    pub nfree: u32,
     /// Live blocks of the table and their requested bytes.
     pub live_blocks: usize,
     pub live_bytes: usize,
@@ -134,15 +155,14 @@ impl Table {
         let max_recs = (arena_reserve / GRANULE).min(MAX_RECS);
         let recs_span = Span::new(source, max_recs * core::mem::size_of::<Rec>(), 16 * 1024, level)?;
         let windows = arena_reserve.div_ceil(GRANULE << WINDOW_SHIFT) + 1;
-        let first_span = Span::new(source, windows * 4, 4096, level)?;
+        let first_span = Span::new(source, windows * core::mem::size_of::<Window>(), 4096, level)?;
         Ok(Table {
             recs: recs_span.base().as_ptr().cast(),
             count: 0,
             cap: 0,
-            first: first_span.base().as_ptr().cast(),
+            windows: first_span.base().as_ptr().cast(),
             init_windows: 0,
             heads: [NONE; NUM_CLASSES],
-            nfree: 0,
             live_blocks: 0,
             live_bytes: 0,
             recs_span,
@@ -206,7 +226,7 @@ impl Table {
     /// arena commits more, so that [`push`](Self::push) never needs more of it.
     pub(crate) fn ensure_windows(&mut self, arena_committed: usize) -> Result<(), Error> {
         let windows = (arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1;
-        self.first_span.ensure(windows * 4)
+        self.first_span.ensure(windows * core::mem::size_of::<Window>())
     }
 
     /// Append a live record for a block at granule `off` of `size` bytes under `parent`
@@ -219,14 +239,19 @@ impl Table {
         }
         let i = self.count;
         let w = (off as usize) >> WINDOW_SHIFT;
-        debug_assert!(w < self.first_span.committed() / 4, "window index not committed for window {w}");
+        debug_assert!(
+            w < self.first_span.committed() / core::mem::size_of::<Window>(),
+            "window index not committed for window {w}"
+        );
         debug_assert!(i == 0 || unsafe { self.get(i - 1).off } < off, "records out of address order");
         while self.init_windows <= w {
             // SAFETY: init_windows <= w and the index covers the committed arena
             // (`ensure_windows`), which contains every block.
-            unsafe { *self.first.add(self.init_windows) = i };
+            unsafe { *self.windows.add(self.init_windows) = Window { bits: 0, first: i, _pad: 0 } };
             self.init_windows += 1;
         }
+        // SAFETY: w < init_windows.
+        unsafe { (*self.windows.add(w)).bits |= 1 << (off & 63) };
         // SAFETY: i < cap.
         unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
         self.count = i + 1;
@@ -259,10 +284,11 @@ impl Table {
     pub(crate) fn unlink(&mut self, i: u32) {
         // SAFETY: i is a live materialized record; its neighbours are live records (invariant).
         unsafe {
-            let Rec { prev, next, .. } = *self.rec(i);
+            let prev = self.rec(i).prev;
             if prev == NONE {
                 return;
             }
+            let next = self.rec(i).next;
             if prev & PARENT != 0 {
                 self.rec(prev & !PARENT).child = next;
             } else {
@@ -277,32 +303,22 @@ impl Table {
         }
     }
 
-    /// The materialized record whose block starts at granule `g`, if it is live.
+    /// The record whose block starts at granule `g`, if it is live. O(1).
     #[inline]
     pub(crate) fn find(&self, g: usize) -> Option<u32> {
         let w = g >> WINDOW_SHIFT;
         if w >= self.init_windows {
             return None;
         }
-        // SAFETY: w < init_windows, and w + 1 too when used.
-        let (mut lo, mut hi) = unsafe {
-            (*self.first.add(w), if w + 1 < self.init_windows { *self.first.add(w + 1) } else { self.count })
-        };
-        let g = g as u32;
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            // SAFETY: lo <= mid < hi <= count <= cap.
-            let off = unsafe { self.get(mid).off };
-            if off < g {
-                lo = mid + 1;
-            } else if off > g {
-                hi = mid;
-            } else {
-                // SAFETY: as above.
-                return (unsafe { self.get(mid).prev } != DEAD).then_some(mid);
-            }
+        // SAFETY: w < init_windows.
+        let win = unsafe { *self.windows.add(w) };
+        let bit = 1u64 << (g & 63);
+        if win.bits & bit == 0 {
+            return None;
         }
-        None
+        let i = win.first + (win.bits & (bit - 1)).count_ones();
+        // SAFETY: a set bit has a record (window invariant), so i < count <= cap.
+        (unsafe { self.get(i).prev } != DEAD).then_some(i)
     }
 
     /// Make every child of live record `i` a root (O(children)).
@@ -321,19 +337,22 @@ impl Table {
         }
     }
 
-    /// Pop a dead slot of class `c`, or `None`.
+    /// Free live record `i`, which has no children: unlink it and put it on its free list.
     #[inline]
-    pub(crate) fn pop_free(&mut self, c: usize) -> Option<u32> {
-        let i = self.heads[c];
-        if i == NONE {
-            return None;
-        }
-        // SAFETY: free-list entries are dead records below count (invariant).
-        let r = unsafe { self.rec(i) };
-        debug_assert_eq!(r.prev, DEAD, "free list of class {c} holds a live record {i}");
-        self.heads[c] = r.next;
-        self.nfree -= 1;
-        Some(i)
+    pub(crate) fn free_leaf(&mut self, i: u32) {
+        self.unlink(i);
+        // SAFETY: i is a live record below count.
+        let size = unsafe { self.rec(i).size } as usize;
+        let class = class_of_size(size);
+        let head = self.heads[class];
+        // SAFETY: as above.
+        let me = unsafe { self.rec(i) };
+        debug_assert_eq!(me.child, NONE, "free_leaf of a record with children");
+        me.prev = DEAD;
+        me.next = head;
+        self.heads[class] = i;
+        self.live_blocks -= 1;
+        self.live_bytes -= size;
     }
 
     /// Free live, materialized record `root` and all its descendants; returns how many blocks
@@ -364,7 +383,7 @@ impl Table {
             on_free(i, &r);
             self.live_blocks -= 1;
             self.live_bytes -= r.size as usize;
-            let class = class_of_granules(granules(r.size as usize));
+            let class = class_of_size(r.size as usize);
             let head = self.heads[class];
             // SAFETY: i is below count.
             let me = unsafe { self.rec(i) };
@@ -372,7 +391,6 @@ impl Table {
             me.child = NONE;
             me.next = head;
             self.heads[class] = i;
-            self.nfree += 1;
             freed += 1;
         }
         freed
@@ -380,13 +398,12 @@ impl Table {
 
     /// Forget every record in O(number of classes).
     pub(crate) fn reset(&mut self) {
+        if self.count as usize != self.live_blocks {
+            // some slot is dead; when none is, every head is NONE: skip the 768-byte store
+            self.heads = [NONE; NUM_CLASSES];
+        }
         self.count = 0;
         self.init_windows = 0;
-        if self.nfree != 0 {
-            // every head is NONE when no slot is free: skip the 768-byte store otherwise
-            self.heads = [NONE; NUM_CLASSES];
-            self.nfree = 0;
-        }
         self.live_blocks = 0;
         self.live_bytes = 0;
     }
@@ -399,8 +416,9 @@ impl Table {
         self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond what `count` records need (after a reset). The window index
-    /// keeps covering an arena of `arena_committed` bytes (the invariant of `ensure_windows`).
+    /// Give back table memory beyond what `count` records need (after a reset).
+    /// The window index keeps covering an arena of `arena_committed` bytes (the invariant of
+    /// `ensure_windows`).
     pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
         let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
@@ -409,7 +427,7 @@ impl Table {
         let windows = ((arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1).max(self.init_windows);
         // SAFETY: no window past init_windows is referenced, and `push` writes only windows of
         // the committed arena, which stay committed.
-        let b = unsafe { self.first_span.trim(windows * 4)? };
+        let b = unsafe { self.first_span.trim(windows * core::mem::size_of::<Window>())? };
         Ok(a + b)
     }
 }
@@ -435,6 +453,9 @@ mod tests {
         assert_eq!(extent_granules(16), 1);
         assert_eq!(extent_granules(17), 2);
         assert_eq!(extent_granules(1024), 64);
+        for size in 0..100_000 {
+            assert_eq!(class_of_size(size), class_of_granules(granules(size)), "{size}");
+        }
         // at most 25% waste above the exact classes
         for g in 65..100_000usize {
             assert!(class_granules(class_of_granules(g)) * 4 <= g * 5, "{g}");

@@ -274,7 +274,13 @@ fn every_c_client_passes_linked_statically() {
             Err(e) => failures.push(format!("FAILED: {name}\n{e}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} C clients failed:\n\n{}", failures.len(), clients.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} C clients failed:\n\n{}",
+        failures.len(),
+        clients.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -382,15 +388,30 @@ fn rust_layouts() -> BTreeMap<String, usize> {
     size!("SoHAttributeValue", SoHAttributeValue);
     // Union members are all at 0; nested offsets are spelled out (offset_of! of a nested field
     // needs a newer Rust than the crate's rust-version).
-    off!("SoHAttributeValue.v4AddressesVal.addresses", offset_of!(SoHAttributeValue, v4_addresses_val) + offset_of!(Ipv4Addresses, addresses));
-    off!("SoHAttributeValue.v6AddressesVal.addresses", offset_of!(SoHAttributeValue, v6_addresses_val) + offset_of!(Ipv6Addresses, addresses));
-    off!("SoHAttributeValue.codesVal.results", offset_of!(SoHAttributeValue, codes_val) + offset_of!(ResultCodes, results));
-    off!("SoHAttributeValue.vendorSpecificVal.size", offset_of!(SoHAttributeValue, vendor_specific_val) + offset_of!(VendorSpecific, size));
+    off!(
+        "SoHAttributeValue.v4AddressesVal.addresses",
+        offset_of!(SoHAttributeValue, v4_addresses_val) + offset_of!(Ipv4Addresses, addresses)
+    );
+    off!(
+        "SoHAttributeValue.v6AddressesVal.addresses",
+        offset_of!(SoHAttributeValue, v6_addresses_val) + offset_of!(Ipv6Addresses, addresses)
+    );
+    off!(
+        "SoHAttributeValue.codesVal.results",
+        offset_of!(SoHAttributeValue, codes_val) + offset_of!(ResultCodes, results)
+    );
+    off!(
+        "SoHAttributeValue.vendorSpecificVal.size",
+        offset_of!(SoHAttributeValue, vendor_specific_val) + offset_of!(VendorSpecific, size)
+    );
     off!(
         "SoHAttributeValue.vendorSpecificVal.vendorSpecificData",
         offset_of!(SoHAttributeValue, vendor_specific_val) + offset_of!(VendorSpecific, vendor_specific_data)
     );
-    off!("SoHAttributeValue.octetStringVal.data", offset_of!(SoHAttributeValue, octet_string_val) + offset_of!(OctetString, data));
+    off!(
+        "SoHAttributeValue.octetStringVal.data",
+        offset_of!(SoHAttributeValue, octet_string_val) + offset_of!(OctetString, data)
+    );
 
     size!("IUnknownVtbl", IUnknownVtbl);
     size!("IMallocVtbl", IMallocVtbl);
@@ -401,7 +422,10 @@ fn rust_layouts() -> BTreeMap<String, usize> {
     off!("IMallocVtbl.DidAlloc", offset_of!(IMallocVtbl, did_alloc));
     off!("IMallocVtbl.HeapMinimize", offset_of!(IMallocVtbl, heap_minimize));
     size!("ICLRMemoryNotificationCallbackVtbl", ICLRMemoryNotificationCallbackVtbl);
-    off!("ICLRMemoryNotificationCallbackVtbl.OnMemoryNotification", offset_of!(ICLRMemoryNotificationCallbackVtbl, on_memory_notification));
+    off!(
+        "ICLRMemoryNotificationCallbackVtbl.OnMemoryNotification",
+        offset_of!(ICLRMemoryNotificationCallbackVtbl, on_memory_notification)
+    );
     size!("IHostMallocVtbl", IHostMallocVtbl);
     off!("IHostMallocVtbl.Alloc", offset_of!(IHostMallocVtbl, alloc));
     off!("IHostMallocVtbl.DebugAlloc", offset_of!(IHostMallocVtbl, debug_alloc));
@@ -417,9 +441,18 @@ fn rust_layouts() -> BTreeMap<String, usize> {
         "IHostMemoryManagerVtbl.RegisterMemoryNotificationCallback",
         offset_of!(IHostMemoryManagerVtbl, register_memory_notification_callback)
     );
-    off!("IHostMemoryManagerVtbl.NeedsVirtualAddressSpace", offset_of!(IHostMemoryManagerVtbl, needs_virtual_address_space));
-    off!("IHostMemoryManagerVtbl.AcquiredVirtualAddressSpace", offset_of!(IHostMemoryManagerVtbl, acquired_virtual_address_space));
-    off!("IHostMemoryManagerVtbl.ReleasedVirtualAddressSpace", offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space));
+    off!(
+        "IHostMemoryManagerVtbl.NeedsVirtualAddressSpace",
+        offset_of!(IHostMemoryManagerVtbl, needs_virtual_address_space)
+    );
+    off!(
+        "IHostMemoryManagerVtbl.AcquiredVirtualAddressSpace",
+        offset_of!(IHostMemoryManagerVtbl, acquired_virtual_address_space)
+    );
+    off!(
+        "IHostMemoryManagerVtbl.ReleasedVirtualAddressSpace",
+        offset_of!(IHostMemoryManagerVtbl, released_virtual_address_space)
+    );
 
     size!("NapallocStats", NapallocStats);
     off!("NapallocStats.live_blocks", offset_of!(NapallocStats, live_blocks));
@@ -496,14 +529,30 @@ fn syntax_check(cc: &str, lang: &str, flags: &[&str]) -> Result<(), String> {
 #[test]
 fn header_compiles_in_strict_c_and_cpp_modes() {
     // Warnings that users' builds commonly turn on, on top of -Wall -Wextra -Werror -pedantic.
-    const STRICT: &[&str] = &["-Wall", "-Wextra", "-Werror", "-pedantic", "-Wundef", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual"];
+    const STRICT: &[&str] = &[
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-Wundef",
+        "-Wshadow",
+        "-Wconversion",
+        "-Wsign-conversion",
+        "-Wcast-qual",
+    ];
     let mut failures = Vec::new();
     for std in ["-std=c11", "-std=c17", "-std=gnu11"] {
-        let flags: Vec<&str> = [std].iter().chain(STRICT).chain(&["-Wstrict-prototypes", "-Wmissing-prototypes"]).copied().collect();
+        let flags: Vec<&str> =
+            [std].iter().chain(STRICT).chain(&["-Wstrict-prototypes", "-Wmissing-prototypes"]).copied().collect();
         failures.extend(syntax_check("gcc", "c", &flags).err());
     }
     for std in ["-std=c++11", "-std=c++14", "-std=c++17", "-std=c++20"] {
-        let flags: Vec<&str> = [std].iter().chain(STRICT).chain(&["-Wold-style-cast", "-Wzero-as-null-pointer-constant"]).copied().collect();
+        let flags: Vec<&str> = [std]
+            .iter()
+            .chain(STRICT)
+            .chain(&["-Wold-style-cast", "-Wzero-as-null-pointer-constant"])
+            .copied()
+            .collect();
         failures.extend(syntax_check("g++", "c++", &flags).err());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -791,7 +840,12 @@ fn the_pkg_config_file_builds_a_working_client() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pc_dir.join("napalloc.pc").display().to_string());
 
     let pkg_config = |args: &[&str]| -> String {
-        let out = Command::new("pkg-config").env("PKG_CONFIG_PATH", &pc_dir).args(args).arg("napalloc").output().expect("run pkg-config");
+        let out = Command::new("pkg-config")
+            .env("PKG_CONFIG_PATH", &pc_dir)
+            .args(args)
+            .arg("napalloc")
+            .output()
+            .expect("run pkg-config");
         assert!(out.status.success(), "pkg-config {args:?} napalloc failed:\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };

@@ -509,7 +509,7 @@ fn churn_10m_keeps_committed_memory_flat() {
 }
 
 /// Side-table bytes per live block for the canonical request (WORKLOAD.md), when requests stay
-/// live long enough to be recorded: one 20-byte record per block, plus the window index (4 bytes
+/// live long enough to be recorded: one 20-byte record per block, plus the window index (16 bytes
 /// per KiB of committed arena, committed in doubling steps like everything else). While a request
 /// is still the pending tail, its blocks cost one 4-byte entry each in a fixed 1 KiB log, and no
 /// table memory at all.
@@ -544,11 +544,12 @@ fn side_table_cost_per_block() {
     assert!(dense.0 > REQUESTS * 18 / 4, "the table grew at least once in the last three quarters");
     let per_block = |(blocks, committed, _): (usize, usize, usize)| (committed - base) as f64 / blocks as f64;
     // The design: a 20-byte record per block; the window index covers the committed arena at
-    // 4 bytes per KiB and may itself be up to twice that (doubling commits); one log's worth of
+    // 16 bytes per KiB (a 64-bit start bitmap and a first-record index) and may itself be up to
+    // twice that (doubling commits); one log's worth of
     // records (257 x 20 B) is reserved ahead; commits are whole pages.
     let (blocks, _, arena) = dense;
     let records = 20.0;
-    let windows = 4.0 * (arena as f64 / 1024.0) / blocks as f64;
+    let windows = 16.0 * (arena as f64 / 1024.0) / blocks as f64;
     let slack = (257.0 * 20.0 + 2.0 * 4096.0) / blocks as f64;
     println!(
         "side table per live block: {:.2} B at full commit ({records} B record + window index {windows:.2}..{:.2} B), \

@@ -485,8 +485,10 @@ pub struct ICLRMemoryNotificationCallbackVtbl {
     pub add_ref: RefCountFn<ICLRMemoryNotificationCallback>,
     pub release: RefCountFn<ICLRMemoryNotificationCallback>,
     /// `HRESULT OnMemoryNotification(This, EMemoryAvailable)`; must not block.
-    pub on_memory_notification:
-        unsafe extern "system" fn(this: *mut ICLRMemoryNotificationCallback, e_memory_available: EMemoryAvailable) -> HRESULT,
+    pub on_memory_notification: unsafe extern "system" fn(
+        this: *mut ICLRMemoryNotificationCallback,
+        e_memory_available: EMemoryAvailable,
+    ) -> HRESULT,
 }
 
 /// `IHostMalloc`: a heap of the host's. napalloc never calls it; declared for `CreateMalloc`.
@@ -540,7 +542,11 @@ pub struct IHostMemoryManagerVtbl {
     pub release: Option<RefCountFn<IHostMemoryManager>>,
     /// `CreateMalloc(DWORD dwMallocType, IHostMalloc **ppMalloc)`
     pub create_malloc: Option<
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, dw_malloc_type: DWORD, pp_malloc: *mut *mut IHostMalloc) -> HRESULT,
+        unsafe extern "system" fn(
+            this: *mut IHostMemoryManager,
+            dw_malloc_type: DWORD,
+            pp_malloc: *mut *mut IHostMalloc,
+        ) -> HRESULT,
     >,
     /// `VirtualAlloc(void *pAddress, SIZE_T dwSize, DWORD flAllocationType, DWORD flProtect,
     /// EMemoryCriticalLevel eCriticalLevel, void **ppMem)`; `*ppMem = NULL` on failure.
@@ -557,7 +563,12 @@ pub struct IHostMemoryManagerVtbl {
     >,
     /// `VirtualFree(LPVOID lpAddress, SIZE_T dwSize, DWORD dwFreeType)`
     pub virtual_free: Option<
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, lp_address: LPVOID, dw_size: SIZE_T, dw_free_type: DWORD) -> HRESULT,
+        unsafe extern "system" fn(
+            this: *mut IHostMemoryManager,
+            lp_address: LPVOID,
+            dw_size: SIZE_T,
+            dw_free_type: DWORD,
+        ) -> HRESULT,
     >,
     /// `VirtualQuery(void *lpAddress, void *lpBuffer, SIZE_T dwLength, SIZE_T *pResult)`
     pub virtual_query: Option<
@@ -581,18 +592,27 @@ pub struct IHostMemoryManagerVtbl {
     >,
     /// `GetMemoryLoad(DWORD *pMemoryLoad, SIZE_T *pAvailableBytes)`
     pub get_memory_load: Option<
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, p_memory_load: *mut DWORD, p_available_bytes: *mut SIZE_T) -> HRESULT,
+        unsafe extern "system" fn(
+            this: *mut IHostMemoryManager,
+            p_memory_load: *mut DWORD,
+            p_available_bytes: *mut SIZE_T,
+        ) -> HRESULT,
     >,
     /// `RegisterMemoryNotificationCallback(ICLRMemoryNotificationCallback *pCallback)`
     pub register_memory_notification_callback: Option<
-        unsafe extern "system" fn(this: *mut IHostMemoryManager, p_callback: *mut ICLRMemoryNotificationCallback) -> HRESULT,
+        unsafe extern "system" fn(
+            this: *mut IHostMemoryManager,
+            p_callback: *mut ICLRMemoryNotificationCallback,
+        ) -> HRESULT,
     >,
     /// `NeedsVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`
-    pub needs_virtual_address_space:
-        Option<unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID, size: SIZE_T) -> HRESULT>,
+    pub needs_virtual_address_space: Option<
+        unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID, size: SIZE_T) -> HRESULT,
+    >,
     /// `AcquiredVirtualAddressSpace(LPVOID startAddress, SIZE_T size)`
-    pub acquired_virtual_address_space:
-        Option<unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID, size: SIZE_T) -> HRESULT>,
+    pub acquired_virtual_address_space: Option<
+        unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID, size: SIZE_T) -> HRESULT,
+    >,
     /// `ReleasedVirtualAddressSpace(LPVOID startAddress)`
     pub released_virtual_address_space:
         Option<unsafe extern "system" fn(this: *mut IHostMemoryManager, start_address: LPVOID) -> HRESULT>,
@@ -846,7 +866,9 @@ impl SoHAttributeType {
             SoHAttributeType::IPV4_FIXUP_SERVERS => SoHValueMember::V4AddressesVal,
             SoHAttributeType::IPV6_FIXUP_SERVERS => SoHValueMember::V6AddressesVal,
             SoHAttributeType::COMPLIANCE_RESULT_CODES | SoHAttributeType::ERROR_CODES => SoHValueMember::CodesVal,
-            SoHAttributeType::TIME_OF_LAST_UPDATE | SoHAttributeType::SOH_GENERATION_TIME => SoHValueMember::DateTimeVal,
+            SoHAttributeType::TIME_OF_LAST_UPDATE | SoHAttributeType::SOH_GENERATION_TIME => {
+                SoHValueMember::DateTimeVal
+            }
             SoHAttributeType::VENDOR_SPECIFIC => SoHValueMember::VendorSpecificVal,
             SoHAttributeType::HEALTH_CLASS
             | SoHAttributeType::FAILURE_CATEGORY
@@ -1057,7 +1079,12 @@ mod tests {
         assert_eq!(offset_of!(Connections, connections), 8);
         assert_eq!(size_of::<FixupInfo>(), 32);
         assert_eq!(
-            [offset_of!(FixupInfo, state), offset_of!(FixupInfo, percentage), offset_of!(FixupInfo, result_codes), offset_of!(FixupInfo, fixup_msg_id)],
+            [
+                offset_of!(FixupInfo, state),
+                offset_of!(FixupInfo, percentage),
+                offset_of!(FixupInfo, result_codes),
+                offset_of!(FixupInfo, fixup_msg_id)
+            ],
             [0, 4, 8, 24]
         );
         assert_eq!(size_of::<SystemHealthAgentState>(), 64);
@@ -1085,7 +1112,9 @@ mod tests {
         assert_eq!(align_of::<SoHAttributeValue>(), 8);
         let mut byte = 0u8;
         let p: *mut u8 = &mut byte;
-        let v = SoHAttributeValue { vendor_specific_val: VendorSpecific { vendor_id: 7, size: 3, vendor_specific_data: p } };
+        let v = SoHAttributeValue {
+            vendor_specific_val: VendorSpecific { vendor_id: 7, size: 3, vendor_specific_data: p },
+        };
         // SAFETY: every member is plain data; the bytes at offset 8 were written as a pointer
         // by the initialisation of `vendor_specific_val`, the union's largest member.
         let octets = unsafe { v.octet_string_val };
@@ -1145,7 +1174,9 @@ mod tests {
         // Only the first 4 bytes are initialised: a type without a pointer must not read offset 8
         // (Miri would report the read of uninitialised memory).
         let id = SoHAttributeValue { id_val: 5 };
-        for t in [SoHAttributeType::SYSTEM_HEALTH_ID, SoHAttributeType::TIME_OF_LAST_UPDATE, SoHAttributeType::HEALTH_CLASS] {
+        for t in
+            [SoHAttributeType::SYSTEM_HEALTH_ID, SoHAttributeType::TIME_OF_LAST_UPDATE, SoHAttributeType::HEALTH_CLASS]
+        {
             // SAFETY: `t` selects a member without a pointer, so nothing past `id_val` is read.
             assert_eq!(unsafe { id.embedded_pointer(t) }, None, "{t:?}");
         }
@@ -1213,7 +1244,15 @@ mod tests {
         };
         let s = NapallocStats::from(h);
         assert_eq!(
-            [s.live_blocks, s.live_bytes, s.committed_bytes, s.reserved_bytes, s.bad_pointer_reports, s.failed_allocations, s.trims],
+            [
+                s.live_blocks,
+                s.live_bytes,
+                s.committed_bytes,
+                s.reserved_bytes,
+                s.bad_pointer_reports,
+                s.failed_allocations,
+                s.trims
+            ],
             [1, 2, 3, 4, 5, 6, 7]
         );
     }
@@ -1246,7 +1285,8 @@ mod tests {
 
     #[test]
     fn com_object_release_calls_the_vtable_and_tolerates_nulls() {
-        static FULL: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: Some(counted_add_ref), release: Some(counted_release) };
+        static FULL: IUnknownVtbl =
+            IUnknownVtbl { query_interface: None, add_ref: Some(counted_add_ref), release: Some(counted_release) };
         static NO_RELEASE: IUnknownVtbl = IUnknownVtbl { query_interface: None, add_ref: None, release: None };
         let mut obj = Counted { base: ComObject { vtbl: &FULL }, refs: AtomicU32::new(1) };
         // The pointer covers the whole object: the vtable functions read `refs` through it.

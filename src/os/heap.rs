@@ -13,12 +13,12 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 const PAGE: usize = 4096;
 
 pub(super) fn query_config() -> OsConfig {
-    OsConfig {
-        page_size: PAGE,
-        granularity: PAGE,
-        has_virtual_reserve: false,
-        backend: "heap",
-    }
+    OsConfig { page_size: PAGE, granularity: PAGE, has_virtual_reserve: false, backend: "heap" }
+}
+
+/// See `super::memory_load`: the heap backend does not know the machine's memory load.
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    None
 }
 
 /// A reserved range (here: a zeroed heap allocation). See `os/mod.rs`.

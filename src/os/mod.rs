@@ -68,6 +68,16 @@ pub fn granularity() -> usize {
     config().granularity
 }
 
+/// The machine's memory load: the percentage of physical memory in use (0..=100) and the bytes
+/// of physical memory still available, as the OS reports them (`GlobalMemoryStatusEx` on
+/// Windows, `MemTotal`/`MemAvailable` of `/proc/meminfo` on Linux). `None` where the OS does not
+/// say (other Unixes, and the heap backend under Miri).
+///
+/// Not for hot paths: it is a system call (or a small file read) every time.
+pub fn memory_load() -> Option<(u32, usize)> {
+    backend::memory_load()
+}
+
 /// Round `n` up to a multiple of `to` (a power of two); `None` on overflow.
 #[inline]
 pub(crate) fn round_up(n: usize, to: usize) -> Option<usize> {
@@ -103,14 +113,8 @@ mod tests {
     #[test]
     fn config_is_sane() {
         let c = config();
-        assert!(
-            c.page_size.is_power_of_two() && c.page_size >= 4096,
-            "{c:?}"
-        );
-        assert!(
-            c.granularity.is_power_of_two() && c.granularity >= c.page_size,
-            "{c:?}"
-        );
+        assert!(c.page_size.is_power_of_two() && c.page_size >= 4096, "{c:?}");
+        assert!(c.granularity.is_power_of_two() && c.granularity >= c.page_size, "{c:?}");
     }
 
     #[test]
@@ -143,6 +147,14 @@ mod tests {
         // far more address space than any machine has: a clean error, not a crash
         #[cfg(not(miri))]
         assert!(Reservation::new(1usize << 62).is_err());
+    }
+
+    #[test]
+    fn memory_load_is_a_percentage() {
+        if let Some((load, avail)) = memory_load() {
+            assert!(load <= 100, "load {load}%");
+            assert!(avail > 0, "a running machine has some memory available");
+        }
     }
 
     #[test]

@@ -19,12 +19,7 @@ use rustix::mm::{mprotect, MprotectFlags};
 
 pub(super) fn query_config() -> OsConfig {
     let page = rustix::param::page_size();
-    OsConfig {
-        page_size: page,
-        granularity: page,
-        has_virtual_reserve: true,
-        backend: "mmap",
-    }
+    OsConfig { page_size: page, granularity: page, has_virtual_reserve: true, backend: "mmap" }
 }
 
 /// A reserved range of address space (see the module contract in `os/mod.rs`).
@@ -41,6 +36,29 @@ unsafe impl Send for Reservation {}
 // SAFETY: as above; no method touches the mapped bytes through `&self`.
 unsafe impl Sync for Reservation {}
 
+/// See [`super::memory_load`]: `MemTotal` and `MemAvailable` from `/proc/meminfo` (proc(5)).
+#[cfg(target_os = "linux")]
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+    };
+    let total = field("MemTotal:")?;
+    let avail = field("MemAvailable:")?.min(total);
+    if total == 0 {
+        return None;
+    }
+    let load = 100 - (avail.saturating_mul(100) / total).min(100);
+    Some((load as u32, usize::try_from(avail.saturating_mul(1024)).unwrap_or(usize::MAX)))
+}
+
+/// See [`super::memory_load`]: not reported on this Unix.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    None
+}
+
 fn os_err(e: std::io::Error) -> Error {
     match e.raw_os_error() {
         Some(code) if code == rustix::io::Errno::NOMEM.raw_os_error() => Error::OutOfMemory,
@@ -53,15 +71,10 @@ impl Reservation {
     /// Reserve at least `len` bytes of address space (rounded up to the granularity).
     pub fn new(len: usize) -> Result<Self, Error> {
         let len = reservation_size(len)?;
-        let map = MmapOptions::new()
-            .len(len)
-            .no_reserve_swap()
-            .map_anon()
-            .map_err(os_err)?;
+        let map = MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(os_err)?;
         let map = MmapRaw::from(map);
         // SAFETY: the mapping was just created, spans `len` bytes, and nothing refers into it.
-        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }
-            .map_err(|e| os_err(e.into()))?;
+        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }.map_err(|e| os_err(e.into()))?;
         Ok(Reservation { map })
     }
 
@@ -95,14 +108,8 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is inside our mapping; raising protection does
         // not invalidate any existing reference.
-        unsafe {
-            mprotect(
-                self.map.as_mut_ptr().add(offset).cast(),
-                len,
-                MprotectFlags::READ | MprotectFlags::WRITE,
-            )
-        }
-        .map_err(|e| os_err(e.into()))
+        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE) }
+            .map_err(|e| os_err(e.into()))
     }
 
     /// Return `[offset, offset + len)` to the OS; it reads as zero once committed again.
@@ -116,19 +123,9 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is ours and unreferenced; DONTNEED on a private
         // anonymous mapping drops the pages at once and they refault as zero.
-        unsafe {
-            self.map
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
-        }
-        .map_err(os_err)?;
+        unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }.map_err(os_err)?;
         // SAFETY: as above; lowering protection of an unreferenced range is sound.
-        unsafe {
-            mprotect(
-                self.map.as_mut_ptr().add(offset).cast(),
-                len,
-                MprotectFlags::empty(),
-            )
-        }
-        .map_err(|e| os_err(e.into()))
+        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::empty()) }
+            .map_err(|e| os_err(e.into()))
     }
 }

@@ -12,10 +12,9 @@ use crate::Error;
 use core::ptr::NonNull;
 use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::System::Memory::{
-    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS,
-    PAGE_READWRITE,
+    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, PAGE_READWRITE,
 };
-use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
+use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, GlobalMemoryStatusEx, MEMORYSTATUSEX, SYSTEM_INFO};
 
 pub(super) fn query_config() -> OsConfig {
     // SAFETY: SYSTEM_INFO is plain data; GetSystemInfo fills it and cannot fail.
@@ -30,6 +29,21 @@ pub(super) fn query_config() -> OsConfig {
         has_virtual_reserve: true,
         backend: "VirtualAlloc",
     }
+}
+
+/// See `super::memory_load`: `GlobalMemoryStatusEx`'s `dwMemoryLoad` and `ullAvailPhys`.
+pub(super) fn memory_load() -> Option<(u32, usize)> {
+    // SAFETY: MEMORYSTATUSEX is plain data; `dwLength` is set as the API requires and the call
+    // only writes into the struct we own.
+    let status = unsafe {
+        let mut status: MEMORYSTATUSEX = core::mem::zeroed();
+        status.dwLength = core::mem::size_of::<MEMORYSTATUSEX>() as u32;
+        if GlobalMemoryStatusEx(&mut status) == 0 {
+            return None;
+        }
+        status
+    };
+    Some((status.dwMemoryLoad.min(100), usize::try_from(status.ullAvailPhys).unwrap_or(usize::MAX)))
 }
 
 fn last_error() -> Error {
@@ -93,14 +107,7 @@ impl Reservation {
             return Ok(());
         }
         // SAFETY: the caller guarantees the range is inside our reservation.
-        let p = unsafe {
-            VirtualAlloc(
-                self.base.as_ptr().add(offset).cast(),
-                len,
-                MEM_COMMIT,
-                PAGE_READWRITE,
-            )
-        };
+        let p = unsafe { VirtualAlloc(self.base.as_ptr().add(offset).cast(), len, MEM_COMMIT, PAGE_READWRITE) };
         if p.is_null() {
             Err(last_error())
         } else {
