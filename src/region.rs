@@ -566,11 +566,21 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        // Blocks below the tail are all in the table already.
-        if p.as_ptr() >= self.root.get() {
+        // Blocks below the tail are all in the table already; but if the tail root hangs under a
+        // recorded block, that block's subtree is complete only once the tail is recorded.
+        if p.as_ptr() >= self.root.get() || self.tail_has_parent() {
             self.materialize();
         }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
+    }
+
+    /// True if the pending tail's root is an embedded pointer of a recorded block (log entry 0
+    /// carries `NESTED`): the tail is then part of that block's subtree, and freeing any recorded
+    /// block must record the tail first.
+    #[inline]
+    fn tail_has_parent(&self) -> bool {
+        // SAFETY: the log is not empty while `root` is non-null; entry 0 is the root's.
+        !self.root.get().is_null() && unsafe { *self.log_start() } & NESTED != 0
     }
 
     #[inline]
@@ -707,7 +717,7 @@ impl Region {
         // lookup and a free-list push, inline.
         let below = if root.is_null() { self.top.get() } else { root };
         let off = self.off_of(p);
-        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() {
+        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() && !self.tail_has_parent() {
             let t = self.table();
             if let Some(i) = t.find(off / GRANULE) {
                 // SAFETY: i is a live record.

@@ -424,6 +424,34 @@ mod found {
         assert_eq!(r.stats().free_slots, 0);
     }
 
+    /// A block allocated under a recorded parent starts a pending tail whose root is that
+    /// parent's child. Freeing the parent must free it too (before the fix, the lookup skipped
+    /// materializing for blocks below the tail, so the child stayed live under a dead record).
+    #[test]
+    fn free_of_the_parent_of_a_pending_tail_root() {
+        let r = region();
+        let l = Layout::from_size_align(16, 8).unwrap();
+        let a = r.alloc(l).unwrap();
+        let _b = r.alloc(l).unwrap(); // records a
+        let c = r.alloc_child(a, l).unwrap(); // a new tail whose root is a's child
+        // SAFETY: a is live; c goes with it.
+        unsafe { r.free(a).unwrap() };
+        assert!(!r.owns(c), "the child went with its parent");
+        assert_eq!(r.stats().live_blocks, 1);
+        // free_one: the child becomes a root and stays one when a's slot is reused
+        let a = r.alloc(l).unwrap();
+        let _d = r.alloc(l).unwrap();
+        let c = r.alloc_child(a, l).unwrap();
+        // SAFETY: a is live; c survives it as a root.
+        unsafe { r.free_one(a).unwrap() };
+        assert!(r.owns(c));
+        let e = r.alloc(l).unwrap(); // takes a's dead slot
+        // SAFETY: e is live; c is not its child.
+        unsafe { r.free(e).unwrap() };
+        assert!(r.owns(c), "c was linked under a's reused slot");
+        assert_eq!(r.stats().live_blocks, 3);
+    }
+
     /// `trim` while a tail is pending, then materializing it: the window index must still be
     /// committed (before the fix it was decommitted down to the recorded windows, and the next
     /// materialization wrote to a PROT_NONE page).
