@@ -882,8 +882,6 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        // The window index must keep covering the committed arena (see `grow_arena`): blocks
-        // of a pending tail, or bumped later into retained pages, are recorded without a commit.
         let b = self.table().trim(LOG_CAP + 1, self.arena.committed())?;
         self.refresh_fast_end();
         let c = self.untracked.trim(0)?;
@@ -1111,6 +1109,18 @@ mod tests {
         assert!(!r.owns(kid) && r.owns(again));
         assert_eq!(r.stats().live_blocks, 2);
         assert_eq!(r.size_of(again), Some(33));
+    }
+
+    #[test]
+    fn trim_keeps_the_window_index_for_the_committed_arena() {
+        // alloc; trim; alloc materializes into a window of pages that stayed committed
+        let mut r = region();
+        r.alloc(l(16)).unwrap();
+        r.trim(0).unwrap();
+        let b = r.alloc(l(16)).unwrap();
+        let c = r.alloc(l(16)).unwrap();
+        assert!(r.owns(b) && r.owns(c));
+        assert_eq!(r.stats().live_blocks, 3);
     }
 
     #[test]

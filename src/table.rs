@@ -416,9 +416,8 @@ impl Table {
         self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond what `count` records need (after a reset).
-    /// The window index keeps covering an arena of `arena_committed` bytes (the invariant of
-    /// `ensure_windows`).
+    /// Give back table memory beyond what `count` records need (after a reset). The window index
+    /// keeps covering an arena of `arena_committed` bytes (the invariant of `ensure_windows`).
     pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
         let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
