@@ -434,7 +434,7 @@ mod found {
         let a = r.alloc(l).unwrap();
         let _b = r.alloc(l).unwrap(); // records a
         let c = r.alloc_child(a, l).unwrap(); // a new tail whose root is a's child
-        // SAFETY: a is live; c goes with it.
+                                              // SAFETY: a is live; c goes with it.
         unsafe { r.free(a).unwrap() };
         assert!(!r.owns(c), "the child went with its parent");
         assert_eq!(r.stats().live_blocks, 1);
@@ -446,7 +446,7 @@ mod found {
         unsafe { r.free_one(a).unwrap() };
         assert!(r.owns(c));
         let e = r.alloc(l).unwrap(); // takes a's dead slot
-        // SAFETY: e is live; c is not its child.
+                                     // SAFETY: e is live; c is not its child.
         unsafe { r.free(e).unwrap() };
         assert!(r.owns(c), "c was linked under a's reused slot");
         assert_eq!(r.stats().live_blocks, 3);
