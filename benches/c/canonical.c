@@ -41,7 +41,8 @@ static __attribute__((noinline)) void run_floor(uint64_t n) {
         OPAQUE(arr);
         for (int i = 0; i < BLOCKS; i++) {
             unsigned char *b = h + 128;
-            (void)block_size(next());
+            size_t size = block_size(next());
+            OPAQUE(size); /* consumed, as an allocator would */
             OPAQUE(b);
             b[0] = (unsigned char)i;
             arr[i & 7] = b;
