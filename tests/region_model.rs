@@ -63,8 +63,15 @@ enum Target {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: usize, align_shift: u32 },
-    AllocChild { parent: Target, size: usize, align_shift: u32 },
+    Alloc {
+        size: usize,
+        align_shift: u32,
+    },
+    AllocChild {
+        parent: Target,
+        size: usize,
+        align_shift: u32,
+    },
     Free(Target),
     FreeOne(Target),
     Realloc(Target, usize),
@@ -72,6 +79,12 @@ enum Op {
     Trim(usize),
     Query(Target),
     Untracked(usize),
+    /// `n` children of one parent in a row (fills the pending tail's log past its capacity).
+    Burst {
+        parent: Target,
+        n: usize,
+        size: usize,
+    },
 }
 
 /// What a target resolves to against the model.
@@ -295,6 +308,18 @@ impl Model {
                     assert_eq!(self.r.size_of(p), None);
                 }
             },
+            Op::Burst { parent, n, size } => {
+                let layout = Layout::from_size_align(*size, 8).unwrap();
+                match self.resolve(parent) {
+                    Resolved::Live(pid, pp) => {
+                        for _ in 0..*n {
+                            let p = self.r.alloc_child(pp, layout).unwrap();
+                            self.add(p, *size, 8, Some(pid));
+                        }
+                    }
+                    Resolved::Bad(pp, want) => assert_eq!(self.r.alloc_child(pp, layout), Err(want)),
+                }
+            }
             &Op::Untracked(size) => {
                 let p = self.r.alloc_untracked(Layout::from_size_align(size, 8).unwrap()).unwrap();
                 self.untracked.push(p);
@@ -323,8 +348,9 @@ impl Model {
                 assert_eq!(v, pat(id, k), "block {id} ({} bytes at {:p}) byte {k} overwritten", b.size, b.ptr);
             }
         }
+        let starts: std::collections::HashSet<NonNull<u8>> = self.live.values().map(|b| b.ptr).collect();
         for &p in &self.freed {
-            if self.live_at(p).is_none() {
+            if !starts.contains(&p) {
                 assert!(!self.r.owns(p), "freed {p:p} still owned");
                 assert_eq!(self.r.size_of(p), None);
             }
@@ -372,6 +398,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![Just(0usize), Just(4096), Just(1 << 20)].prop_map(Op::Trim),
         3 => target().prop_map(Op::Query),
         1 => (0..200usize).prop_map(Op::Untracked),
+        1 => (target(), 1..=300usize, 0..=48usize).prop_map(|(parent, n, size)| Op::Burst { parent, n, size }),
     ]
 }
 
