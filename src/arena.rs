@@ -92,7 +92,18 @@ impl Span {
         debug_assert!(new <= self.reserved() && new % page == 0 && new >= need);
         // SAFETY: [have, new) is page-aligned (both are multiples of the page size) and inside
         // the reservation (new <= reserved).
-        unsafe { self.pages.commit(have, new - have, self.level)? };
+        let mut r = unsafe { self.pages.commit(have, new - have, self.level) };
+        let exact = crate::os::round_up(need, page).ok_or(Error::TooLarge)?;
+        let new = if r.is_err() && exact < new {
+            // The chunk was refused (a budget or a host near its limit): ask for just what is
+            // needed before failing.
+            // SAFETY: as above; exact is page-aligned and between have and new.
+            r = unsafe { self.pages.commit(have, exact - have, self.level) };
+            exact
+        } else {
+            new
+        };
+        r?;
         self.committed.set(new);
         Ok(())
     }
@@ -520,6 +531,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_chunk_falls_back_to_what_is_needed() {
+        let budget = crate::host::Budget::new(40 * 1024, 40 * 1024).unwrap();
+        let a = PageArena::builder()
+            .reserve(1 << 20)
+            .commit_chunk(64 * 1024)
+            .source(Source::Os.with_budget(budget.clone()))
+            .build()
+            .unwrap();
+        // a 64 KiB chunk would pass the budget; 36 KiB fits
+        a.alloc_layout(Layout::from_size_align(36 * 1024, 8).unwrap()).unwrap();
+        assert!(a.stats().committed <= 40 * 1024);
+        assert_eq!(budget.committed(), a.stats().committed);
+    }
+
+    #[test]
     fn trim_gives_pages_back_and_they_read_zero() {
         let mut a = small();
         let l = Layout::from_size_align(4096, 4096).unwrap();
@@ -549,6 +575,20 @@ mod tests {
         assert_eq!(a.trim(0).unwrap(), committed - 100 * 4096);
         assert_eq!(a.stats().committed, 100 * 4096);
         a.check();
+    }
+
+    #[test]
+    fn default_arena_reserves_address_space_only() {
+        // The default reservation (4 GiB outside Miri) must succeed everywhere, Windows included,
+        // and cost no memory until something is allocated.
+        let a = PageArena::new().unwrap();
+        let s = a.stats();
+        assert!(s.reserved >= DEFAULT_RESERVE, "{s:?}");
+        assert_eq!((s.committed, s.used), (0, 0), "{s:?}");
+        let p = a.alloc_layout(Layout::from_size_align(64, 16).unwrap()).unwrap();
+        assert_eq!(p.as_ptr() as usize % 16, 0);
+        let s = a.stats();
+        assert!(s.committed >= crate::os::page_size() && s.committed <= DEFAULT_COMMIT_CHUNK, "{s:?}");
     }
 
     #[test]

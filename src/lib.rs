@@ -34,9 +34,11 @@ pub use arena::{ArenaBuilder, ArenaStats, Cursor, PageArena};
 pub use error::{hr, Error};
 pub use host::{Budget, CriticalLevel, MemoryAvailable, PageSource, Source};
 pub mod heap;
+pub mod pool;
 pub mod region;
 mod table;
 
+pub use pool::{ArenaPool, OnExhausted, PoolConfig, PoolStats, PooledRegion};
 pub use region::{Region, RegionBuilder, Scrub, Stats};
 
 /// The README's Rust examples run as doctests.

@@ -120,8 +120,8 @@ impl RegionBuilder {
             .source(self.source.clone())
             .critical_level(self.level)
             .build()?;
-        let mut log_buf = Box::new([0u32; LOG_CAP]);
-        let log_start = log_buf.as_mut_ptr();
+        let log_buf = Box::new(UnsafeCell::new([0u32; LOG_CAP]));
+        let log_start = log_buf.get().cast::<u32>();
         Ok(Region {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
@@ -211,7 +211,7 @@ pub struct Region {
     /// `arena.reserved()`, cached for pointer checks.
     reserved: usize,
     /// The log's storage: `log_start..log_end`.
-    log_buf: Box<[u32; LOG_CAP]>,
+    log_buf: Box<UnsafeCell<[u32; LOG_CAP]>>,
     arena: Span,
     untracked: PageArena,
     bad_pointers: Cell<u64>,
@@ -261,7 +261,7 @@ impl Region {
 
     #[inline(always)]
     fn log_start(&self) -> *mut u32 {
-        self.log_buf.as_ptr() as *mut u32
+        self.log_buf.get().cast::<u32>()
     }
 
     /// Entries in the tail log.

@@ -115,6 +115,21 @@ mod tests {
         let c = config();
         assert!(c.page_size.is_power_of_two() && c.page_size >= 4096, "{c:?}");
         assert!(c.granularity.is_power_of_two() && c.granularity >= c.page_size, "{c:?}");
+        // Windows reserves in units of the 64 KiB allocation granularity, and commits in pages.
+        #[cfg(all(windows, not(miri)))]
+        assert_eq!((c.granularity, c.backend), (64 * 1024, "VirtualAlloc"), "{c:?}");
+        #[cfg(all(unix, not(miri)))]
+        assert_eq!((c.granularity, c.backend), (c.page_size, "mmap"), "{c:?}");
+        #[cfg(miri)]
+        assert_eq!(c.backend, "heap", "{c:?}");
+    }
+
+    #[test]
+    fn odd_sizes_round_up_to_the_granularity() {
+        let g = granularity();
+        let r = Reservation::new(g + 1).unwrap();
+        assert_eq!(r.len(), 2 * g);
+        assert_eq!(r.base().as_ptr() as usize % g, 0);
     }
 
     #[test]
