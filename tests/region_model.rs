@@ -10,8 +10,8 @@
 //! Besides the property test: a long alloc/free churn that must keep committed memory flat, and
 //! the side table's cost per live block for the canonical request.
 //!
-//! Run the full 10-million-cycle churn (release recommended) with
-//! `cargo test --release --test region_model -- --ignored churn_10m`.
+//! `cargo test --test region_model` runs everything (the 10-million-cycle churn included, about
+//! 6 s in debug); `PROPTEST_CASES=20000 cargo test --release --test region_model` hunts longer.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -398,7 +398,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![Just(0usize), Just(4096), Just(1 << 20)].prop_map(Op::Trim),
         3 => target().prop_map(Op::Query),
         1 => (0..200usize).prop_map(Op::Untracked),
-        1 => (target(), 1..=300usize, 0..=48usize).prop_map(|(parent, n, size)| Op::Burst { parent, n, size }),
+        1 => (target(), 1..=if cfg!(miri) { 270usize } else { 300 }, 0..=if cfg!(miri) { 8usize } else { 48 }).prop_map(|(parent, n, size)| Op::Burst { parent, n, size }),
     ]
 }
 
@@ -548,19 +548,17 @@ fn churn(cycles: usize, warm: usize, live: usize) -> (usize, usize, usize, usize
 /// step of the side table or arena (64 KiB) beyond what warm-up reached.
 const CHURN_SLACK: usize = 64 << 10;
 
+/// 10 million cycles take about 6 s in the debug profile and half a second in release, so the
+/// full count runs in the normal suite.
 #[test]
-#[cfg_attr(miri, ignore = "too long for Miri")]
-fn churn_keeps_committed_memory_flat() {
-    let (warm, end, hw_warm, hw_end) = churn(300_000, 100_000, 1000);
-    assert!(end <= warm + CHURN_SLACK, "committed grew from {warm} to {end} (high water {hw_warm} -> {hw_end})");
-}
-
-#[test]
-#[ignore = "10 million cycles: about a minute in release; run with --release -- --ignored churn_10m"]
+#[cfg_attr(miri, ignore = "10 million cycles: far too long for Miri")]
 fn churn_10m_keeps_committed_memory_flat() {
     let (warm, end, hw_warm, hw_end) = churn(10_000_000, 1_000_000, 1000);
     println!("committed after 1M cycles {warm}, after 10M {end}; high water {hw_warm} -> {hw_end}");
     assert!(end <= warm + CHURN_SLACK, "committed grew from {warm} to {end} (high water {hw_warm} -> {hw_end})");
+    // the arena's high water may creep (each size class keeps its own dead slots) but must not
+    // grow with the number of cycles
+    assert!(hw_end <= hw_warm + hw_warm / 4, "high water grew from {hw_warm} to {hw_end}");
 }
 
 /// Side-table bytes per live block for the canonical request (WORKLOAD.md), when requests stay
