@@ -3,7 +3,7 @@
 //! time per iteration is ns/request.
 //!
 //! ```text
-//! cargo bench --bench canonical                 # about 4 minutes
+//! cargo bench --bench canonical                 # about 4 minutes (26 benchmarks, 7.5 s each)
 //! cargo bench --bench canonical -- --test       # every benchmark once (CI)
 //! python3 benches/plot.py                       # benches/results/ns_per_request.svg
 //! ```
@@ -127,9 +127,9 @@ mod imp {
 
     fn config() -> Criterion {
         Criterion::default()
-            .warm_up_time(Duration::from_millis(1000))
-            .measurement_time(Duration::from_secs(3))
-            .sample_size(50)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(5))
+            .sample_size(60)
     }
 
     criterion_group! {

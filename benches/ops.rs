@@ -1,7 +1,7 @@
 //! Single operations: the cost of `reset` against the number of live blocks, and realloc growth.
 //!
 //! ```text
-//! cargo bench --bench ops                       # about 2 minutes
+//! cargo bench --bench ops                       # about 1 minute
 //! cargo bench --bench ops -- --test             # every benchmark once (CI)
 //! ```
 #[cfg(unix)]
