@@ -13,6 +13,8 @@
 //! `cargo test --test region_model` runs everything (the 10-million-cycle churn included, about
 //! 6 s in debug); `PROPTEST_CASES=20000 cargo test --release --test region_model` hunts longer.
 
+mod common;
+
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use napalloc::{Error, Region};
@@ -425,6 +427,11 @@ proptest! {
 mod found {
     use super::*;
 
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use napalloc::host::{PageSource, Source};
+    use napalloc::CriticalLevel;
+    use std::sync::Arc;
+
     fn run(ops: &[Op]) {
         let mut m = Model::new();
         for op in ops {
@@ -477,6 +484,60 @@ mod found {
         unsafe { r.free(e).unwrap() };
         assert!(r.owns(c), "c was linked under a's reused slot");
         assert_eq!(r.stats().live_blocks, 3);
+    }
+
+    /// A page source whose commits can be refused (a host under memory pressure).
+    #[derive(Debug, Default)]
+    struct RefusingCommits {
+        tracker: common::Tracker,
+        refuse: AtomicBool,
+    }
+    impl PageSource for RefusingCommits {
+        fn reserve(&self, len: usize, _: CriticalLevel) -> Result<NonNull<u8>, Error> {
+            self.tracker.reserve(len).map_err(Error::Host)
+        }
+        fn commit(&self, addr: NonNull<u8>, len: usize, _: CriticalLevel) -> Result<(), Error> {
+            if self.refuse.load(Ordering::Relaxed) {
+                return Err(Error::Host(napalloc::hr::E_OUTOFMEMORY));
+            }
+            self.tracker.commit(addr.as_ptr() as usize, len).map_err(Error::Host)
+        }
+        fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
+            self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host)
+        }
+        fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
+            self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host)
+        }
+    }
+
+    /// `trim` with a long pending tail, then the page source refuses every commit: recording the
+    /// tail must not need a commit. Before the fix, the side table was trimmed to the recorded
+    /// blocks only, and materializing the tail panicked ("record capacity for a whole log is
+    /// reserved before a tail starts") when the commit that should restore the room failed.
+    #[test]
+    #[cfg_attr(miri, ignore = "OS pages through the test tracker")]
+    fn trim_keeps_room_for_the_pending_tail() {
+        let src = Arc::new(RefusingCommits::default());
+        let mut r = Region::builder().reserve(16 << 20).source(Source::host(src.clone())).build().unwrap();
+        let l = Layout::from_size_align(16, 8).unwrap();
+        for _ in 0..1000 {
+            r.alloc(l).unwrap(); // each new root records the one before
+        }
+        let h = r.alloc(l).unwrap();
+        for _ in 0..200 {
+            r.alloc_child(h, l).unwrap();
+        }
+        src.refuse.store(true, Ordering::Relaxed);
+        r.trim(0).unwrap();
+        // the tail is recorded now; the new root may fail (no commit), but must not panic
+        let extra = usize::from(r.alloc(l).is_ok());
+        assert!(r.owns(h));
+        assert_eq!(r.stats().live_blocks, 1201 + extra);
+        // SAFETY: h is live; its 200 children go with it.
+        unsafe { r.free(h).unwrap() };
+        assert_eq!(r.stats().live_blocks, 1000 + extra);
+        src.refuse.store(false, Ordering::Relaxed);
+        r.alloc(l).unwrap();
     }
 
     /// `trim` while a tail is pending, then materializing it: the window index must still be
