@@ -229,8 +229,8 @@ impl Model {
                 }
             }
             Op::Free(t) => match self.resolve(t) {
-                // SAFETY: the model drops the block and its subtree and never touches them again.
                 Resolved::Live(id, p) => {
+                    // SAFETY: the model drops the block and its subtree and never touches them again.
                     unsafe { self.r.free(p) }.unwrap();
                     self.forget_tree(id);
                 }
