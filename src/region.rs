@@ -963,7 +963,26 @@ impl Region {
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
+    #[inline]
     pub fn reset(&mut self) {
+        // Nothing recorded since the last reset (a request that stayed one pending tail): only
+        // the tail and the untracked arena are forgotten. With no record there is no free-list
+        // entry and no `big_align` entry either.
+        if self.table.get_mut().count == 0 && !self.scrub.on_reset && self.fast_end.get() == self.end.get() {
+            debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
+            self.note_high_water();
+            self.top.set(self.base.as_ptr());
+            self.log.set(self.log_start());
+            self.root.set(core::ptr::null_mut());
+            self.untracked.reset();
+            return;
+        }
+        self.reset_slow();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reset_slow(&mut self) {
         self.note_high_water();
         let top = self.top_off();
         if self.scrub.on_reset && top > 0 {

@@ -467,10 +467,12 @@ impl Table {
         self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond what `count` records need (after a reset). The window index
-    /// keeps covering an arena of `arena_committed` bytes (the invariant of `ensure_windows`).
+    /// Give back table memory beyond what `count` records and `keep_recs` more need. The room for
+    /// `keep_recs` more stays committed, so that a pending tail of up to that many blocks can be
+    /// recorded without a commit (which may fail). The window index keeps covering an arena of
+    /// `arena_committed` bytes (the invariant of `ensure_windows`).
     pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
-        let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
+        let keep = (self.count as usize).saturating_add(keep_recs).min(MAX_RECS) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
         let a = unsafe { self.recs_span.trim(keep)? };
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
