@@ -25,11 +25,11 @@
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use napalloc::nap::types::{HealthClassValue, SoHAttributeType as T};
-use napalloc::nap::{
+use napalloc::nap::types::{
     CountedString, FailureCategory, FixupInfo, FixupState, ResultCodes, SoH, SoHAttribute, SoHAttributeValue,
     SystemHealthAgentState, VendorSpecific,
 };
+use napalloc::nap::types::{HealthClassValue, SoHAttributeType as T};
 use napalloc::pool::{ArenaPool, PoolStats};
 use napalloc::{Error, Region};
 use std::io::{IsTerminal, Write};

@@ -844,6 +844,9 @@ NAPALLOC_API HRESULT NAPALLOC_CALL AllocConnections(Connections **connections,
 NAPALLOC_API HRESULT NAPALLOC_CALL AllocCountedString(CountedString **countedString,
                                                       const WCHAR *string);
 NAPALLOC_API HRESULT NAPALLOC_CALL AllocFixupInfo(FixupInfo **fixupInfo, UINT16 countResultCodes);
+/* FreeConnections RELEASES THE INTERFACES IT HOLDS: it calls Release once on every non-NULL
+ * connections[i], i < count, before freeing. Whoever hands out a Connections AddRefs each object
+ * it stores; whoever frees one must not Release the slots itself. */
 NAPALLOC_API void NAPALLOC_CALL FreeConnections(Connections *connections);
 NAPALLOC_API void NAPALLOC_CALL FreeCountedString(CountedString *countedString);
 NAPALLOC_API void NAPALLOC_CALL FreeFixupInfo(FixupInfo *fixupInfo);

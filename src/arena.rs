@@ -44,7 +44,8 @@ pub(crate) struct Span {
     limit: Cell<usize>,
     /// Commit at least this much at a time.
     chunk: usize,
-    level: CriticalLevel,
+    /// Critical level of the next commits (the region may change it for one allocation).
+    level: Cell<CriticalLevel>,
 }
 
 impl Span {
@@ -52,7 +53,7 @@ impl Span {
         let pages = Pages::reserve(source, reserve, level)?;
         let page = crate::os::page_size();
         let chunk = crate::os::round_up(chunk.max(page), page).ok_or(Error::TooLarge)?;
-        Ok(Span { limit: Cell::new(pages.len()), pages, committed: Cell::new(0), chunk, level })
+        Ok(Span { limit: Cell::new(pages.len()), pages, committed: Cell::new(0), chunk, level: Cell::new(level) })
     }
 
     #[inline]
@@ -90,20 +91,16 @@ impl Span {
         let new = crate::os::round_up(want, page).map_or(cap, |w| w.min(cap));
         let new = new.max(crate::os::round_up(need, page).ok_or(Error::TooLarge)?);
         debug_assert!(new <= self.reserved() && new % page == 0 && new >= need);
+        // Under a budget without room for a whole chunk, ask for just what is needed: the chunk
+        // is a speed-up, never a reason to fail (the charge itself stays authoritative).
+        let exact = crate::os::round_up(need, page).ok_or(Error::TooLarge)?;
+        let new = match self.pages.budget() {
+            Some(b) if b.committed().saturating_add(new - have) > b.soft_limit() => exact.min(new),
+            _ => new,
+        };
         // SAFETY: [have, new) is page-aligned (both are multiples of the page size) and inside
         // the reservation (new <= reserved).
-        let mut r = unsafe { self.pages.commit(have, new - have, self.level) };
-        let exact = crate::os::round_up(need, page).ok_or(Error::TooLarge)?;
-        let new = if r.is_err() && exact < new {
-            // The chunk was refused (a budget or a host near its limit): ask for just what is
-            // needed before failing.
-            // SAFETY: as above; exact is page-aligned and between have and new.
-            r = unsafe { self.pages.commit(have, exact - have, self.level) };
-            exact
-        } else {
-            new
-        };
-        r?;
+        unsafe { self.pages.commit(have, new - have, self.level.get())? };
         self.committed.set(new);
         Ok(())
     }
@@ -123,6 +120,11 @@ impl Span {
         unsafe { self.pages.decommit(keep, have - keep)? };
         self.committed.set(keep);
         Ok(have - keep)
+    }
+
+    /// Commit at `level` from now on; returns the previous level.
+    pub(crate) fn set_level(&self, level: CriticalLevel) -> CriticalLevel {
+        self.level.replace(level)
     }
 
     pub(crate) fn set_limit(&self, limit: usize) {

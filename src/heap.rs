@@ -1,28 +1,123 @@
-//! The process-wide task heap behind `CoTaskMemAlloc` and the NapUtil functions.
+//! The process-wide task heap behind `CoTaskMemAlloc`, `IMalloc` and the NapUtil functions.
 //!
-//! Semantics (SPEC §5), shared by the C ABI and Rust callers:
+//! # Semantics (SPEC §5), shared by the C ABI and Rust callers
 //! * every block is 16-aligned; `alloc(0)` returns a unique non-null block;
 //! * `free(NULL)` does nothing; a foreign, interior or already freed pointer changes nothing and
 //!   is reported (a `log` warning and [`HeapStats::bad_pointers`]);
 //! * `free` releases one block: blocks recorded as its embedded pointers become independent
 //!   (the SDK samples free a struct and later its string); [`free_tree`] releases a block with
 //!   all its embedded pointers (what the NapUtil `Free*` functions do);
-//! * any thread may free or realloc a block another thread allocated.
+//! * any thread may free, reallocate or query a block another thread allocated.
 //!
-//! This first implementation serializes on one lock around one [`Region`].
+//! # Structure
+//! Every thread that allocates gets a *heap*: a [`Region`] it owns, reached through a
+//! `thread_local!` pointer (const-initialized and never null, so reading it is one TLS load with
+//! no test: a thread without a heap points at a static `NO_HEAP` whose `attention` is never 0).
+//! Allocation and freeing of the thread's own blocks take no lock and perform no atomic
+//! read-modify-write: two plain stores of the owner's `busy` flag, one load of the heap's
+//! `attention` word, and the region's own fast paths (`Region::try_alloc`,
+//! `Region::try_free_leaf_plain`), which never call out of the region.
+//!
+//! Heaps live in a process-wide registry: a fixed array of `&'static Heap` ([`MAX_HEAPS`]). A heap
+//! is leaked on creation and **never freed** (nor is its region dropped), so a pointer to one can
+//! never lead us into freed metadata, and the address range of its arena never changes. The owner
+//! of a pointer is found by checking the calling thread's own heaps (`Heap::contains`, two
+//! compares), then scanning the registry's ranges (fine for the few hundred heaps a process has).
+//! A thread that cannot have a heap of its own (the registry is full, or it is past its exit
+//! handler) allocates from one shared heap, always under its lock.
+//!
+//! * **Remote free.** `free` of a block owned by another heap pushes it on that heap's
+//!   `remote` queue (a lock-free `SegQueue`; the pointer is not touched, so a bad one cannot
+//!   corrupt anything) and sets `REMOTE` in its `attention` word. The owner sees `attention != 0`
+//!   on its next operation, takes its slow path and frees the whole batch, validating each
+//!   pointer as if it had been freed locally (after mimalloc's `thread_delayed_free` and
+//!   snmalloc's message queues).
+//! * **Foreign access.** `realloc`, `size_of`, `did_alloc` and `alloc_child` of another heap's
+//!   block need that heap's region itself. The caller takes the heap's `lock`, sets `HELD` in
+//!   `attention`, issues the heavy side of an asymmetric barrier (`os::barrier`:
+//!   `membarrier(2)` / `FlushProcessWriteBuffers`) and waits until the owner's `busy` is false.
+//!   From then until it clears `HELD` and unlocks, it has the region to itself: the owner, whose
+//!   next operation reads `attention != 0`, falls back to its slow path, which takes the lock.
+//!   The owner's side of this Dekker handshake (store `busy`, read `attention`) needs only a
+//!   compiler barrier, because the heavy barrier serializes the owner's CPU; where no such
+//!   barrier exists (Miri, unknown platforms, a kernel without `membarrier`), every heap carries
+//!   `FENCED` in its `attention`, so the owner always runs the slow path's variant of the fast
+//!   path with a full `fence(SeqCst)` between the store and the load. The heavy barrier costs
+//!   microseconds, which is why only these rare cross-thread operations pay it; a remote `free`
+//!   does not (it only queues).
+//!
+//!   A foreign `realloc` reallocates *in the block's own region* (under foreign access) rather
+//!   than copying into the caller's heap: the block keeps its embedded-pointer records and its
+//!   place in its parent's tree, and a block that fits in place does not move at all.
+//! * **Thread exit.** A TLS destructor *abandons* the thread's heap: its blocks stay valid and
+//!   can be freed by anyone. A remote free into an abandoned heap is processed by the freeing
+//!   thread itself, under the heap's lock (try-lock; whoever holds the lock re-checks the queue
+//!   after unlocking, so no pushed block is stranded). An abandoned heap whose last block is freed
+//!   is reset and trimmed (its pages are decommitted). A thread that needs a heap first *adopts*
+//!   an abandoned one, so thread churn does not reserve more and more address space.
+//! * **Request scopes.** [`scope`] / [`enter_scope`] make the calling thread allocate from a
+//!   heap of its own for a while. Leaving the scope resets that heap in O(1): **every pointer into
+//!   a finished scope is dead**. A later free of one is refused if it does not hit a live block,
+//!   and cannot be told apart from a live block if the scope's heap was reused since. Scope heaps
+//!   are registered like thread heaps (other threads can free into them) and are reused: the
+//!   thread keeps the heap of its last scope (its pages still resident), and a process-wide
+//!   `ArrayQueue` holds the others, so entering a scope does not map memory.
+//! * **Reentrancy.** A host page source (user code) may call back into the task heap while a
+//!   region commits pages, and so may a logger while a bad pointer is reported. Region methods
+//!   that can call out run only in the slow path, with `HELD` set and the thread-local `IN_SLOW`
+//!   flag raised: a nested call sees `attention != 0`, goes to the slow path, finds `IN_SLOW` and
+//!   fails cleanly (NULL; a nested free is queued on the heap and done later) instead of aliasing.
+//! * **Critical levels.** [`alloc_critical`] makes the region's commits at the given level (the
+//!   host budget's policy: `Process` may use the reserve), and for `AppDomain` and `Process`
+//!   gives idle memory back ([`heap_minimize`]) and retries once before it fails.
+//!
+//! # The protocol, field by field
+//! For each `Heap`:
+//!
+//! | field | written by | values |
+//! | --- | --- | --- |
+//! | `busy` | the owner only, around each fast operation | `true` while the owner may touch the region without the lock |
+//! | `attention` | bits set/cleared with RMWs by anyone (see below); read by the owner on every operation | `0`: the fast path may run |
+//! | `attention & HELD` | the `lock` holder, after locking and before unlocking | someone holds the region through the lock |
+//! | `attention & REMOTE` | remote freers set it after pushing; whoever drains clears it before draining | `remote` may hold pointers |
+//! | `attention & FENCED` | set at creation, never cleared | no asymmetric barrier: the owner must fence |
+//! | `attention & NOT_A_HEAP` | `NO_HEAP` only, for good | the thread has no heap yet |
+//! | `lock` | any thread (spin, then yield); every operation `SeqCst` | serializes everything but the owner's fast path |
+//! | `state` | the `lock` holder | `OWNED` by a thread (its heap or an active scope); `ABANDONED` (its thread exited; adoptable); `IDLE` (a reset scope heap, free to claim); `SHARED` (the fallback heap, owned by nobody) |
+//! | `remote` | pushed by anyone; popped by whoever holds the region (the owner in its slow path, or a lock holder) | pending frees: a pointer and whether the free cascades |
+//!
+//! The invariant: **the region is touched by exactly one thread at a time**: by the owner while
+//! its `busy` is true and it read `attention == 0` after setting it, or by the holder of `lock`
+//! (for an `OWNED` heap only after it set `HELD`, issued the heavy barrier and saw `busy` false).
+//! Two owners never exist: a heap changes hands only under its lock (adoption, scope entry).
+//!
+//! A free routed to another heap returns `true` ("done or queued"): its validation happens when
+//! the owner drains the queue, and a bad pointer is counted then.
+//!
+//! # Cost
+//! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
+//! its own) costs about 1 180 instructions above the no-allocation floor on this fast path, half
+//! of what glibc's malloc/free need (`examples/com_way.rs`, `benches/com.rs`).
 
 use crate::host::CriticalLevel;
+use crate::nap::types::NapallocScope;
+use crate::os::barrier;
 use crate::region::Region;
 use crate::Error;
 use core::alloc::Layout;
-use core::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
+use core::mem::MaybeUninit;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use crossbeam_utils::CachePadded;
+use std::sync::OnceLock;
 
 /// Alignment of every task-heap block (MEMORY_ALLOCATION_ALIGNMENT on 64-bit Windows).
 pub const ALIGN: usize = 16;
 
-/// Counters of the task heap.
+/// Counters of the task heap, summed over every heap of the process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapStats {
     pub live_blocks: u64,
@@ -37,169 +132,1161 @@ pub struct HeapStats {
     pub trims: u64,
 }
 
-struct Global {
-    region: Mutex<Option<Region>>,
-    /// Incremented by any thread whose pointer argument was refused.
-    bad_pointers: AtomicU64,
-    /// Incremented by any thread whose allocation failed.
-    failed: AtomicU64,
-    /// Incremented by `heap_minimize`.
-    trims: AtomicU64,
+/// Most heaps (thread heaps, scope heaps and the shared fallback) a process can have. A thread
+/// that cannot get a heap of its own uses the shared heap, under its lock.
+pub const MAX_HEAPS: usize = 1024;
+/// Idle scope heaps kept for reuse.
+const SCOPE_CACHE: usize = 64;
+
+/// `attention`: a lock holder has the region.
+const HELD: u32 = 1;
+/// `attention`: the remote-free queue may be non-empty.
+const REMOTE: u32 = 2;
+/// `attention`: no asymmetric barrier on this platform; the owner fences (set for good).
+const FENCED: u32 = 4;
+/// `attention` of [`NO_HEAP`] only: not a heap (set for good).
+const NOT_A_HEAP: u32 = 8;
+
+/// `state`: owned by a thread (its heap, or a scope it entered).
+const OWNED: u8 = 0;
+/// `state`: its thread exited; live blocks stay valid; a new thread may adopt it.
+const ABANDONED: u8 = 1;
+/// `state`: a reset scope heap waiting in the cache.
+const IDLE: u8 = 2;
+/// `state`: the shared fallback heap; never owned, always used under the lock.
+const SHARED: u8 = 3;
+
+/// A spin-then-yield lock. Every operation is `SeqCst`: the no-stranding argument of
+/// [`try_drain`] orders a failed `try_lock` against an `unlock` and a later load of `attention`.
+struct RawLock {
+    /// `true` while held. Set by the thread that acquires it, cleared by the same thread.
+    locked: AtomicBool,
 }
 
-static GLOBAL: Global = Global {
-    region: Mutex::new(None),
-    bad_pointers: AtomicU64::new(0),
-    failed: AtomicU64::new(0),
-    trims: AtomicU64::new(0),
+impl RawLock {
+    const fn new() -> RawLock {
+        RawLock { locked: AtomicBool::new(false) }
+    }
+
+    fn try_lock(&self) -> bool {
+        !self.locked.load(Ordering::SeqCst)
+            && self.locked.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    fn lock(&self) {
+        let mut spins = 0u32;
+        while !self.try_lock() {
+            if spins < 100 {
+                spins += 1;
+                core::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        self.locked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A free queued for a heap by another thread: the pointer (not dereferenced until the heap's
+/// region validates it) and whether the free cascades to embedded blocks (`free_tree`).
+struct RemoteFree {
+    ptr: *mut u8,
+    tree: bool,
+}
+
+// SAFETY: the pointer is only an address to validate against the receiving heap's side table;
+// nothing is read through it before that, and the block it names was given up by the sender.
+unsafe impl Send for RemoteFree {}
+
+/// One task heap: a region and the protocol around it (see the module doc).
+struct Heap {
+    /// Written only by the owning thread: `true` while it is inside a fast operation on
+    /// `region` (set before it reads `attention`, cleared with `Release` after the operation).
+    /// Read by a lock holder of an `OWNED` heap, who waits for `false` after setting `HELD`.
+    busy: AtomicBool,
+    /// Touched only as the protocol allows (see the module doc). Initialized in every heap but
+    /// [`NO_HEAP`], whose region is never touched (its `attention` is never 0).
+    region: UnsafeCell<MaybeUninit<Region>>,
+    /// Start of the region's tracked arena. Immutable after creation.
+    base: usize,
+    /// Length of the region's tracked arena. Immutable after creation.
+    len: usize,
+    /// Owner-only (the thread that owns the heap as a scope): the heap that was current when
+    /// the scope was entered.
+    outer: Cell<*const Heap>,
+    /// Read by the owner on every operation; bits are set and cleared with RMWs: `HELD` by the
+    /// lock holder, `REMOTE` by remote freers (set) and drainers (cleared), `FENCED` at creation.
+    attention: CachePadded<AtomicU32>,
+    /// Pending remote frees.
+    remote: SegQueue<RemoteFree>,
+    lock: CachePadded<RawLock>,
+    /// `OWNED`, `ABANDONED`, `IDLE` or `SHARED`; written only by the `lock` holder.
+    state: AtomicU8,
+    /// Whether the heap serves scopes (never adopted as a thread heap).
+    scope: bool,
+}
+
+// SAFETY: the region (which is `Send` but not `Sync`) is touched by one thread at a time, as the
+// protocol of the module doc guarantees; `outer` is touched only by the owning thread; everything
+// else is atomic or immutable.
+unsafe impl Sync for Heap {}
+// SAFETY: as above; a heap is never moved after it is leaked.
+unsafe impl Send for Heap {}
+
+impl core::fmt::Debug for Heap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Heap")
+            .field("base", &(self.base as *const u8))
+            .field("len", &self.len)
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl Heap {
+    #[inline(always)]
+    fn contains(&self, p: *const u8) -> bool {
+        (p as usize).wrapping_sub(self.base) < self.len
+    }
+
+    /// The region. Dereferencing it is allowed only as the protocol allows, and never for
+    /// [`NO_HEAP`].
+    #[inline(always)]
+    fn region_ptr(&self) -> *mut Region {
+        // `MaybeUninit<Region>` has the layout of `Region`.
+        self.region.get().cast()
+    }
+}
+
+/// What `CUR` points to while the thread has no heap: its `attention` is never 0, so the fast
+/// path needs no null check and falls through to the slow path, which gets the thread a heap.
+/// Not registered; its region is uninitialized and never touched; the fast path's stores to its
+/// `busy` flag are harmless (nobody reads it).
+static NO_HEAP: Heap = Heap {
+    busy: AtomicBool::new(false),
+    region: UnsafeCell::new(MaybeUninit::uninit()),
+    base: 0,
+    len: 0,
+    outer: Cell::new(ptr::null()),
+    attention: CachePadded::new(AtomicU32::new(NOT_A_HEAP)),
+    remote: SegQueue::new(),
+    lock: CachePadded::new(RawLock::new()),
+    state: AtomicU8::new(SHARED),
+    scope: false,
 };
 
-fn with_region<R>(f: impl FnOnce(&mut Region) -> R) -> Result<R, Error> {
-    let mut g = GLOBAL.region.lock().unwrap_or_else(|e| e.into_inner());
-    if g.is_none() {
-        *g = Some(Region::new()?);
+/// A heap pointer of `CUR` (or a handle), unless it is [`NO_HEAP`] or null.
+#[inline]
+fn real(h: *const Heap) -> Option<&'static Heap> {
+    if h.is_null() || ptr::eq(h, &NO_HEAP) {
+        return None;
     }
-    Ok(f(g.as_mut().expect("initialized above")))
+    // SAFETY: every other heap pointer we hold is a leaked, registered heap: never freed.
+    Some(unsafe { &*h })
 }
 
-fn layout(size: usize) -> Option<Layout> {
-    Layout::from_size_align(size, ALIGN).ok()
+// ---------------------------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------------------------
+
+/// Registered heaps: slots `0..HEAPS.min(MAX_HEAPS)`; each is written once (null to a leaked
+/// heap, `Release`) by the thread that registered the heap and never changes again.
+static SLOTS: [AtomicPtr<Heap>; MAX_HEAPS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_HEAPS];
+/// Slots handed out (may pass `MAX_HEAPS` when the registry is full). Incremented by registering
+/// threads; a slot below it may still be null for a moment.
+static HEAPS: AtomicUsize = AtomicUsize::new(0);
+/// Idle scope heaps (state `IDLE`, reset), pushed by `leave`, popped by `enter`.
+static SCOPES: OnceLock<ArrayQueue<&'static Heap>> = OnceLock::new();
+/// The heap of threads that have no heap of their own (registry full, thread exiting).
+static SHARED_HEAP: OnceLock<Option<&'static Heap>> = OnceLock::new();
+
+/// Incremented by any thread whose pointer argument was refused.
+static BAD: AtomicU64 = AtomicU64::new(0);
+/// Incremented by any thread whose allocation failed.
+static FAILED: AtomicU64 = AtomicU64::new(0);
+/// Incremented when idle memory is given back (`heap_minimize`, an emptied abandoned heap).
+static TRIMS: AtomicU64 = AtomicU64::new(0);
+
+/// Every registered heap.
+fn heaps() -> impl Iterator<Item = &'static Heap> {
+    let n = HEAPS.load(Ordering::Acquire).min(MAX_HEAPS);
+    SLOTS[..n].iter().filter_map(|s| {
+        let h = s.load(Ordering::Acquire);
+        // SAFETY: a non-null slot holds a leaked heap, never freed.
+        (!h.is_null()).then(|| unsafe { &*h })
+    })
 }
+
+/// The registered heap whose arena contains `p`.
+fn find_heap(p: *const u8) -> Option<&'static Heap> {
+    heaps().find(|h| h.contains(p))
+}
+
+/// Create, leak and register a heap in `state`. `None` if the registry is full or the region
+/// cannot be reserved.
+fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
+    if HEAPS.load(Ordering::Relaxed) >= MAX_HEAPS {
+        return None;
+    }
+    let fenced = !barrier::available();
+    // Pages from the host installed with `NapallocSetHostMemoryManager` (else the OS), charged to
+    // the process-wide budget.
+    let region = Region::builder().source(crate::host::default_source()).build().ok()?;
+    let (base, len) = region.arena_range();
+    let heap = Box::new(Heap {
+        busy: AtomicBool::new(false),
+        region: UnsafeCell::new(MaybeUninit::new(region)),
+        base: base as usize,
+        len,
+        outer: Cell::new(ptr::null()),
+        attention: CachePadded::new(AtomicU32::new(if fenced { FENCED } else { 0 })),
+        remote: SegQueue::new(),
+        lock: CachePadded::new(RawLock::new()),
+        state: AtomicU8::new(state),
+        scope,
+    });
+    let i = HEAPS.fetch_add(1, Ordering::AcqRel);
+    if i >= MAX_HEAPS {
+        // Lost the race for the last slot: the heap is never published; release its region.
+        let mut heap = heap;
+        // SAFETY: initialized above, never used, dropped once.
+        unsafe { heap.region.get_mut().assume_init_drop() };
+        return None;
+    }
+    let heap: &'static Heap = Box::leak(heap);
+    SLOTS[i].store(heap as *const Heap as *mut Heap, Ordering::Release);
+    Some(heap)
+}
+
+fn shared_heap() -> Option<&'static Heap> {
+    *SHARED_HEAP.get_or_init(|| new_heap(SHARED, false))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread state
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    /// The heap this thread allocates from: its innermost scope, else its own heap; [`NO_HEAP`]
+    /// until the first allocation (and after the thread's exit handler ran). Never null.
+    static CUR: Cell<*const Heap> = const { Cell::new(&NO_HEAP) };
+    /// This thread's own heap, null until needed.
+    static HOME: Cell<*const Heap> = const { Cell::new(ptr::null()) };
+    /// True while this thread holds some heap through its lock (slow path); a nested call
+    /// (from a host page source or a logger) must then fail instead of entering a heap.
+    static IN_SLOW: Cell<bool> = const { Cell::new(false) };
+    /// The idle scope heap of this thread's last scope (null if none): the next scope takes it
+    /// back first, with its pages still resident. Another thread may claim it from the registry
+    /// meanwhile (`claim_idle` arbitrates), so it is only a hint.
+    static SPARE: Cell<*const Heap> = const { Cell::new(ptr::null()) };
+    /// Set by the exit handler: from then on the thread uses the shared heap.
+    static EXITED: Cell<bool> = const { Cell::new(false) };
+    /// Its destructor abandons the thread's heaps; touched once, when the first heap is taken.
+    static EXIT: ExitHandler = const { ExitHandler };
+}
+
+/// Runs at thread exit (TLS destructor) and abandons the thread's heaps.
+struct ExitHandler;
+
+impl Drop for ExitHandler {
+    fn drop(&mut self) {
+        let _ = EXITED.try_with(|e| e.set(true));
+        let spare = SPARE.with(|s| s.replace(ptr::null()));
+        if !spare.is_null() {
+            // SAFETY: heaps are never freed.
+            let _ = scope_cache().push(unsafe { &*spare });
+        }
+        let cur = CUR.with(|c| c.replace(&NO_HEAP));
+        let home = HOME.with(|c| c.replace(ptr::null()));
+        let mut h = cur;
+        while let Some(heap) = real(h) {
+            if ptr::eq(heap, home) {
+                break;
+            }
+            h = heap.outer.get();
+            abandon(heap);
+        }
+        if !home.is_null() {
+            // SAFETY: heaps are never freed.
+            abandon(unsafe { &*home });
+        }
+    }
+}
+
+/// The heaps this thread owns, innermost scope first, its own heap last.
+fn own_heaps() -> impl Iterator<Item = &'static Heap> {
+    let home = HOME.with(Cell::get);
+    let mut h = CUR.with(Cell::get);
+    let mut done = false;
+    core::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let heap = real(h)?;
+        if h == home {
+            done = true;
+        } else {
+            h = heap.outer.get();
+            if h.is_null() {
+                h = home;
+            }
+        }
+        Some(heap)
+    })
+}
+
+/// The heap this thread owns that contains `p`.
+fn own_heap_of(p: *const u8) -> Option<&'static Heap> {
+    own_heaps().find(|h| h.contains(p))
+}
+
+/// Where this thread allocates: its current heap, creating (or adopting) its own on first use.
+/// `Err(true)` means "use the shared heap", `Err(false)` "re-entered: fail".
+fn cur_heap() -> Result<&'static Heap, bool> {
+    if let Some(cur) = real(CUR.with(Cell::get)) {
+        return Ok(cur);
+    }
+    if IN_SLOW.with(Cell::get) {
+        return Err(false);
+    }
+    // Arm the exit handler first: if the thread is already past it (a late TLS destructor
+    // allocating), it gets no heap of its own.
+    if EXITED.with(Cell::get) || EXIT.try_with(|_| {}).is_err() {
+        EXITED.with(|e| e.set(true));
+        return Err(true);
+    }
+    // Creating a region may call a host page source, which may call us back.
+    IN_SLOW.with(|s| s.set(true));
+    let h = adopt().or_else(|| new_heap(OWNED, false));
+    IN_SLOW.with(|s| s.set(false));
+    let Some(h) = h else {
+        return Err(true);
+    };
+    HOME.with(|c| c.set(h));
+    CUR.with(|c| c.set(h));
+    Ok(h)
+}
+
+/// Take over an abandoned thread heap, if there is one.
+fn adopt() -> Option<&'static Heap> {
+    heaps().filter(|h| !h.scope && h.state.load(Ordering::Relaxed) == ABANDONED).find(|h| {
+        if !h.lock.try_lock() {
+            return false;
+        }
+        let ok = h.state.load(Ordering::Relaxed) == ABANDONED;
+        if ok {
+            h.state.store(OWNED, Ordering::SeqCst);
+        }
+        h.lock.unlock();
+        ok
+    })
+}
+
+/// Give up a heap this thread owns (its thread exits): blocks stay valid; free memory if empty.
+fn abandon(h: &'static Heap) {
+    h.outer.set(ptr::null());
+    if let Some(held) = Held::acquire(h, true) {
+        h.state.store(ABANDONED, Ordering::SeqCst);
+        held.drain();
+        held.trim_if_empty();
+        // Dropping `held` re-checks the queue: a freer that saw ABANDONED while we held the
+        // lock left its block to us.
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holding a heap through its lock
+// ---------------------------------------------------------------------------------------------
+
+/// Exclusive access to a heap's region through its lock (the slow path). Released on drop,
+/// also when unwinding.
+struct Held {
+    heap: &'static Heap,
+    /// After unlocking an unowned heap, drain what was pushed while we held it (`try_drain`).
+    recheck: bool,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Held {
+    /// Lock `h` and make its region ours. `own`: the calling thread owns `h` (so its `busy` is
+    /// false and needs no barrier). `None` if this thread already holds a heap (re-entered).
+    fn acquire(h: &'static Heap, own: bool) -> Option<Held> {
+        if IN_SLOW.with(Cell::get) {
+            return None;
+        }
+        h.lock.lock();
+        // From here on, `Drop` undoes everything, whatever happens.
+        IN_SLOW.with(|s| s.set(true));
+        let held = Held { heap: h, recheck: true, _not_send: PhantomData };
+        h.attention.fetch_or(HELD, Ordering::SeqCst);
+        if !own && h.state.load(Ordering::Relaxed) == OWNED {
+            if h.attention.load(Ordering::Relaxed) & FENCED == 0 {
+                barrier::heavy();
+            }
+            // The owner either saw HELD (and will take the lock, which we hold) or set `busy`
+            // before reading `attention`; wait until that operation is over.
+            let mut spins = 0u32;
+            while h.busy.load(Ordering::Acquire) {
+                if spins < 1000 {
+                    spins += 1;
+                    core::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        Some(held)
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn region(&self) -> &mut Region {
+        // SAFETY: we hold the lock with HELD set and the owner out of its fast path (module doc),
+        // and IN_SLOW keeps this thread from re-entering: this is the only reference.
+        unsafe { &mut *self.heap.region_ptr() }
+    }
+
+    /// Free everything queued on the heap by other threads.
+    fn drain(&self) {
+        let h = self.heap;
+        if h.attention.load(Ordering::Relaxed) & REMOTE == 0 {
+            return;
+        }
+        h.attention.fetch_and(!REMOTE, Ordering::SeqCst);
+        let r = self.region();
+        while let Some(RemoteFree { ptr, tree }) = h.remote.pop() {
+            let Some(p) = NonNull::new(ptr) else { continue };
+            // SAFETY: the freeing thread gave the block up; a bad pointer is refused (and
+            // reported by the region) without being touched.
+            let r = unsafe {
+                if tree {
+                    r.free(p)
+                } else {
+                    r.free_one(p)
+                }
+            };
+            if r.is_err() {
+                BAD.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reset and decommit an abandoned heap that holds no block (an abandoned scope heap then
+    /// becomes idle, ready for the next scope).
+    fn trim_if_empty(&self) {
+        let h = self.heap;
+        let r = self.region();
+        if h.state.load(Ordering::Relaxed) == ABANDONED && r.live_blocks() == 0 {
+            r.reset();
+            if r.trim(0).is_ok() {
+                TRIMS.fetch_add(1, Ordering::Relaxed);
+            }
+            if h.scope {
+                h.state.store(IDLE, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let h = self.heap;
+        IN_SLOW.with(|s| s.set(false));
+        h.attention.fetch_and(!HELD, Ordering::Release);
+        h.lock.unlock();
+        // A freer of an unowned heap that found the lock taken left its block to us.
+        if self.recheck && h.state.load(Ordering::SeqCst) != OWNED && h.attention.load(Ordering::SeqCst) & REMOTE != 0 {
+            try_drain(h);
+        }
+    }
+}
+
+/// Run `f` on the region of `h`, which this thread owns, through the lock. `None` if re-entered.
+#[inline(never)]
+fn with_own<R>(h: &'static Heap, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
+    let held = Held::acquire(h, true)?;
+    held.drain();
+    Some(f(held.region()))
+}
+
+/// Run `f` on the region of `h`, which this thread does not own. `None` if re-entered.
+#[inline(never)]
+fn with_foreign<R>(h: &'static Heap, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
+    let held = Held::acquire(h, false)?;
+    held.drain();
+    let r = f(held.region());
+    held.trim_if_empty();
+    Some(r)
+}
+
+/// Run `f` on the region of whichever heap holds `p`: this thread's own (through the lock) or
+/// another's (foreign access). `Err(true)`: no heap holds `p`; `Err(false)`: re-entered.
+fn with_heap_of<R>(p: *const u8, f: impl FnOnce(&mut Region) -> R) -> Result<R, bool> {
+    if let Some(h) = own_heap_of(p) {
+        return with_own(h, f).ok_or(false);
+    }
+    match find_heap(p) {
+        Some(h) => with_foreign(h, f).ok_or(false),
+        None => Err(true),
+    }
+}
+
+/// Queue a free on `h` (not this thread's), and process it at once if nobody owns `h`.
+fn remote_free(h: &'static Heap, p: *mut u8, tree: bool) {
+    h.remote.push(RemoteFree { ptr: p, tree });
+    h.attention.fetch_or(REMOTE, Ordering::SeqCst);
+    if h.state.load(Ordering::SeqCst) != OWNED {
+        try_drain(h);
+    }
+}
+
+/// Drain an unowned heap's queue if its lock is free. No pushed block is stranded: a pusher
+/// sets `REMOTE` before it tries the lock, and whoever held the lock re-reads `REMOTE` after
+/// unlocking (all `SeqCst`: the store-buffer pattern cannot lose both sides).
+fn try_drain(h: &'static Heap) {
+    loop {
+        // `None`: re-entered (the block waits in the queue), the lock is taken (its holder
+        // re-checks), or the heap is owned (its owner drains: REMOTE is set).
+        let Some(held) = Held::acquire_unowned(h) else {
+            return;
+        };
+        held.drain();
+        held.trim_if_empty();
+        drop(held);
+        if h.attention.load(Ordering::SeqCst) & REMOTE == 0 {
+            return;
+        }
+    }
+}
+
+impl Held {
+    /// Like `acquire` for a heap nobody owns, but only if its lock is free; no re-check on
+    /// release (the caller loops).
+    fn acquire_unowned(h: &'static Heap) -> Option<Held> {
+        if IN_SLOW.with(Cell::get) || !h.lock.try_lock() {
+            return None;
+        }
+        IN_SLOW.with(|s| s.set(true));
+        let held = Held { heap: h, recheck: false, _not_send: PhantomData };
+        h.attention.fetch_or(HELD, Ordering::SeqCst);
+        if h.state.load(Ordering::SeqCst) == OWNED {
+            return None; // adopted meanwhile: its new owner drains (dropping `held` unlocks)
+        }
+        Some(held)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fast path
+// ---------------------------------------------------------------------------------------------
+
+/// Run `f` on the current heap's region without the lock, if nothing needs attention.
+/// `f` must not call out (no page commits, no logging): it may not be re-entered.
+#[inline(always)]
+fn fast<R>(f: impl FnOnce(&Region) -> Option<R>) -> Option<R> {
+    // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
+    let h = unsafe { &*CUR.with(Cell::get) };
+    h.busy.store(true, Ordering::Relaxed);
+    barrier::light();
+    let r = if h.attention.load(Ordering::Acquire) == 0 {
+        // SAFETY: we own the heap, `busy` is set and nobody held it when we looked (module doc):
+        // the region is ours until `busy` is cleared; `f` does not call out, so no other
+        // reference to the region is created meanwhile.
+        f(unsafe { &*h.region_ptr() })
+    } else {
+        None
+    };
+    h.busy.store(false, Ordering::Release);
+    r
+}
+
+/// The fast path with a full fence, for a heap marked `FENCED` and nothing else.
+#[inline(never)]
+fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region) -> Option<R>) -> Option<R> {
+    if h.attention.load(Ordering::Relaxed) != FENCED {
+        return None;
+    }
+    h.busy.store(true, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+    let r = if h.attention.load(Ordering::Acquire) == FENCED {
+        // SAFETY: as in `fast`, with a real fence between the store of `busy` and the load.
+        f(unsafe { &*h.region_ptr() })
+    } else {
+        None
+    };
+    h.busy.store(false, Ordering::Release);
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API
+// ---------------------------------------------------------------------------------------------
 
 fn failed<T>() -> Option<T> {
-    GLOBAL.failed.fetch_add(1, Ordering::Relaxed);
+    FAILED.fetch_add(1, Ordering::Relaxed);
     None
 }
 
 fn bad(what: &str, p: *const u8, e: Error) {
-    GLOBAL.bad_pointers.fetch_add(1, Ordering::Relaxed);
+    BAD.fetch_add(1, Ordering::Relaxed);
     log::warn!("napalloc: {what}({p:p}) refused: {e}");
 }
 
-/// `CoTaskMemAlloc`: a 16-aligned block of `size` bytes, or `None`.
-pub fn alloc(size: usize) -> Option<NonNull<u8>> {
-    alloc_critical(size, CriticalLevel::Task)
+/// Report a pointer that a caller of the heap refused to use (the NapUtil `Free*` functions:
+/// a top-level pointer that is not a live block, a block too small for its structure, an
+/// embedded array shorter than its count): a `log` warning and [`HeapStats::bad_pointers`].
+pub fn report_bad_pointer(what: &str, p: *const u8) {
+    BAD.fetch_add(1, Ordering::Relaxed);
+    log::warn!("napalloc: {what}({p:p}) refused");
 }
 
-/// Allocate with an explicit critical level.
-pub fn alloc_critical(size: usize, _level: CriticalLevel) -> Option<NonNull<u8>> {
-    let Some(l) = layout(size) else {
+/// The lock-free fast path of [`alloc`] alone: `None` when the slow path would be needed.
+/// Cannot panic (no calls, no allocation).
+#[inline(always)]
+pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
+    fast(|r| r.try_alloc(size))
+}
+
+/// The lock-free fast path of [`free`] alone: `false` (nothing done) when the slow path would be
+/// needed. Cannot panic (no calls, no allocation).
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
+    // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
+    // Task-heap regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
+    fast(|r| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
+}
+
+/// The layout of a task-heap block of `size` bytes, or `TooLarge`.
+fn task_layout(size: usize) -> Result<Layout, Error> {
+    Layout::from_size_align(size, ALIGN).map_err(|_| Error::TooLarge)
+}
+
+/// `CoTaskMemAlloc`: a 16-aligned block of `size` bytes, or `None`.
+#[inline]
+pub fn alloc(size: usize) -> Option<NonNull<u8>> {
+    if let Some(p) = alloc_fast(size) {
+        return Some(p);
+    }
+    alloc_slow(size, CriticalLevel::Task)
+}
+
+/// Allocate with an explicit critical level: `Task` may fail at once; `AppDomain` and `Process`
+/// give idle memory back ([`heap_minimize`]) and retry before they fail.
+pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
+    if let Some(p) = fast(|r| r.try_alloc(size)) {
+        return Some(p);
+    }
+    alloc_slow(size, level)
+}
+
+/// [`alloc`] past its fast path (for callers that tried [`alloc_fast`] already).
+#[cold]
+#[inline(never)]
+pub(crate) fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
+    let Ok(layout) = task_layout(size) else {
         return failed();
     };
-    match with_region(|r| r.alloc(l)).and_then(|r| r) {
-        Ok(p) => Some(p),
-        Err(_) => failed(),
+    let h = match cur_heap() {
+        Ok(h) => h,
+        Err(true) => return shared_alloc(layout),
+        Err(false) => return failed(),
+    };
+    if let Some(p) = fenced(h, |r| r.try_alloc(size)) {
+        return Some(p);
+    }
+    let alloc = |r: &mut Region| r.with_critical_level(level, |r| r.alloc(layout));
+    match with_own(h, alloc) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) if level != CriticalLevel::Task => {
+            // Give idle memory back (other heaps' included) and try once more.
+            heap_minimize();
+            match with_own(h, alloc) {
+                Some(Ok(p)) => Some(p),
+                _ => failed(),
+            }
+        }
+        _ => failed(),
+    }
+}
+
+/// Allocate from the shared heap (for threads that have no heap of their own).
+fn shared_alloc(layout: Layout) -> Option<NonNull<u8>> {
+    match shared_heap().and_then(|h| with_foreign(h, |r| r.alloc(layout))) {
+        Some(Ok(p)) => Some(p),
+        _ => failed(),
     }
 }
 
 /// Allocate a block recorded as an embedded pointer of `parent`: [`free_tree`] of the parent
-/// frees it too. `None` if `parent` is not a live block or memory is short.
+/// frees it too. The block lives in the parent's heap, whichever thread owns it. `None` if
+/// `parent` is not a live block or memory is short.
 pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
-    let Some(l) = layout(size) else {
+    let Ok(l) = Layout::from_size_align(size, ALIGN) else {
         return failed();
     };
-    match with_region(|r| r.alloc_child(parent, l)).and_then(|r| r) {
-        Ok(p) => Some(p),
-        Err(Error::NotABlock | Error::ForeignPointer) => {
-            bad("alloc_child", parent.as_ptr(), Error::NotABlock);
+    match with_heap_of(parent.as_ptr(), |r| r.alloc_child(parent, l)) {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e @ (Error::NotABlock | Error::ForeignPointer))) => {
+            bad("alloc_child", parent.as_ptr(), e);
             None
         }
-        Err(_) => failed(),
+        Err(true) => {
+            bad("alloc_child", parent.as_ptr(), Error::ForeignPointer);
+            None
+        }
+        _ => failed(),
     }
 }
 
 /// `CoTaskMemFree`: free one block; NULL is a no-op; a bad pointer is reported and ignored.
-/// Returns whether a block was freed.
+/// Returns whether a block was freed or, for a block of another thread's heap, queued for it.
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
+#[inline]
 pub unsafe fn free(p: *mut u8) -> bool {
-    let Some(nn) = NonNull::new(p) else {
-        return false;
-    };
     // SAFETY: forwarded caller guarantee.
-    match with_region(|r| unsafe { r.free_one(nn) }).and_then(|r| r) {
-        Ok(()) => true,
-        Err(e) => {
-            bad("CoTaskMemFree", p, e);
-            false
-        }
+    if unsafe { free_fast(p) } {
+        return true;
     }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow(p, false) }
 }
 
 /// Free `p` and every block recorded as its embedded pointer, recursively.
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it or its embedded blocks afterwards.
+#[inline]
 pub unsafe fn free_tree(p: *mut u8) -> bool {
+    // A block without children is its whole tree.
+    // SAFETY: forwarded caller guarantee.
+    if unsafe { free_fast(p) } {
+        return true;
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow(p, true) }
+}
+
+/// [`free`] (or, with `tree`, [`free_tree`]) past its fast path (for callers that tried
+/// [`free_fast`] already).
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
     let Some(nn) = NonNull::new(p) else {
         return false;
     };
-    // SAFETY: forwarded caller guarantee.
-    match with_region(|r| unsafe { r.free(nn) }).and_then(|r| r) {
-        Ok(()) => true,
-        Err(e) => {
-            bad("free", p, e);
+    let what = if tree { "free_tree" } else { "CoTaskMemFree" };
+    if let Some(h) = own_heap_of(p) {
+        // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
+        if fenced(h, |r| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some() {
+            return true;
+        }
+        let r = with_own(h, |r| {
+            // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
+            unsafe {
+                if tree {
+                    r.free(nn)
+                } else {
+                    r.free_one(nn)
+                }
+            }
+        });
+        return match r {
+            Some(Ok(())) => true,
+            Some(Err(_)) => {
+                BAD.fetch_add(1, Ordering::Relaxed); // the region logged it
+                false
+            }
+            None => {
+                // Re-entered while this thread holds a heap: do it later, as a remote free.
+                h.remote.push(RemoteFree { ptr: p, tree });
+                h.attention.fetch_or(REMOTE, Ordering::SeqCst);
+                true
+            }
+        };
+    }
+    match find_heap(p) {
+        Some(h) => {
+            remote_free(h, p, tree);
+            true
+        }
+        None => {
+            bad(what, p, Error::ForeignPointer);
             false
         }
     }
 }
 
 /// `CoTaskMemRealloc`: NULL `p` allocates; size 0 frees and returns NULL; a failed grow returns
-/// NULL and leaves `p` valid; a bad pointer returns NULL and is reported.
+/// NULL and leaves `p` valid; a bad pointer returns NULL and is reported. The block stays in its
+/// heap (whichever thread owns it), keeping its embedded-pointer records.
 ///
 /// # Safety
 /// If the block moves, nothing uses the old pointer afterwards.
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     let Some(nn) = NonNull::new(p) else {
-        return alloc(size).map_or(core::ptr::null_mut(), NonNull::as_ptr);
+        return alloc(size).map_or(ptr::null_mut(), NonNull::as_ptr);
     };
     if size == 0 {
         // SAFETY: forwarded caller guarantee.
         unsafe { free(p) };
-        return core::ptr::null_mut();
+        return ptr::null_mut();
     }
-    // SAFETY: forwarded caller guarantee.
-    match with_region(|r| unsafe { r.realloc(nn, size) }).and_then(|r| r) {
-        Ok(q) => q.as_ptr(),
-        Err(e @ (Error::NotABlock | Error::ForeignPointer)) => {
-            bad("CoTaskMemRealloc", p, e);
-            core::ptr::null_mut()
+    // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
+    match with_heap_of(p, |r| unsafe { r.realloc(nn, size) }) {
+        Ok(Ok(q)) => q.as_ptr(),
+        Ok(Err(Error::NotABlock | Error::ForeignPointer)) => {
+            BAD.fetch_add(1, Ordering::Relaxed); // the region logged it
+            ptr::null_mut()
         }
-        Err(_) => failed().unwrap_or(core::ptr::null_mut()),
+        Err(true) => {
+            bad("CoTaskMemRealloc", p, Error::ForeignPointer);
+            ptr::null_mut()
+        }
+        _ => failed().unwrap_or(ptr::null_mut()),
     }
 }
 
 /// The requested size of a live block (`IMalloc::GetSize`), `None` for anything else.
 pub fn size_of(p: *const u8) -> Option<usize> {
     let nn = NonNull::new(p as *mut u8)?;
-    with_region(|r| r.size_of(nn)).ok().flatten()
+    if let Some(r) = fast(|r| r.contains(p).then(|| r.size_of(nn))) {
+        return r;
+    }
+    with_heap_of(p, |r| r.size_of(nn)).ok().flatten()
 }
 
 /// `IMalloc::DidAlloc`: 1 for a live block start, 0 for anything else, -1 for NULL.
 pub fn did_alloc(p: *const u8) -> i32 {
-    match NonNull::new(p as *mut u8) {
-        None => -1,
-        Some(nn) => with_region(|r| r.owns(nn)).unwrap_or(false) as i32,
+    let Some(nn) = NonNull::new(p as *mut u8) else {
+        return -1;
+    };
+    if let Some(r) = fast(|r| r.contains(p).then(|| r.owns(nn))) {
+        return r as i32;
+    }
+    with_heap_of(p, |r| r.owns(nn)).unwrap_or(false) as i32
+}
+
+/// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. Heaps nobody owns
+/// and that hold no block are reset and decommitted entirely.
+pub fn heap_minimize() {
+    TRIMS.fetch_add(1, Ordering::Relaxed);
+    for h in heaps() {
+        let own = own_heaps().any(|o| ptr::eq(o, h));
+        if let Some(held) = Held::acquire(h, own) {
+            held.drain();
+            let r = held.region();
+            if h.state.load(Ordering::Relaxed) != OWNED && r.live_blocks() == 0 {
+                r.reset();
+            }
+            let _ = r.trim(0);
+            drop(held);
+        }
     }
 }
 
-/// `IMalloc::HeapMinimize`: give unused committed memory back to the OS.
-pub fn heap_minimize() {
-    GLOBAL.trims.fetch_add(1, Ordering::Relaxed);
-    let _ = with_region(|r| r.trim(0));
+/// Counters of the task heap: every heap's region, read through the protocol (frees queued for
+/// a heap are done first).
+pub fn stats() -> HeapStats {
+    let mut s = HeapStats {
+        bad_pointers: BAD.load(Ordering::Relaxed),
+        failed_allocations: FAILED.load(Ordering::Relaxed),
+        trims: TRIMS.load(Ordering::Relaxed),
+        ..HeapStats::default()
+    };
+    for h in heaps() {
+        let own = own_heaps().any(|o| ptr::eq(o, h));
+        if let Some(held) = Held::acquire(h, own) {
+            // Frees queued for the heap count as done (they are, as far as callers know).
+            held.drain();
+            let r = held.region().stats();
+            s.live_blocks += r.live_blocks as u64;
+            s.live_bytes += r.live_bytes as u64;
+            s.committed_bytes += r.committed as u64;
+            s.reserved_bytes += r.reserved as u64;
+        }
+    }
+    s
 }
 
-/// Counters of the task heap.
-pub fn stats() -> HeapStats {
-    let s = with_region(|r| r.stats()).unwrap_or_default();
-    HeapStats {
-        live_blocks: s.live_blocks as u64,
-        live_bytes: s.live_bytes as u64,
-        committed_bytes: s.committed as u64,
-        reserved_bytes: s.reserved as u64,
-        bad_pointers: GLOBAL.bad_pointers.load(Ordering::Relaxed),
-        failed_allocations: GLOBAL.failed.load(Ordering::Relaxed),
-        trims: GLOBAL.trims.load(Ordering::Relaxed),
+/// Counters of the calling thread's current heap alone (its innermost scope, else its own
+/// heap, which is created or adopted now if the thread has none yet; an adopted heap may hold
+/// blocks of the thread that abandoned it). Remote frees queued for it are done first. Other
+/// threads' allocations do not change these counters.
+pub fn thread_stats() -> HeapStats {
+    let mut s = HeapStats::default();
+    if let Ok(h) = cur_heap() {
+        if let Some(r) = with_own(h, |r| r.stats()) {
+            s.live_blocks = r.live_blocks as u64;
+            s.live_bytes = r.live_bytes as u64;
+            s.committed_bytes = r.committed as u64;
+            s.reserved_bytes = r.reserved as u64;
+        }
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request scopes
+// ---------------------------------------------------------------------------------------------
+
+/// An active request scope of the calling thread. Dropping it leaves the scope: every block
+/// allocated in it that is still live is freed at once (the scope's region is reset in O(1)), and
+/// pointers into it are dead from then on. `!Send`: a scope is left on the thread that entered it.
+#[derive(Debug)]
+pub struct ScopeGuard {
+    heap: &'static Heap,
+    _not_send: PhantomData<*mut ()>,
+}
+
+/// Start a request scope on the calling thread: until the guard is dropped, the thread's task
+/// heap allocations come from the scope's own region.
+pub fn enter_scope() -> Result<ScopeGuard, Error> {
+    let h = enter_raw()?;
+    Ok(ScopeGuard { heap: h, _not_send: PhantomData })
+}
+
+/// Run `f` in a request scope; everything it leaks in the task heap is freed when it returns.
+pub fn scope<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
+    let guard = enter_scope()?;
+    let r = f();
+    drop(guard);
+    Ok(r)
+}
+
+impl ScopeGuard {
+    /// Leave the scope now; `Err` (and nothing changed) if it is not the thread's innermost.
+    pub fn leave(self) -> Result<(), Error> {
+        let r = leave_raw(self.heap);
+        if r.is_ok() {
+            core::mem::forget(self);
+        }
+        r
+    }
+
+    /// The C handle of this scope (what `NapallocScopeEnter` hands out).
+    pub fn handle(&self) -> *mut NapallocScope {
+        self.heap as *const Heap as *mut NapallocScope
+    }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        // Not the innermost (guards dropped out of order): unlink it from the chain instead.
+        if leave_raw(self.heap).is_err() {
+            leave_unlinked(self.heap);
+        }
+    }
+}
+
+/// `NapallocScopeEnter`: enter a scope; its heap is the opaque C handle.
+pub(crate) fn enter_handle() -> Result<*mut NapallocScope, Error> {
+    enter_raw().map(|h| h as *const Heap as *mut NapallocScope)
+}
+
+/// `NapallocScopeLeave`: leave the scope `handle` if it is the calling thread's innermost;
+/// `Err(InvalidLayout)` (nothing changed) otherwise, also for a handle of another thread. The
+/// handle is compared, never dereferenced, unless it is the thread's current scope.
+pub(crate) fn leave_handle(handle: *const NapallocScope) -> Result<(), Error> {
+    leave_raw(handle.cast())
+}
+
+/// Enter a scope; returns its heap.
+fn enter_raw() -> Result<&'static Heap, Error> {
+    if IN_SLOW.with(Cell::get) || EXITED.with(Cell::get) {
+        return Err(Error::OutOfMemory);
+    }
+    // The thread's own heap first, so that the scope chain always ends there.
+    let home = cur_heap().map_err(|_| Error::OutOfMemory)?;
+    let cache = scope_cache();
+    // This thread's last scope heap first; then the cache; then any idle scope heap (the cache
+    // may have overflowed); then a new one.
+    let spare = SPARE.with(|s| s.replace(ptr::null()));
+    // SAFETY: heaps are never freed.
+    let spare = (!spare.is_null()).then(|| unsafe { &*spare });
+    let mut candidates =
+        spare.into_iter().chain(core::iter::from_fn(|| cache.pop())).chain(heaps().filter(|h| h.scope));
+    let h = match candidates.find(|h| claim_idle(h)) {
+        Some(h) => h,
+        None => {
+            IN_SLOW.with(|s| s.set(true));
+            let h = new_heap(OWNED, true);
+            IN_SLOW.with(|s| s.set(false));
+            h.ok_or(Error::OutOfMemory)?
+        }
+    };
+    // `cur_heap` above made sure the thread has a heap: `CUR` is a real heap.
+    h.outer.set(real(CUR.with(Cell::get)).unwrap_or(home));
+    CUR.with(|c| c.set(h));
+    Ok(h)
+}
+
+fn scope_cache() -> &'static ArrayQueue<&'static Heap> {
+    SCOPES.get_or_init(|| ArrayQueue::new(SCOPE_CACHE))
+}
+
+/// Make an idle scope heap ours.
+fn claim_idle(h: &'static Heap) -> bool {
+    if h.state.load(Ordering::Relaxed) != IDLE || !h.lock.try_lock() {
+        return false;
+    }
+    let idle = h.state.load(Ordering::Relaxed) == IDLE;
+    if idle {
+        h.state.store(OWNED, Ordering::SeqCst);
+    }
+    h.lock.unlock();
+    idle
+}
+
+/// Leave the innermost scope `h` of this thread: reset its region and put it in the cache.
+/// `Err(InvalidLayout)` (nothing changed) if `h` is not the thread's innermost scope.
+fn leave_raw(h: *const Heap) -> Result<(), Error> {
+    // Compared, not dereferenced, until it is known to be this thread's current heap.
+    let Some(h) = real(h).filter(|&h| ptr::eq(h, CUR.with(Cell::get)) && !ptr::eq(h, HOME.with(Cell::get))) else {
+        return Err(Error::InvalidLayout);
+    };
+    let held = Held::acquire(h, true).ok_or(Error::InvalidLayout)?;
+    CUR.with(|c| c.set(h.outer.get()));
+    retire(h, held);
+    Ok(())
+}
+
+/// Leave a scope that is not the innermost: take it out of the chain, then retire it.
+fn leave_unlinked(h: &'static Heap) {
+    let mut inner: Option<&'static Heap> = None;
+    for o in own_heaps() {
+        if ptr::eq(o, h) {
+            let Some(held) = Held::acquire(h, true) else { return };
+            match inner {
+                Some(i) => i.outer.set(h.outer.get()),
+                None => CUR.with(|c| c.set(h.outer.get())),
+            }
+            retire(h, held);
+            return;
+        }
+        inner = Some(o);
+    }
+}
+
+/// Reset a scope heap we hold, mark it idle and cache it.
+fn retire(h: &'static Heap, held: Held) {
+    let r = held.region();
+    r.reset();
+    // Frees queued for the scope's blocks are moot now: every block is gone.
+    while h.remote.pop().is_some() {}
+    h.attention.fetch_and(!REMOTE, Ordering::SeqCst);
+    h.outer.set(ptr::null());
+    h.state.store(IDLE, Ordering::SeqCst);
+    drop(held);
+    if SPARE.with(Cell::get).is_null() && !EXITED.with(Cell::get) {
+        SPARE.with(|s| s.set(h));
+        return;
+    }
+    if scope_cache().push(h).is_err() {
+        // Cache full: the heap stays registered and idle (`enter_raw` finds it by a scan of the
+        // registry); give its memory back meanwhile.
+        if let Some(held) = Held::acquire(h, false) {
+            if held.region().trim(0).is_ok() {
+                TRIMS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Small versions of `tests/task_heap*.rs`, so that Miri runs the protocol too
+    //! (`cargo miri test --lib`): other tests share the process, so only per-thread books are
+    //! checked exactly.
+    use super::*;
+    use std::thread;
+
+    /// A block pointer handed to another thread (keeps its provenance, for Miri).
+    #[derive(Clone, Copy, Debug)]
+    struct P(*mut u8);
+    // SAFETY: a block of the task heap may be used and freed by any thread.
+    unsafe impl Send for P {}
+
+    fn mine() -> u64 {
+        thread_stats().live_blocks
+    }
+
+    #[test]
+    fn remote_frees_foreign_queries_and_reallocs() {
+        let before = mine();
+        let blocks: Vec<P> = (0..20).map(|i| P(alloc(16 + i * 8).unwrap().as_ptr())).collect();
+        let moved = thread::spawn(move || {
+            let mut moved = P(ptr::null_mut());
+            for (i, &P(p)) in blocks.iter().enumerate() {
+                assert_eq!(size_of(p), Some(16 + i * 8));
+                assert_eq!(did_alloc(p), 1);
+                assert_eq!(did_alloc(p.wrapping_add(4)), 0);
+                if i % 5 == 0 {
+                    // SAFETY: handed over; not used after it moves.
+                    let q = unsafe { realloc(p, 2000) };
+                    assert!(!q.is_null());
+                    if !moved.0.is_null() {
+                        // SAFETY: the previous reallocated block, freed once.
+                        assert!(unsafe { free(moved.0) });
+                    }
+                    moved = P(q);
+                } else {
+                    // SAFETY: handed over, freed once.
+                    assert!(unsafe { free(p) });
+                }
+            }
+            moved
+        })
+        .join()
+        .unwrap();
+        assert_eq!(size_of(moved.0), Some(2000), "reallocated in its own heap");
+        assert_eq!(mine(), before + 1, "19 remote frees drained; the last reallocated block is live");
+        // SAFETY: live, freed once.
+        assert!(unsafe { free(moved.0) });
+        assert_eq!(mine(), before);
+    }
+
+    #[test]
+    fn blocks_survive_their_thread() {
+        let (a, b) = thread::spawn(|| {
+            let a = alloc(40).unwrap();
+            let b = alloc_child(a, 24).unwrap();
+            (P(a.as_ptr()), P(b.as_ptr()))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(size_of(a.0), Some(40));
+        assert_eq!(size_of(b.0), Some(24));
+        // SAFETY: live; the tree goes with it.
+        assert!(unsafe { free_tree(a.0) });
+        assert_eq!(did_alloc(b.0), 0, "freed with its parent, at once");
+    }
+
+    #[test]
+    fn scopes_reset_on_leave() {
+        let before = mine();
+        let leaked = scope(|| {
+            let p = alloc(100).unwrap();
+            assert_eq!(mine(), 1, "the scope's own region");
+            p.as_ptr()
+        })
+        .unwrap();
+        assert_eq!(did_alloc(leaked), 0);
+        assert_eq!(mine(), before);
+        let g = enter_scope().unwrap();
+        let h = enter_handle().unwrap();
+        assert_eq!(leave_handle(g.handle()), Err(Error::InvalidLayout), "not the innermost");
+        assert_eq!(leave_handle(h), Ok(()));
+        g.leave().unwrap();
     }
 }

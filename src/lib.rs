@@ -7,9 +7,9 @@
 //! ```text
 //!  ffi (C ABI: CoTaskMem*, IMalloc, NapUtil)        pool (ArenaPool, trimmer, stats)
 //!        |                                              |
-//!  nap (NAP structs, Alloc*/Free*)                      |
-//!        |                                              |
-//!  com (task heap: per-thread regions, remote frees, request scopes)
+//!  nap (NAP structs, Alloc*/Free*)   com (IMalloc)      |
+//!        |                               |              |
+//!  heap (task heap: per-thread regions, remote frees, request scopes)
 //!        |
 //!  region (Region: tracked blocks, alloc_child, cascading free, realloc, reset)
 //!        |
@@ -25,7 +25,9 @@
 #![warn(missing_debug_implementations)]
 
 pub mod arena;
+pub mod com;
 mod error;
+pub mod ffi;
 pub mod host;
 pub mod nap;
 pub mod os;

@@ -371,6 +371,34 @@ impl Region {
         self.alloc_slow(None, layout)
     }
 
+    /// The part of [`alloc`](Self::alloc) (size 1 to 1024, alignment 16) that needs nothing but
+    /// memory already at hand: a dead slot of the size class, or a new tail when no tail is
+    /// pending and the committed arena has room. `None` (and nothing changed) otherwise.
+    ///
+    /// It never calls out (no page commit, no host callback, no logging), so a caller that must
+    /// not be re-entered (the task heap's lock-free path) can use it where `alloc` could not be.
+    #[inline(always)]
+    pub fn try_alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        if size.wrapping_sub(1) >= FAST_MAX {
+            return None;
+        }
+        let class = (size - 1) / GRANULE;
+        if self.table().heads[class] != NONE {
+            return Some(self.reuse(class, size, NONE));
+        }
+        if !self.root.get().is_null() {
+            return None; // ending the pending tail would record it, which may commit
+        }
+        let top = self.top.get();
+        let limit = top.wrapping_add(LOG_CAP * GRANULE);
+        if limit as usize > self.fast_end.get() as usize {
+            return None;
+        }
+        self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+        // SAFETY: top lies inside the reservation, derived from its base: non-null.
+        Some(unsafe { NonNull::new_unchecked(top) })
+    }
+
     /// Make the dead slot at the head of `class`'s free list a live block of `size` bytes under
     /// `parent` (`NONE`: a root). The free list must not be empty.
     #[inline]
@@ -388,6 +416,7 @@ impl Region {
         r.child = NONE;
         r.next = NONE;
         t.heads[class] = next;
+        t.hints[off / GRANULE % table::HINTS] = i;
         if parent != NONE {
             t.link_under(i, parent);
         }
@@ -594,18 +623,18 @@ impl Region {
     /// The live block starting at `p`, materializing the tail first.
     fn lookup(&self, p: NonNull<u8>) -> Result<u32, Error> {
         let off = self.check_range(p.as_ptr())?;
-        // Blocks below the tail are all in the table already. But if the tail root hangs under a
-        // recorded block, the caller may free, detach or move that block (or an ancestor): the
-        // tail must be in the tree first, or it would be left behind under a dead record.
-        if p.as_ptr() >= self.root.get() || self.tail_has_parent() {
+        // Blocks below the tail are all in the table already, but the records of their children
+        // are complete only if the tail does not hang under one of them.
+        if p.as_ptr() >= self.root.get() || self.tail_nested() {
             self.materialize();
         }
         self.table().find(off / GRANULE).ok_or(Error::NotABlock)
     }
 
-    /// Whether the pending tail's root is a child of a recorded block (log entry 0 is `NESTED`).
+    /// True if the pending tail's root is a child of a recorded block: that block's record does
+    /// not show this child until the tail is materialized.
     #[inline]
-    fn tail_has_parent(&self) -> bool {
+    fn tail_nested(&self) -> bool {
         // SAFETY: entry 0 is written whenever the tail is not empty (root non-null).
         !self.root.get().is_null() && unsafe { *self.log_start() } & NESTED != 0
     }
@@ -734,28 +763,94 @@ impl Region {
     /// No reference into the freed block is used afterwards.
     #[inline]
     pub unsafe fn free_one(&self, ptr: NonNull<u8>) -> Result<(), Error> {
-        let p = ptr.as_ptr();
-        let root = self.root.get();
-        if p == root && self.log_len() == 1 {
-            self.rewind();
+        // SAFETY: forwarded caller guarantee.
+        if unsafe { self.try_free_leaf(ptr.as_ptr()) } {
             return Ok(());
         }
-        // A childless block below the tail (every CoTaskMem block in steady state): one window
-        // lookup and a free-list push, inline. Not while the tail root hangs under a recorded
-        // block: that child is not in the table yet, so the table cannot say "childless".
-        let below = if root.is_null() { self.top.get() } else { root };
+        self.free_slow(ptr, false)
+    }
+
+    /// The inline part of [`free_one`](Self::free_one): free `p` if it is a live block without
+    /// children that needs no scrubbing or alignment bookkeeping (every `CoTaskMem` block in
+    /// steady state) or the only block of the pending tail. `false` (and nothing changed) for
+    /// anything else, including any pointer that is not a live block start of this region.
+    /// For such a block, freeing it alone and freeing its tree ([`free`](Self::free)) are the same.
+    ///
+    /// It never calls out (no page commit, no host callback, no logging).
+    ///
+    /// # Safety
+    /// If `p` is a live block, no reference into it is used afterwards.
+    #[inline(always)]
+    pub unsafe fn try_free_leaf(&self, p: *const u8) -> bool {
+        // SAFETY: forwarded caller guarantee; `PLAIN = false` checks `slow_free` itself.
+        unsafe { self.free_leaf_inline::<false>(p) }
+    }
+
+    /// [`try_free_leaf`](Self::try_free_leaf) for a region that never scrubs freed memory and
+    /// never holds a block aligned above 16 bytes (the task heap's regions: every block they
+    /// hand out is 16-aligned, and realloc keeps alignment), so that freeing never needs more
+    /// than a free-list push: the check for that is skipped (and only asserted in debug builds).
+    ///
+    /// # Safety
+    /// As `try_free_leaf`, and the region was built without scrubbing and has only been asked
+    /// for alignments of at most 16.
+    #[inline(always)]
+    pub unsafe fn try_free_leaf_plain(&self, p: *const u8) -> bool {
+        debug_assert!(!self.slow_free.get(), "try_free_leaf_plain on a region that scrubs or over-aligns");
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.free_leaf_inline::<true>(p) }
+    }
+
+    /// # Safety
+    /// As `try_free_leaf`; with `PLAIN`, as `try_free_leaf_plain`.
+    #[inline(always)]
+    unsafe fn free_leaf_inline<const PLAIN: bool>(&self, p: *const u8) -> bool {
+        // A childless recorded block (every CoTaskMem block in steady state): a hint-cache or
+        // window lookup and a free-list push, inline. Tail blocks have no record: both miss them.
         let off = self.off_of(p);
-        if (p as usize) < below as usize && off % GRANULE == 0 && !self.slow_free.get() && !self.tail_has_parent() {
+        // A recorded block whose child is the pending tail's root does not know that child yet
+        // (its record says childless): with such a tail, take the path that materializes.
+        if (PLAIN || !self.slow_free.get()) && !self.tail_nested() {
             let t = self.table();
-            if let Some(i) = t.find(off / GRANULE) {
-                // SAFETY: i is a live record.
-                if unsafe { t.rec(i).child } == NONE {
-                    t.free_leaf(i);
-                    return Ok(());
+            let g = off / GRANULE;
+            let h = t.hints[g % table::HINTS];
+            // The hint is trusted only for a record below count that starts exactly at `p` (the
+            // compare of whole offsets also refuses a pointer that is not 16-aligned).
+            // SAFETY: h < count <= cap.
+            let i = if h < t.count && unsafe { t.get(h).off } as usize * GRANULE == off {
+                Some(h)
+            } else if off % GRANULE == 0 {
+                t.slot(g)
+            } else {
+                None
+            };
+            if let Some(i) = i {
+                // SAFETY: `i` is a record below count <= cap; the records live in their own
+                // reservation, so this pointer does not alias the table's fields.
+                let rp = unsafe { t.recs.add(i as usize) };
+                // `prev` and `child`, adjacent in the `repr(C)` record, read at once: a root
+                // without children has both `NONE` (all ones; `DEAD` is not).
+                // SAFETY: bytes 8..16 of a live record: its `prev` and `child` fields.
+                let prev_child = unsafe { rp.cast::<u8>().add(8).cast::<u64>().read_unaligned() };
+                // SAFETY: as above.
+                let r = unsafe { &mut *rp };
+                if prev_child == u64::MAX {
+                    t.free_root_leaf(i, r);
+                    return true;
                 }
+                if r.child == NONE && r.prev != table::DEAD {
+                    t.free_leaf(i);
+                    return true;
+                }
+                return false;
             }
         }
-        self.free_slow(ptr, false)
+        // The only block of the pending tail: a rewind.
+        if core::ptr::eq(p, self.root.get()) && self.log_len() == 1 {
+            self.rewind();
+            return true;
+        }
+        false
     }
 
     /// Free materialized record `i` and its subtree.
@@ -869,6 +964,26 @@ impl Region {
         self.peek_size(ptr.as_ptr()).is_ok()
     }
 
+    /// Run `f` with the arena's commits made at `level` (the commits of one critical
+    /// allocation), then restore the region's own level.
+    pub fn with_critical_level<R>(&self, level: CriticalLevel, f: impl FnOnce(&Self) -> R) -> R {
+        let old = self.arena.set_level(level);
+        let r = f(self);
+        self.arena.set_level(old);
+        r
+    }
+
+    /// The tracked reservation: its start and length. Every block lies inside it, and it does
+    /// not move while the region lives.
+    pub fn arena_range(&self) -> (*const u8, usize) {
+        (self.base.as_ptr(), self.arena.reserved())
+    }
+
+    /// Live tracked blocks (as [`stats`](Self::stats) counts them, without the rest).
+    pub fn live_blocks(&self) -> usize {
+        self.table().live_blocks + self.log_len()
+    }
+
     /// True if `ptr` lies anywhere inside this region's tracked reservation.
     #[inline]
     pub fn contains(&self, ptr: *const u8) -> bool {
@@ -876,7 +991,26 @@ impl Region {
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
+    #[inline]
     pub fn reset(&mut self) {
+        // Nothing recorded since the last reset (a request that stayed one pending tail): only
+        // the tail and the untracked arena are forgotten. With no record there is no free-list
+        // entry and no `big_align` entry either.
+        if self.table.get_mut().count == 0 && !self.scrub.on_reset && self.fast_end.get() == self.end.get() {
+            debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
+            self.note_high_water();
+            self.top.set(self.base.as_ptr());
+            self.log.set(self.log_start());
+            self.root.set(core::ptr::null_mut());
+            self.untracked.reset();
+            return;
+        }
+        self.reset_slow();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reset_slow(&mut self) {
         self.note_high_water();
         let top = self.top_off();
         if self.scrub.on_reset && top > 0 {
@@ -910,11 +1044,11 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        // Keep room for a full log (a pending tail is materialized into it; `refresh_fast_end`
-        // asks for it, so nothing is committed again right away) and the index of the committed
-        // arena (blocks placed there are indexed without committing).
+        // Keep room for a full log beyond the records (a pending tail is materialized into it;
+        // `refresh_fast_end` asks for it, so nothing is committed again right away) and the index
+        // of the committed arena (blocks placed there are indexed without committing).
         let t = self.table();
-        let b = t.trim(t.count as usize + LOG_CAP + 1, self.arena.committed())?;
+        let b = t.trim(LOG_CAP + 1, self.arena.committed())?;
         // Like `refresh_fast_end`, but a trim commits nothing: without room (a region that never
         // allocated) roots take the slow path, which makes room.
         let room = t.cap as usize > t.count as usize + LOG_CAP;
@@ -1144,6 +1278,40 @@ mod tests {
         assert!(!r.owns(kid) && r.owns(again));
         assert_eq!(r.stats().live_blocks, 2);
         assert_eq!(r.size_of(again), Some(33));
+    }
+
+    #[test]
+    fn a_tail_under_a_recorded_block_is_freed_with_it_or_detached_from_it() {
+        let r = region();
+        // `v2` is a child of `arr`, which is neither the tail root nor the newest tail block:
+        // `v2` starts a new tail that hangs under the recorded `arr`.
+        let s = r.alloc(l(16)).unwrap();
+        let arr = r.alloc_child(s, l(80)).unwrap();
+        let v1 = r.alloc_child(arr, l(7)).unwrap();
+        let v2 = r.alloc_child(arr, l(14)).unwrap();
+        assert_eq!(r.stats().live_blocks, 4);
+        // SAFETY: s is live; afterwards its whole tree is gone.
+        unsafe { r.free(s).unwrap() };
+        assert!(!r.owns(arr) && !r.owns(v1) && !r.owns(v2));
+        assert_eq!(r.stats().live_blocks, 0);
+
+        // free_one of the parent of a nested tail: the tail's root becomes a root of its own.
+        let s = r.alloc(l(16)).unwrap();
+        let arr = r.alloc_child(s, l(80)).unwrap();
+        let _v1 = r.alloc_child(arr, l(7)).unwrap();
+        let v2 = r.alloc_child(arr, l(14)).unwrap();
+        // SAFETY: arr is live and not used afterwards.
+        unsafe { r.free_one(arr).unwrap() };
+        assert!(r.owns(v2));
+        // A new block of arr's size class may take arr's record: it must not inherit v2.
+        let x = r.alloc(l(80)).unwrap();
+        // SAFETY: x is live and has no children.
+        unsafe { r.free(x).unwrap() };
+        assert!(r.owns(v2));
+        // SAFETY: s is live; v2 no longer hangs under its tree.
+        unsafe { r.free(s).unwrap() };
+        assert!(r.owns(v2));
+        assert_eq!(r.stats().live_blocks, 2, "v1 (detached from arr) and v2");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub(crate) const MAX_RECS: usize = (PARENT - 1) as usize;
 pub const GRANULE: usize = 16;
 /// log2 of the lookup window in granules (64 granules = 1 KiB).
 const WINDOW_SHIFT: u32 = 6;
+/// Entries of the lookup hint cache (a power of two).
+pub(crate) const HINTS: usize = 512;
 
 /// Sizes of up to `EXACT_CLASSES` granules have a class each; larger ones are grouped four per
 /// doubling and rounded up to the class size when bump-allocated, so that a dead slot of a class
@@ -64,6 +66,9 @@ pub(crate) struct Rec {
     pub child: u32,
     pub next: u32,
 }
+
+// `Region::try_free_leaf` reads `prev` and `child` as one 8-byte word.
+const _: () = assert!(core::mem::offset_of!(Rec, prev) == 8 && core::mem::offset_of!(Rec, child) == 12);
 
 /// Granules a block of `size` bytes occupies (zero-size blocks take one: they must be unique).
 #[inline(always)]
@@ -137,14 +142,23 @@ pub(crate) struct Table {
     pub count: u32,
     /// Records committed in `recs_span`.
     pub cap: u32,
+    /// Live blocks of the table. (Kept apart from `live_bytes`: adjacent, the compiler merges
+    /// the two updates into slower vector code.)
+    pub live_blocks: usize,
     pub windows: *mut Window,
     /// Windows that are valid (see [`Window`]).
     pub init_windows: usize,
     /// Head of each class's free list (`NONE` if empty). Every record is live or on exactly
     /// one free list, so the number of dead slots is `count - live_blocks`.
     pub heads: [u32; NUM_CLASSES],
-    /// Live blocks of the table and their requested bytes.
-    pub live_blocks: usize,
+    /// A direct-mapped cache in front of the windows: `hints[g % HINTS]` is the record of the
+    /// last block recorded or reused at a granule `g` with that remainder. Only a hint, never
+    /// cleared: [`slot_hinted`](Self::slot_hinted) trusts an entry only if it is below `count`
+    /// and its record starts at the granule looked up (offsets below `count` are unique, so such
+    /// a record *is* the one the windows would find). Blocks freed soon after they were handed
+    /// out (every `CoTaskMem` block) are found without the bitmap and popcount.
+    pub hints: [u32; HINTS],
+    /// Requested bytes of the live blocks.
     pub live_bytes: usize,
     recs_span: Span,
     first_span: Span,
@@ -163,6 +177,7 @@ impl Table {
             windows: first_span.base().as_ptr().cast(),
             init_windows: 0,
             heads: [NONE; NUM_CLASSES],
+            hints: [NONE; HINTS],
             live_blocks: 0,
             live_bytes: 0,
             recs_span,
@@ -254,6 +269,7 @@ impl Table {
         unsafe { (*self.windows.add(w)).bits |= 1 << (off & 63) };
         // SAFETY: i < cap.
         unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
+        self.hints[off as usize % HINTS] = i;
         self.count = i + 1;
         if parent != NONE {
             self.link_under(i, parent);
@@ -319,6 +335,41 @@ impl Table {
         let i = win.first + (win.bits & (bit - 1)).count_ones();
         // SAFETY: a set bit has a record (window invariant), so i < count <= cap.
         (unsafe { self.get(i).prev } != DEAD).then_some(i)
+    }
+
+    /// The record (live or dead) whose block starts at granule `g`, if any. O(1).
+    #[inline(always)]
+    pub(crate) fn slot(&self, g: usize) -> Option<u32> {
+        let w = g >> WINDOW_SHIFT;
+        if w >= self.init_windows {
+            return None;
+        }
+        // SAFETY: w < init_windows.
+        let win = unsafe { &*self.windows.add(w) };
+        // Shift bit `g % 64` to the top: the sign says whether a record starts at `g`, and the
+        // bits left are those at or below `g`.
+        let up = win.bits << (63 - (g & 63));
+        if (up as i64) >= 0 {
+            return None;
+        }
+        Some(win.first + up.count_ones() - 1)
+    }
+
+    /// Free live record `i` (`r`), a root without children: no unlinking, straight onto its
+    /// free list.
+    #[inline(always)]
+    pub(crate) fn free_root_leaf(&mut self, i: u32, r: &mut Rec) {
+        debug_assert!(r.prev == NONE && r.child == NONE && r.next == NONE, "record {i} is not a root leaf");
+        let size = r.size as usize;
+        let class = size.wrapping_sub(1) / GRANULE;
+        let class = if class < EXACT_CLASSES { class } else { class_of_size(size) };
+        // SAFETY: class_of_size is below NUM_CLASSES.
+        let head = unsafe { self.heads.get_unchecked_mut(class) };
+        r.prev = DEAD;
+        r.next = *head;
+        *head = i;
+        self.live_blocks -= 1;
+        self.live_bytes -= size;
     }
 
     /// Make every child of live record `i` a root (O(children)).
@@ -416,12 +467,12 @@ impl Table {
         self.recs_span.reserved() + self.first_span.reserved()
     }
 
-    /// Give back table memory beyond room for `keep_recs` records (at least `count`) and beyond
-    /// the window index of an arena of `arena_committed` bytes. The index must keep covering the
-    /// committed arena (see [`ensure_windows`](Self::ensure_windows)): blocks placed there later,
-    /// and pending blocks recorded later, are indexed without committing more.
+    /// Give back table memory beyond what `count` records and `keep_recs` more need. The room for
+    /// `keep_recs` more stays committed, so that a pending tail of up to that many blocks can be
+    /// recorded without a commit (which may fail). The window index keeps covering an arena of
+    /// `arena_committed` bytes (the invariant of `ensure_windows`).
     pub(crate) fn trim(&mut self, keep_recs: usize, arena_committed: usize) -> Result<usize, Error> {
-        let keep = keep_recs.max(self.count as usize) * core::mem::size_of::<Rec>();
+        let keep = (self.count as usize).saturating_add(keep_recs).min(MAX_RECS) * core::mem::size_of::<Rec>();
         // SAFETY: no record at or past `count` is referenced.
         let a = unsafe { self.recs_span.trim(keep)? };
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;

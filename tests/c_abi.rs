@@ -8,6 +8,10 @@
 //!   `NAPALLOC_C_TESTS=name1,name2` (file stems) to run only some of them, and
 //!   `NAPALLOC_C_RUNNER="valgrind --leak-check=full --error-exitcode=1"` (any command and its
 //!   arguments) to run every client under a checker.
+//! * A client that calls a function of the fixed ABI that the library does not define yet (the
+//!   ABI lands in parts) is compiled but not linked or run: it is SKIPPED, and the skip is written
+//!   to the terminal (past the test harness's capture) with the missing names. Set
+//!   `NAPALLOC_C_REQUIRE_ALL=0` to skip (loudly) clients whose ABI functions are not written yet.
 //! * One client is linked against the shared library with an rpath, and must load it from there.
 //! * `layout_dump.c` prints what the C compiler makes of every type; it must equal the Rust mirror
 //!   in `napalloc::nap::types`.
@@ -281,13 +285,42 @@ fn every_c_client_passes_linked_statically() {
             assert!(names.iter().any(|n| n == required), "{required} not found among {names:?}");
         }
     }
+    // The whole C ABI is implemented: a client that cannot link is a failure. Set
+    // NAPALLOC_C_REQUIRE_ALL=0 to skip such clients while an ABI function is being written.
+    let require_all = std::env::var_os("NAPALLOC_C_REQUIRE_ALL").is_none_or(|v| v != "0");
     let mut failures = Vec::new();
+    let mut skipped = Vec::new();
     for src in &clients {
         let name = src.file_name().unwrap().to_string_lossy();
+        match missing_abi_functions(src) {
+            Ok(missing) if !missing.is_empty() => {
+                let why = format!("{name} calls {} (not defined by libnapalloc.a yet)", missing.join(", "));
+                if require_all {
+                    failures.push(format!("FAILED: {why}"));
+                } else {
+                    skipped.push(why);
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures.push(format!("FAILED: {name}\n{e}"));
+                continue;
+            }
+        }
         match compile(src, Link::Static, "static", &[]).and_then(|exe| run(&exe)) {
             Ok(out) => eprintln!("ok: {name}\n{out}"),
             Err(e) => failures.push(format!("FAILED: {name}\n{e}")),
         }
+    }
+    if !skipped.is_empty() {
+        // Straight to the terminal: the harness captures eprintln! of passing tests.
+        use std::io::Write;
+        let mut msg = format!("\nSKIPPED {} of {} C clients:\n", skipped.len(), clients.len());
+        for s in &skipped {
+            msg.push_str(&format!("  SKIPPED: {s}\n"));
+        }
+        let _ = std::io::stderr().write_all(msg.as_bytes());
     }
     assert!(
         failures.is_empty(),
@@ -296,6 +329,51 @@ fn every_c_client_passes_linked_statically() {
         clients.len(),
         failures.join("\n\n")
     );
+}
+
+/// The functions of the fixed ABI that `libnapalloc.a` defines (`nm --defined-only`).
+fn library_abi_functions() -> &'static BTreeSet<String> {
+    static SET: OnceLock<BTreeSet<String>> = OnceLock::new();
+    SET.get_or_init(|| {
+        let lib = build().lib_dir.join("libnapalloc.a");
+        let out = Command::new("nm").args(["-g", "--defined-only"]).arg(&lib).output().expect("run nm");
+        assert!(out.status.success(), "nm {}: {}", lib.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace().rev();
+                let name = f.next()?;
+                (f.next()? == "T" && FIXED_ABI.contains(&name)).then(|| name.to_string())
+            })
+            .collect()
+    })
+}
+
+/// The functions of the fixed ABI that `src` calls and the library does not define: `src` is
+/// compiled to an object file (`-c`) and its undefined symbols (`nm -u`) are compared.
+fn missing_abi_functions(src: &Path) -> Result<Vec<String>, String> {
+    let b = build();
+    let stem = src.file_stem().unwrap().to_string_lossy();
+    let obj = b.out_dir.join(format!("{stem}.o"));
+    let (cc, flags) = compiler(src);
+    let mut cmd = Command::new(cc);
+    cmd.args(flags).arg("-I").arg(root().join("include")).arg("-c").arg(src).arg("-o").arg(&obj);
+    let out = cmd.output().map_err(|e| format!("cannot run {cc}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "compile failed: {cmd:?}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let nm = Command::new("nm").arg("-u").arg(&obj).output().map_err(|e| format!("cannot run nm: {e}"))?;
+    let defined = library_abi_functions();
+    Ok(String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| FIXED_ABI.contains(name) && !defined.contains(*name))
+        .map(str::to_string)
+        .collect())
 }
 
 #[test]
@@ -813,7 +891,6 @@ fn the_declaration_parsers_find_what_they_should() {
 }
 
 #[test]
-#[ignore = "enabled once the C ABI lands"]
 fn header_rust_sources_and_shared_library_export_the_same_functions() {
     let declared = header_functions(&fs::read_to_string(header()).expect("read include/napalloc.h"));
     let rust = rust_exports(&root().join("src"));

@@ -36,6 +36,8 @@ mod backend;
 
 pub use backend::Reservation;
 
+pub(crate) mod barrier;
+
 /// What the page layer of this platform can do (after mimalloc's `mi_os_mem_config_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OsConfig {

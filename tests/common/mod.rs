@@ -128,7 +128,7 @@ impl Tracker {
         self.releases.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state();
         match st.live.get(&base).map(|e| e.res.len()) {
-            Some(l) if len.map_or(true, |len| len == l) => {
+            Some(l) if len.is_none_or(|len| len == l) => {
                 st.live.remove(&base);
                 Ok(())
             }

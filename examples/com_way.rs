@@ -1,0 +1,64 @@
+//! The canonical request, the COM way (each block allocated and freed on its own), N times in one
+//! mode: the harness for counting instructions per request with callgrind.
+//!
+//! ```text
+//! cargo build --release --example com_way
+//! valgrind --tool=callgrind target/release/examples/com_way MODE 0
+//! valgrind --tool=callgrind target/release/examples/com_way MODE 10000
+//! ```
+//! Modes: `floor` (the loop without allocation), `system` (Rust's System allocator: glibc
+//! malloc/free), `heap` (napalloc's `heap::alloc` / `heap::free`), `cotaskmem` (the C exports),
+//! `region` (a bare `Region`: `try_alloc` / `free_one`, without the task heap around it), and
+//! `heap-2t` / `system-2t` (two threads, N requests each, for timing the scaling).
+//! Each run first does 64 warm-up requests, so the N = 0 run has the same start-up and lazily
+//! created state: `(Ir(N) - Ir(0)) / N` is the cost of one request.
+
+#[path = "../benches/com_way/mod.rs"]
+mod com_way;
+
+use com_way::*;
+
+fn go<A: Com>(mut a: A, n: u64) {
+    let mut x = SEED;
+    run(&mut a, &mut x, 64);
+    run(&mut a, &mut x, n);
+    std::hint::black_box(x);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(mode), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
+        eprintln!("usage: com_way floor|system|heap|cotaskmem|region|heap-2t|system-2t N");
+        std::process::exit(2);
+    };
+    match mode.as_str() {
+        "floor" => go(Floor(Box::new([0; 4096])), n),
+        "system" => go(Global(std::alloc::System), n),
+        "heap" => go(TaskHeap, n),
+        "cotaskmem" => go(CoTaskMem, n),
+        "region" => go(BareRegion(napalloc::Region::new().unwrap()), n),
+        // Two threads, each its own request loop of N requests (its own random sequence).
+        "heap-2t" | "system-2t" => {
+            let system = mode.starts_with("system");
+            let threads: Vec<_> = (0..2u64)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        let mut x = SEED.wrapping_add(t.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        if system {
+                            let mut a = Global(std::alloc::System);
+                            run(&mut a, &mut x, 64 + n);
+                        } else {
+                            run(&mut TaskHeap, &mut x, 64 + n);
+                        }
+                        std::hint::black_box(x);
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+        }
+        other => {
+            eprintln!("unknown mode {other}");
+            std::process::exit(2);
+        }
+    }
+}

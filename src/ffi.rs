@@ -1,0 +1,196 @@
+//! The C exports of the COM task allocator and of napalloc's own entry points (`Napalloc*`), with the names and
+//! signatures of `include/napalloc.h`.
+//!
+//! A thin layer: argument checks, HRESULTs, and no panic across the C ABI. Each export forwards to
+//! [`crate::heap`] or [`crate::com`]; what may panic runs under `catch_unwind` and becomes NULL or
+//! `E_FAIL`. The one exception is the fast path of `CoTaskMemAlloc` and `CoTaskMemFree`
+//! (`heap::alloc_fast`, `heap::free_fast`), which is kept out of `catch_unwind` because that would
+//! cost an indirect call on every block: it performs no call, no allocation and no checked
+//! arithmetic that can fail in a release build (its counters cannot overflow by the side table's
+//! invariants), so it cannot panic.
+//!
+//! The functions are `extern "system"`: the plain C convention on x86-64 (Windows and elsewhere)
+//! and `__stdcall` on 32-bit Windows, which is what the header's `NAPALLOC_CALL` means.
+
+#![allow(non_snake_case)]
+
+use crate::com;
+use crate::heap;
+use crate::hr::{E_FAIL, E_INVALIDARG, E_OUTOFMEMORY, E_POINTER, HRESULT, S_OK};
+use crate::nap::types::{
+    EMemoryCriticalLevel, IHostMemoryManager, IMalloc, NapallocScope, NapallocStats, DWORD, SIZE_T,
+};
+use crate::Error;
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Run `f`; a panic becomes `E_FAIL` instead of unwinding into C.
+#[inline]
+fn guard_hr(f: impl FnOnce() -> HRESULT) -> HRESULT {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(E_FAIL)
+}
+
+/// Run `f`; a panic becomes NULL instead of unwinding into C.
+#[inline]
+fn guard_ptr(f: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(ptr::null_mut())
+}
+
+fn as_void(p: Option<NonNull<u8>>) -> *mut c_void {
+    p.map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+}
+
+/// `void *CoTaskMemAlloc(SIZE_T cb)`: a 16-aligned block of `cb` bytes; `cb == 0` gives a unique
+/// non-NULL block; NULL on failure (sizes near `SIZE_MAX` fail).
+#[no_mangle]
+pub extern "system" fn CoTaskMemAlloc(cb: SIZE_T) -> *mut c_void {
+    if let Some(p) = heap::alloc_fast(cb) {
+        return p.as_ptr().cast();
+    }
+    guard_ptr(|| as_void(heap::alloc_slow(cb, crate::CriticalLevel::Task)))
+}
+
+/// `void *CoTaskMemRealloc(void *pv, SIZE_T cb)`: NULL `pv` allocates; `cb == 0` frees `pv` and
+/// returns NULL; a failed grow returns NULL and leaves `pv` valid; contents are kept up to the
+/// smaller size.
+///
+/// # Safety
+/// `pv` is NULL or was returned by this allocator; if the block moves, the caller no longer uses
+/// `pv`. (A foreign, interior or freed `pv` is refused and reported, not touched.)
+#[no_mangle]
+pub unsafe extern "system" fn CoTaskMemRealloc(pv: *mut c_void, cb: SIZE_T) -> *mut c_void {
+    guard_ptr(|| {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { heap::realloc(pv.cast(), cb).cast() }
+    })
+}
+
+/// `void CoTaskMemFree(void *pv)`: NULL does nothing; a foreign, interior or already freed
+/// pointer changes nothing and is reported (`NapallocStats::bad_pointer_reports`).
+///
+/// # Safety
+/// If `pv` is a live block, the caller no longer uses it.
+#[no_mangle]
+pub unsafe extern "system" fn CoTaskMemFree(pv: *mut c_void) {
+    // SAFETY: forwarded caller guarantee.
+    if unsafe { heap::free_fast(pv.cast()) } {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { heap::free_slow(pv.cast(), false) };
+    }));
+}
+
+/// `HRESULT CoGetMalloc(DWORD dwMemContext, IMalloc **ppMalloc)`: context 1 → `S_OK` and the
+/// process-wide `IMalloc`, AddRef'd; any other context → `E_INVALIDARG` and `*ppMalloc = NULL`;
+/// NULL `ppMalloc` → `E_INVALIDARG`.
+///
+/// # Safety
+/// `pp_malloc` is NULL or valid for a write of one pointer.
+#[no_mangle]
+pub unsafe extern "system" fn CoGetMalloc(mem_context: DWORD, pp_malloc: *mut *mut IMalloc) -> HRESULT {
+    guard_hr(|| {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { com::co_get_malloc(mem_context, pp_malloc) }
+    })
+}
+
+/// `HRESULT NapallocSetHostMemoryManager(IHostMemoryManager *host)`: take the pages of every
+/// region created from now on from `host` (AddRef'd and kept; napalloc registers its
+/// `ICLRMemoryNotificationCallback` with it); NULL goes back to the OS. See
+/// [`crate::host::set_host_memory_manager`].
+///
+/// # Safety
+/// `host` is NULL or a live, free-threaded `IHostMemoryManager` that stays usable while napalloc
+/// holds its reference.
+#[no_mangle]
+pub unsafe extern "system" fn NapallocSetHostMemoryManager(host: *mut IHostMemoryManager) -> HRESULT {
+    guard_hr(|| {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { crate::host::set_host_memory_manager(host.cast()) }
+    })
+}
+
+/// `HRESULT NapallocSetBudget(SIZE_T softLimit, SIZE_T hardLimit)`: limits for committed memory
+/// (0: no limit); `softLimit > hardLimit` with `hardLimit != 0` → `E_INVALIDARG`, nothing changed.
+/// See [`crate::host::set_budget`].
+#[no_mangle]
+pub extern "system" fn NapallocSetBudget(soft_limit: SIZE_T, hard_limit: SIZE_T) -> HRESULT {
+    guard_hr(|| crate::host::set_budget(soft_limit, hard_limit))
+}
+
+/// `void *NapallocAllocCritical(SIZE_T cb, EMemoryCriticalLevel level)`: `CoTaskMemAlloc` at a
+/// critical level; NULL on failure and for a level mscoree.h does not define.
+#[no_mangle]
+pub extern "system" fn NapallocAllocCritical(cb: SIZE_T, level: EMemoryCriticalLevel) -> *mut c_void {
+    let Some(level) = level.critical_level() else {
+        return ptr::null_mut();
+    };
+    guard_ptr(|| as_void(heap::alloc_critical(cb, level)))
+}
+
+/// `HRESULT NapallocGetStats(NapallocStats *out)`: the process-wide counters; NULL `out` →
+/// `E_POINTER`.
+///
+/// # Safety
+/// `out` is NULL or valid for a write of one `NapallocStats`.
+#[no_mangle]
+pub unsafe extern "system" fn NapallocGetStats(out: *mut NapallocStats) -> HRESULT {
+    if out.is_null() {
+        return E_POINTER;
+    }
+    guard_hr(|| {
+        let s = NapallocStats::from(heap::stats());
+        // SAFETY: non-null and writable (caller).
+        unsafe { out.write_unaligned(s) };
+        S_OK
+    })
+}
+
+/// `HRESULT NapallocHeapMinimize(void)`: give unused committed memory back to the OS (or the
+/// host), as `IMalloc::HeapMinimize`.
+#[no_mangle]
+pub extern "system" fn NapallocHeapMinimize() -> HRESULT {
+    guard_hr(|| {
+        heap::heap_minimize();
+        S_OK
+    })
+}
+
+/// `HRESULT NapallocScopeEnter(NapallocScope **scope)`: start a request scope on the calling
+/// thread; NULL `scope` → `E_POINTER`; `E_OUTOFMEMORY` if no scope heap can be had.
+///
+/// # Safety
+/// `scope` is NULL or valid for a write of one pointer.
+#[no_mangle]
+pub unsafe extern "system" fn NapallocScopeEnter(scope: *mut *mut NapallocScope) -> HRESULT {
+    if scope.is_null() {
+        return E_POINTER;
+    }
+    guard_hr(|| {
+        let (h, hr) = match heap::enter_handle() {
+            Ok(h) => (h, S_OK),
+            Err(Error::OutOfMemory) => (ptr::null_mut(), E_OUTOFMEMORY),
+            Err(e) => (ptr::null_mut(), e.hresult()),
+        };
+        // SAFETY: non-null and writable (caller).
+        unsafe { scope.write(h) };
+        hr
+    })
+}
+
+/// `HRESULT NapallocScopeLeave(NapallocScope *scope)`: leave the calling thread's innermost
+/// scope, freeing everything still allocated in it. NULL, a scope that is not the thread's
+/// innermost, or another thread's scope → `E_INVALIDARG`, nothing changed.
+#[no_mangle]
+pub extern "system" fn NapallocScopeLeave(scope: *mut NapallocScope) -> HRESULT {
+    if scope.is_null() {
+        return E_INVALIDARG;
+    }
+    guard_hr(|| match heap::leave_handle(scope) {
+        Ok(()) => S_OK,
+        Err(_) => E_INVALIDARG,
+    })
+}

@@ -1,0 +1,786 @@
+//! The 14 NapUtil memory functions (SPEC §4) as Rust functions over the task heap.
+//!
+//! The C exports with the NapUtil names are in [`super::ffi`]; they only add a guard against
+//! unwinding. Every function here is `unsafe` because it reads or writes through pointers a C
+//! caller hands it; what it checks and what the caller must guarantee is written on each.
+//!
+//! # Allocation
+//! Every structure and every array it points to is a SEPARATE task-heap block, and each array is
+//! allocated with [`heap::alloc_child`] under its structure: the side table records it as an
+//! embedded pointer, so [`heap::free_tree`] of the structure frees it too, while
+//! `CoTaskMemFree` of the structure alone ([`heap::free`]) leaves it alive (the SDK samples copy
+//! a `CountedString` out, free only the structure and later free `string` on its own).
+//! Everything handed out is zero-filled. On any failure `*out` is NULL (when `out` is not NULL)
+//! and nothing is left allocated.
+//!
+//! # Freeing
+//! A `Free*` function receives either what an `Alloc*` function (or another callee) built, or a
+//! structure assembled by hand from separate `CoTaskMemAlloc` blocks, with no embedded-pointer
+//! records at all. So it never relies on the records to find embedded pointers: it
+//! 1. validates the top-level pointer: it must be the start of a live task-heap block at least as
+//!    large as the structure ([`heap::size_of`]). Anything else (foreign, interior, already freed,
+//!    too small) is **not read through at all**, nothing is freed, and it is reported
+//!    ([`heap::report_bad_pointer`]: a log warning and the bad-pointer counter);
+//! 2. reads the structure's fields, walking embedded arrays only as far as their own block's
+//!    recorded size allows (a count beyond that is clamped and reported; an embedded array that
+//!    is not a live block is not read);
+//! 3. frees each embedded pointer with [`heap::free`] (NULL: nothing; a bad pointer: reported and
+//!    ignored; a pointer equal to the structure itself: skipped, the structure is freed last);
+//! 4. frees the structure with [`heap::free_tree`], which also frees anything still recorded
+//!    under it.
+//!
+//! # `FreeConnections` RELEASES THE INTERFACES IT HOLDS
+//! **[`free_connections`] calls `Release` exactly once on every non-NULL `connections[i]`,
+//! `i < count`, before it frees the slot array and the structure.** In COM the receiver of an
+//! `[out]` interface pointer owns that reference, and MIDL's free routines release embedded
+//! interfaces; so a `Connections` handed out must hold one reference per non-NULL slot
+//! (`AddRef` before storing), and whoever frees it must not `Release` the slots itself. The heap
+//! lock is not held during the `Release` calls, so an object may free task-heap memory (even
+//! itself) from its `Release`. It must not free the `Connections` being freed.
+
+use super::types::{
+    ComObject, Connections, CountedString, FixupInfo, INapEnforcementClientConnection, IsolationInfo, IsolationInfoEx,
+    NapComponentRegistrationInfo, NetworkSoH, PrivateData, SoH, SoHAttribute, SoHAttributeType, SoHAttributeValue,
+    SystemHealthAgentState, MAX_CONNECTION_COUNT_PER_ENFORCER, MAX_DWORD_COUNT_PER_SOH_ATTRIBUTE, MAX_STRING_LENGTH,
+    WCHAR,
+};
+use crate::heap;
+use crate::hr::{E_INVALIDARG, E_OUTOFMEMORY, HRESULT, S_OK};
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+
+// ---------------------------------------------------------------------------------------------
+// The allocator seam
+// ---------------------------------------------------------------------------------------------
+
+/// The task-heap operations the NapUtil functions use. Production code uses [`TaskHeap`], the
+/// process-wide task heap; the tests substitute a private region that can be told to fail an
+/// allocation, so that every failure path is exercised and its books checked exactly.
+pub(crate) trait TaskMem {
+    /// A block of `size` bytes (16-aligned), `None` if memory is short.
+    fn alloc(&self, size: usize) -> Option<NonNull<u8>>;
+    /// A block recorded as an embedded pointer of `parent`.
+    fn alloc_child(&self, parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>>;
+    /// `CoTaskMemFree`: one block; NULL nothing; a bad pointer reported and ignored.
+    ///
+    /// # Safety
+    /// If `p` is a live block, nothing uses it afterwards.
+    unsafe fn free(&self, p: *mut u8) -> bool;
+    /// One block and everything recorded under it.
+    ///
+    /// # Safety
+    /// If `p` is a live block, nothing uses it or its recorded children afterwards.
+    unsafe fn free_tree(&self, p: *mut u8) -> bool;
+    /// The requested size of a live block start, `None` for anything else.
+    fn size_of(&self, p: *const u8) -> Option<usize>;
+    /// Log and count a refused pointer.
+    fn report_bad_pointer(&self, what: &str, p: *const u8);
+}
+
+/// The process-wide task heap ([`crate::heap`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TaskHeap;
+
+impl TaskMem for TaskHeap {
+    #[inline]
+    fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        heap::alloc(size)
+    }
+    #[inline]
+    fn alloc_child(&self, parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+        heap::alloc_child(parent, size)
+    }
+    #[inline]
+    unsafe fn free(&self, p: *mut u8) -> bool {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { heap::free(p) }
+    }
+    #[inline]
+    unsafe fn free_tree(&self, p: *mut u8) -> bool {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { heap::free_tree(p) }
+    }
+    #[inline]
+    fn size_of(&self, p: *const u8) -> Option<usize> {
+        heap::size_of(p)
+    }
+    fn report_bad_pointer(&self, what: &str, p: *const u8) {
+        heap::report_bad_pointer(what, p)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared steps
+// ---------------------------------------------------------------------------------------------
+
+/// A zero-filled block of `size` bytes.
+#[inline]
+fn alloc_zeroed<M: TaskMem + ?Sized>(m: &M, size: usize) -> Option<NonNull<u8>> {
+    let p = m.alloc(size)?;
+    // SAFETY: a fresh block of `size` bytes.
+    unsafe { p.as_ptr().write_bytes(0, size) };
+    Some(p)
+}
+
+/// A zero-filled block of `size` bytes recorded under `parent`.
+#[inline]
+fn alloc_child_zeroed<M: TaskMem + ?Sized>(m: &M, parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+    let p = m.alloc_child(parent, size)?;
+    // SAFETY: a fresh block of `size` bytes.
+    unsafe { p.as_ptr().write_bytes(0, size) };
+    Some(p)
+}
+
+/// Step 1 of every `Free*`: `Some(block size)` if `p` is the start of a live block of at least
+/// `size_of::<T>()` bytes; `None` for NULL (silently) and for anything else (reported). Nothing
+/// is read through `p`.
+#[inline]
+fn checked_block<T, M: TaskMem + ?Sized>(m: &M, what: &str, p: *const T) -> Option<usize> {
+    checked_min(m, what, p.cast(), size_of::<T>())
+}
+
+/// `Some(block size)` if `p` is the start of a live block of at least `min` bytes; `None` for
+/// NULL (silently) and for anything else (reported).
+#[inline]
+fn checked_min<M: TaskMem + ?Sized>(m: &M, what: &str, p: *const u8, min: usize) -> Option<usize> {
+    if p.is_null() {
+        return None;
+    }
+    match m.size_of(p) {
+        Some(size) if size >= min => Some(size),
+        _ => {
+            m.report_bad_pointer(what, p);
+            None
+        }
+    }
+}
+
+/// How many `T`s of an embedded array at `p` may be read for a stated `count`: `count` clamped
+/// to what `p`'s block holds (reported if clamped), 0 if `p` is NULL or not a live block start
+/// (then it is not read; the free that follows reports it).
+#[inline]
+fn readable_count<T, M: TaskMem + ?Sized>(m: &M, what: &str, p: *const T, count: usize) -> usize {
+    if p.is_null() || count == 0 {
+        return 0;
+    }
+    let Some(size) = m.size_of(p.cast()) else {
+        return 0;
+    };
+    let cap = size / size_of::<T>();
+    if count > cap {
+        m.report_bad_pointer(what, p.cast());
+        cap
+    } else {
+        count
+    }
+}
+
+/// Step 3: free one embedded pointer of the structure at `top` (not `top` itself: that is freed
+/// last, with its whole tree).
+///
+/// # Safety
+/// If `p` is a live block, nothing uses it afterwards.
+#[inline]
+unsafe fn free_field<M: TaskMem + ?Sized, T>(m: &M, p: *mut T, top: *const u8) {
+    if !p.is_null() && p as *const u8 != top {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { m.free(p.cast()) };
+    }
+}
+
+/// Write `v` to `*out`; `out` is not NULL.
+///
+/// # Safety
+/// `out` is valid for writing a pointer.
+#[inline]
+unsafe fn put<T>(out: *mut *mut T, v: *mut T) {
+    // SAFETY: caller guarantee.
+    unsafe { out.write(v) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alloc*
+// ---------------------------------------------------------------------------------------------
+
+/// `AllocConnections(&p, count)`: one zero-filled [`Connections`] whose `connections` points to a
+/// separate, zero-filled block of `count` interface-pointer slots (recorded as its embedded
+/// pointer); `count` is stored in `count`.
+///
+/// * `out` NULL → `E_INVALIDARG`;
+/// * `count > 20` (`maxConnectionCountPerEnforcer`) → `E_INVALIDARG`, `*out = NULL`;
+/// * `count == 0` → `S_OK`, `count = 0`, `connections = NULL`;
+/// * memory short → `E_OUTOFMEMORY`, `*out = NULL`, nothing left allocated.
+///
+/// Free the result with [`free_connections`], which `Release`s every non-NULL slot.
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer.
+pub unsafe fn alloc_connections(out: *mut *mut Connections, count: u16) -> HRESULT {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { alloc_connections_in(&TaskHeap, out, count) }
+}
+
+/// [`alloc_connections`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`alloc_connections`].
+pub(crate) unsafe fn alloc_connections_in<M: TaskMem + ?Sized>(
+    m: &M,
+    out: *mut *mut Connections,
+    count: u16,
+) -> HRESULT {
+    if out.is_null() {
+        return E_INVALIDARG;
+    }
+    // SAFETY: `out` is valid for writes (caller).
+    unsafe { put(out, ptr::null_mut()) };
+    if count > MAX_CONNECTION_COUNT_PER_ENFORCER {
+        return E_INVALIDARG;
+    }
+    let Some(s) = alloc_zeroed(m, size_of::<Connections>()) else {
+        return E_OUTOFMEMORY;
+    };
+    let slots = if count == 0 {
+        ptr::null_mut()
+    } else {
+        let bytes = usize::from(count) * size_of::<*mut INapEnforcementClientConnection>();
+        match alloc_child_zeroed(m, s, bytes) {
+            Some(a) => a.as_ptr().cast(),
+            None => {
+                // SAFETY: `s` was allocated above and is not used afterwards.
+                unsafe { m.free_tree(s.as_ptr()) };
+                return E_OUTOFMEMORY;
+            }
+        }
+    };
+    let c = s.as_ptr().cast::<Connections>();
+    // SAFETY: `c` is a fresh, 16-aligned block of size_of::<Connections>() bytes; `out` is valid
+    // for writes (caller).
+    unsafe {
+        (*c).count = count;
+        (*c).connections = slots;
+        put(out, c);
+    }
+    S_OK
+}
+
+/// Length of the NUL-terminated string at `s`, if it is at most `max` units; reads at most
+/// `max + 1` units (never past the NUL, never past unit `max`).
+///
+/// # Safety
+/// `s` is readable up to its NUL or up to unit `max`, whichever comes first.
+unsafe fn bounded_len(s: *const WCHAR, max: usize) -> Option<usize> {
+    (0..=max).find(|&i| {
+        // SAFETY: i <= max and no NUL was found before i (`find` stops at the first), so unit i
+        // is readable (caller).
+        unsafe { s.add(i).read_unaligned() == 0 }
+    })
+}
+
+/// `AllocCountedString(&p, s)`: a [`CountedString`] and, as a SEPARATE block recorded as its
+/// embedded pointer, a copy of `s` with its NUL: `length` = units before the NUL, the buffer
+/// holds `length + 1` WCHARs.
+///
+/// * `out` NULL → `E_INVALIDARG`;
+/// * `s` NULL, or longer than 1024 units (`maxStringLength`) → `E_INVALIDARG`, `*out = NULL`.
+///   The length is measured with a bounded scan: at most 1025 units are read;
+/// * memory short → `E_OUTOFMEMORY`, `*out = NULL`, nothing left allocated.
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer; `s` is NULL or readable up to its NUL or its
+/// 1025th unit, whichever comes first.
+pub unsafe fn alloc_counted_string(out: *mut *mut CountedString, s: *const WCHAR) -> HRESULT {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { alloc_counted_string_in(&TaskHeap, out, s) }
+}
+
+/// [`alloc_counted_string`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`alloc_counted_string`].
+pub(crate) unsafe fn alloc_counted_string_in<M: TaskMem + ?Sized>(
+    m: &M,
+    out: *mut *mut CountedString,
+    s: *const WCHAR,
+) -> HRESULT {
+    if out.is_null() {
+        return E_INVALIDARG;
+    }
+    // SAFETY: `out` is valid for writes (caller).
+    unsafe { put(out, ptr::null_mut()) };
+    if s.is_null() {
+        return E_INVALIDARG;
+    }
+    // SAFETY: `s` is readable up to its NUL or unit 1024 (caller).
+    let Some(len) = (unsafe { bounded_len(s, usize::from(MAX_STRING_LENGTH)) }) else {
+        return E_INVALIDARG;
+    };
+    let Some(cs) = alloc_zeroed(m, size_of::<CountedString>()) else {
+        return E_OUTOFMEMORY;
+    };
+    let bytes = (len + 1) * size_of::<WCHAR>();
+    let Some(buf) = m.alloc_child(cs, bytes) else {
+        // SAFETY: `cs` was allocated above and is not used afterwards.
+        unsafe { m.free_tree(cs.as_ptr()) };
+        return E_OUTOFMEMORY;
+    };
+    let buf = buf.as_ptr().cast::<WCHAR>();
+    let c = cs.as_ptr().cast::<CountedString>();
+    // SAFETY: `s` has `len` readable units before its NUL (measured above); `buf` is a fresh,
+    // 16-aligned block of `len + 1` units that cannot overlap `s` (the caller's string is not a
+    // block that was free a moment ago); `c` is a fresh block of size_of::<CountedString>();
+    // `out` is valid for writes.
+    unsafe {
+        ptr::copy_nonoverlapping(s.cast::<u8>(), buf.cast::<u8>(), len * size_of::<WCHAR>());
+        buf.add(len).write(0);
+        (*c).length = len as u16;
+        (*c).string = buf;
+        put(out, c);
+    }
+    S_OK
+}
+
+/// `AllocFixupInfo(&p, n)`: one zero-filled [`FixupInfo`] and, as a SEPARATE zero-filled block
+/// recorded as its embedded pointer, `n` HRESULTs in `result_codes.results`;
+/// `result_codes.count = n`.
+///
+/// * `out` NULL → `E_INVALIDARG`;
+/// * `n > 1000` (`maxDwordCountPerSoHAttribute`) → `E_INVALIDARG`, `*out = NULL`;
+/// * `n == 0` → `results = NULL`;
+/// * memory short → `E_OUTOFMEMORY`, `*out = NULL`, nothing left allocated.
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer.
+pub unsafe fn alloc_fixup_info(out: *mut *mut FixupInfo, count: u16) -> HRESULT {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { alloc_fixup_info_in(&TaskHeap, out, count) }
+}
+
+/// [`alloc_fixup_info`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`alloc_fixup_info`].
+pub(crate) unsafe fn alloc_fixup_info_in<M: TaskMem + ?Sized>(m: &M, out: *mut *mut FixupInfo, count: u16) -> HRESULT {
+    if out.is_null() {
+        return E_INVALIDARG;
+    }
+    // SAFETY: `out` is valid for writes (caller).
+    unsafe { put(out, ptr::null_mut()) };
+    if count > MAX_DWORD_COUNT_PER_SOH_ATTRIBUTE {
+        return E_INVALIDARG;
+    }
+    let Some(f) = alloc_zeroed(m, size_of::<FixupInfo>()) else {
+        return E_OUTOFMEMORY;
+    };
+    let results = if count == 0 {
+        ptr::null_mut()
+    } else {
+        match alloc_child_zeroed(m, f, usize::from(count) * size_of::<HRESULT>()) {
+            Some(r) => r.as_ptr().cast::<HRESULT>(),
+            None => {
+                // SAFETY: `f` was allocated above and is not used afterwards.
+                unsafe { m.free_tree(f.as_ptr()) };
+                return E_OUTOFMEMORY;
+            }
+        }
+    };
+    let fi = f.as_ptr().cast::<FixupInfo>();
+    // SAFETY: `fi` is a fresh, zero-filled block of size_of::<FixupInfo>() bytes (zero is a valid
+    // value of every field); `out` is valid for writes.
+    unsafe {
+        (*fi).result_codes.count = count;
+        (*fi).result_codes.results = results;
+        put(out, fi);
+    }
+    S_OK
+}
+
+// ---------------------------------------------------------------------------------------------
+// Free*
+// ---------------------------------------------------------------------------------------------
+
+/// `FreeConnections(c)`: **calls `Release` once on every non-NULL `connections[i]`, `i < count`**
+/// (the holder of a `Connections` owns those references), then frees the slot array and the
+/// structure. See the module documentation for the steps and for what is checked.
+///
+/// `count` is clamped to the slots the array's block holds (and that is reported); an array that
+/// is not a live block start is not read (no `Release` calls) and is reported.
+///
+/// # Safety
+/// `c` is NULL or any pointer (a pointer the task heap did not hand out is not read). If it is a
+/// live block, its non-NULL slots within `count` are live COM objects whose references the
+/// caller gives up, and nothing uses the structure, the array or those references afterwards.
+pub unsafe fn free_connections(c: *mut Connections) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_connections_in(&TaskHeap, c) }
+}
+
+/// [`free_connections`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_connections`].
+pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
+    if checked_block(m, "FreeConnections", c).is_none() {
+        return;
+    }
+    // SAFETY: `c` is a live, 16-aligned block of at least size_of::<Connections>() bytes; every
+    // bit pattern is a valid `Connections`.
+    let fields = unsafe { c.read() };
+    let (count, slots) = (fields.count, fields.connections);
+    let n = if slots.cast::<Connections>() == c {
+        // A structure that is its own slot array holds no interface pointers to release.
+        m.report_bad_pointer("FreeConnections: the slot array is the structure", slots.cast());
+        0
+    } else {
+        readable_count(m, "FreeConnections: count beyond the slot array", slots, usize::from(count))
+    };
+    for i in 0..n {
+        // SAFETY: i < n, and the slot array is a live block of at least n slots.
+        let obj: *mut ComObject = unsafe { slots.add(i).read() };
+        if !obj.is_null() {
+            // SAFETY: a non-NULL slot is a live COM object whose reference the caller gives up.
+            unsafe { ComObject::release(obj) };
+        }
+    }
+    // SAFETY: the caller gives up the array and the structure.
+    unsafe {
+        free_field(m, slots, c.cast());
+        m.free_tree(c.cast());
+    }
+}
+
+/// `FreeCountedString(cs)`: frees `string`, then the structure.
+///
+/// # Safety
+/// `cs` is NULL or any pointer (a pointer the task heap did not hand out is not read); if it is
+/// a live block, nothing uses it or its `string` afterwards.
+pub unsafe fn free_counted_string(cs: *mut CountedString) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_counted_string_in(&TaskHeap, cs) }
+}
+
+/// [`free_counted_string`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_counted_string`].
+pub(crate) unsafe fn free_counted_string_in<M: TaskMem + ?Sized>(m: &M, cs: *mut CountedString) {
+    if checked_block(m, "FreeCountedString", cs).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let string = unsafe { (*cs).string };
+    // SAFETY: the caller gives up the string and the structure.
+    unsafe {
+        free_field(m, string, cs.cast());
+        m.free_tree(cs.cast());
+    }
+}
+
+/// `FreeFixupInfo(f)`: frees `result_codes.results`, then the structure.
+///
+/// # Safety
+/// As [`free_counted_string`], for a [`FixupInfo`].
+pub unsafe fn free_fixup_info(f: *mut FixupInfo) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_fixup_info_in(&TaskHeap, f) }
+}
+
+/// [`free_fixup_info`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_fixup_info`].
+pub(crate) unsafe fn free_fixup_info_in<M: TaskMem + ?Sized>(m: &M, f: *mut FixupInfo) {
+    if checked_block(m, "FreeFixupInfo", f).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let results = unsafe { (*f).result_codes.results };
+    // SAFETY: the caller gives up the array and the structure.
+    unsafe {
+        free_field(m, results, f.cast());
+        m.free_tree(f.cast());
+    }
+}
+
+/// `FreeIsolationInfo(i)`: frees `failure_url.string`, then the structure.
+///
+/// # Safety
+/// As [`free_counted_string`], for an [`IsolationInfo`].
+pub unsafe fn free_isolation_info(info: *mut IsolationInfo) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_isolation_info_in(&TaskHeap, info) }
+}
+
+/// [`free_isolation_info`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_isolation_info`].
+pub(crate) unsafe fn free_isolation_info_in<M: TaskMem + ?Sized>(m: &M, info: *mut IsolationInfo) {
+    if checked_block(m, "FreeIsolationInfo", info).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let url = unsafe { (*info).failure_url.string };
+    // SAFETY: the caller gives up the string and the structure.
+    unsafe {
+        free_field(m, url, info.cast());
+        m.free_tree(info.cast());
+    }
+}
+
+/// `FreeIsolationInfoEx(i)`: frees `failure_url.string`, then the structure.
+///
+/// # Safety
+/// As [`free_counted_string`], for an [`IsolationInfoEx`].
+pub unsafe fn free_isolation_info_ex(info: *mut IsolationInfoEx) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_isolation_info_ex_in(&TaskHeap, info) }
+}
+
+/// [`free_isolation_info_ex`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_isolation_info_ex`].
+pub(crate) unsafe fn free_isolation_info_ex_in<M: TaskMem + ?Sized>(m: &M, info: *mut IsolationInfoEx) {
+    if checked_block(m, "FreeIsolationInfoEx", info).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let url = unsafe { (*info).failure_url.string };
+    // SAFETY: the caller gives up the string and the structure.
+    unsafe {
+        free_field(m, url, info.cast());
+        m.free_tree(info.cast());
+    }
+}
+
+/// `FreeSoH(soh)`: frees `attributes[i].value` for every `i < count`, then the attribute array,
+/// then the structure. `count` is clamped to the attributes the array's block holds (reported);
+/// an array that is not a live block start is not read (reported by its free).
+///
+/// # Safety
+/// As [`free_counted_string`], for a [`SoH`], its attribute array and their values.
+pub unsafe fn free_soh(soh: *mut SoH) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_soh_in(&TaskHeap, soh) }
+}
+
+/// [`free_soh`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_soh`].
+pub(crate) unsafe fn free_soh_in<M: TaskMem + ?Sized>(m: &M, soh: *mut SoH) {
+    if checked_block(m, "FreeSoH", soh).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let SoH { count, attributes } = unsafe { soh.read() };
+    let n = readable_count(m, "FreeSoH: count beyond the attribute array", attributes, usize::from(count));
+    for i in 0..n {
+        // SAFETY: i < n, and the attribute array is a live block of at least n attributes. It is
+        // still live: a value equal to it (or to the structure) is skipped below.
+        let value = unsafe { (*attributes.add(i)).value };
+        if value.cast::<SoHAttribute>() != attributes {
+            // SAFETY: the caller gives up the values.
+            unsafe { free_field(m, value, soh.cast()) };
+        }
+    }
+    // SAFETY: the caller gives up the array and the structure.
+    unsafe {
+        free_field(m, attributes, soh.cast());
+        m.free_tree(soh.cast());
+    }
+}
+
+/// `FreeNetworkSoH(n)`: frees `data`, then the structure.
+///
+/// # Safety
+/// As [`free_counted_string`], for a [`NetworkSoH`].
+pub unsafe fn free_network_soh(n: *mut NetworkSoH) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_network_soh_in(&TaskHeap, n) }
+}
+
+/// [`free_network_soh`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_network_soh`].
+pub(crate) unsafe fn free_network_soh_in<M: TaskMem + ?Sized>(m: &M, n: *mut NetworkSoH) {
+    if checked_block(m, "FreeNetworkSoH", n).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let data = unsafe { (*n).data };
+    // SAFETY: the caller gives up the data and the structure.
+    unsafe {
+        free_field(m, data, n.cast());
+        m.free_tree(n.cast());
+    }
+}
+
+/// `FreePrivateData(d)`: frees `data`, then the structure.
+///
+/// # Safety
+/// As [`free_counted_string`], for a [`PrivateData`].
+pub unsafe fn free_private_data(d: *mut PrivateData) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_private_data_in(&TaskHeap, d) }
+}
+
+/// [`free_private_data`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_private_data`].
+pub(crate) unsafe fn free_private_data_in<M: TaskMem + ?Sized>(m: &M, d: *mut PrivateData) {
+    if checked_block(m, "FreePrivateData", d).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let data = unsafe { (*d).data };
+    // SAFETY: the caller gives up the data and the structure.
+    unsafe {
+        free_field(m, data, d.cast());
+        m.free_tree(d.cast());
+    }
+}
+
+/// `FreeSoHAttributeValue(type, value)`: `type` selects the member of the union
+/// ([`SoHAttributeType::value_member`], SPEC §3); if that member holds a pointer
+/// (3, 15 `addresses`; 4, 13 `codesVal.results`; 7 `vendorSpecificData`; every type not listed
+/// `octetStringVal.data`) it is freed; then the `value` block itself. For a type without a
+/// pointer (2, 5, 8, 12, 14, 16) no pointer is read at all, and the block may be smaller than
+/// the 16-byte union (only its own start is checked).
+///
+/// # Safety
+/// As [`free_counted_string`], for a [`SoHAttributeValue`] whose member `ty` selects was
+/// initialised.
+pub unsafe fn free_soh_attribute_value(ty: SoHAttributeType, value: *mut SoHAttributeValue) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_soh_attribute_value_in(&TaskHeap, ty, value) }
+}
+
+/// [`free_soh_attribute_value`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_soh_attribute_value`].
+pub(crate) unsafe fn free_soh_attribute_value_in<M: TaskMem + ?Sized>(
+    m: &M,
+    ty: SoHAttributeType,
+    value: *mut SoHAttributeValue,
+) {
+    const WHAT: &str = "FreeSoHAttributeValue";
+    if !ty.value_member().has_pointer() {
+        // Nothing is read: the block only has to be a live block start.
+        if checked_min(m, WHAT, value.cast(), 0).is_some() {
+            // SAFETY: the caller gives up the block.
+            unsafe { m.free_tree(value.cast()) };
+        }
+        return;
+    }
+    if checked_block(m, WHAT, value).is_none() {
+        return;
+    }
+    // SAFETY: a live, 16-aligned block of at least 16 bytes whose selected member was initialised
+    // (caller); `embedded_pointer` reads only that member's pointer.
+    let inner = unsafe { (*value).embedded_pointer(ty) };
+    // SAFETY: the caller gives up the member's array and the block.
+    unsafe {
+        if let Some(p) = inner {
+            free_field(m, p, value.cast());
+        }
+        m.free_tree(value.cast());
+    }
+}
+
+/// `FreeNapComponentRegistrationInfoArray(count, info)`: `*info` is ONE block of `count`
+/// entries; frees the four strings (`friendly_name`, `description`, `version`, `vendor_name`) of
+/// each entry, then the block, and sets `*info = NULL`. `info` NULL or `*info` NULL: no effect.
+/// `count` is clamped to the entries the block holds (reported). A `*info` that is not a live
+/// block start is not read, nothing is freed, it is reported, and `*info` is left as it was.
+///
+/// # Safety
+/// `info` is NULL or valid for reading and writing a pointer; `*info` as `cs` in
+/// [`free_counted_string`].
+pub unsafe fn free_nap_component_registration_info_array(count: u16, info: *mut *mut NapComponentRegistrationInfo) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_nap_component_registration_info_array_in(&TaskHeap, count, info) }
+}
+
+/// [`free_nap_component_registration_info_array`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_nap_component_registration_info_array`].
+pub(crate) unsafe fn free_nap_component_registration_info_array_in<M: TaskMem + ?Sized>(
+    m: &M,
+    count: u16,
+    info: *mut *mut NapComponentRegistrationInfo,
+) {
+    const WHAT: &str = "FreeNapComponentRegistrationInfoArray";
+    if info.is_null() {
+        return;
+    }
+    // SAFETY: `info` is readable (caller).
+    let block = unsafe { info.read() };
+    if block.is_null() {
+        return;
+    }
+    // An empty array may be a block smaller than one entry: check only its start then.
+    let size = if count == 0 { checked_min(m, WHAT, block.cast(), 0) } else { checked_block(m, WHAT, block) };
+    let Some(size) = size else {
+        return;
+    };
+    let cap = size / size_of::<NapComponentRegistrationInfo>();
+    let n = if usize::from(count) > cap {
+        m.report_bad_pointer("FreeNapComponentRegistrationInfoArray: count beyond the block", block.cast());
+        cap
+    } else {
+        usize::from(count)
+    };
+    let top = block as *const u8;
+    for i in 0..n {
+        // SAFETY: i < n entries lie inside the live block, which stays live: a string equal to
+        // the block is skipped by `free_field`.
+        let e = unsafe { block.add(i).read() };
+        // SAFETY: the caller gives up the strings.
+        unsafe {
+            free_field(m, e.friendly_name.string, top);
+            free_field(m, e.description.string, top);
+            free_field(m, e.version.string, top);
+            free_field(m, e.vendor_name.string, top);
+        }
+    }
+    // SAFETY: the caller gives up the block; `info` is writable (caller).
+    unsafe {
+        m.free_tree(block.cast());
+        info.write(ptr::null_mut());
+    }
+}
+
+/// `FreeSystemHealthAgentState(s)`: frees `sha_result_codes.results` and
+/// `fixup_info.result_codes.results`, then the structure.
+///
+/// # Safety
+/// As [`free_counted_string`], for a [`SystemHealthAgentState`].
+pub unsafe fn free_system_health_agent_state(s: *mut SystemHealthAgentState) {
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_system_health_agent_state_in(&TaskHeap, s) }
+}
+
+/// [`free_system_health_agent_state`] over any [`TaskMem`].
+///
+/// # Safety
+/// As [`free_system_health_agent_state`].
+pub(crate) unsafe fn free_system_health_agent_state_in<M: TaskMem + ?Sized>(m: &M, s: *mut SystemHealthAgentState) {
+    if checked_block(m, "FreeSystemHealthAgentState", s).is_none() {
+        return;
+    }
+    // SAFETY: a live block large enough for the structure; any bit pattern is valid.
+    let (a, b) = unsafe { ((*s).sha_result_codes.results, (*s).fixup_info.result_codes.results) };
+    // SAFETY: the caller gives up both arrays and the structure. If both fields hold the same
+    // pointer, the second free is refused and reported by the heap.
+    unsafe {
+        free_field(m, a, s.cast());
+        free_field(m, b, s.cast());
+        m.free_tree(s.cast());
+    }
+}
