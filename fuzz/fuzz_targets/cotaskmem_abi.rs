@@ -1,9 +1,12 @@
-//! `cotaskmem_abi`: arbitrary sequences of task-heap calls, including bad pointers, checked
-//! against a model after every step.
+//! `cotaskmem_abi`: arbitrary sequences of calls through the C ABI of the COM task allocator,
+//! including bad pointers, checked against a model after every step.
 //!
-//! This target drives `napalloc::heap`, the Rust side of `CoTaskMemAlloc` / `CoTaskMemRealloc` /
-//! `CoTaskMemFree` and of `IMalloc::Alloc/Realloc/Free/GetSize/DidAlloc/HeapMinimize`, with the same
-//! semantics as the C ABI (SPEC §5):
+//! The calls are the `extern "C"` functions themselves: `CoTaskMemAlloc` / `CoTaskMemRealloc` /
+//! `CoTaskMemFree`, `CoGetMalloc` with any context, and the `IMalloc` vtable it hands out
+//! (`QueryInterface` with any IID, `AddRef`, `Release`, `Alloc`, `Realloc`, `Free`, `GetSize`,
+//! `DidAlloc`, `HeapMinimize`), with `NapallocGetStats` for the books and `NapallocHeapMinimize`.
+//! Embedded blocks (what the NapUtil `Alloc*` functions build) have no C entry point of their own:
+//! they go through `napalloc::heap::{alloc_child, free_tree}`. SPEC §5:
 //! * every block is 16-aligned, `alloc(0)` is a unique non-null block, `size_of` is the requested
 //!   size exactly, `did_alloc` is 1 for a live block start, 0 for anything else, -1 for NULL;
 //! * `realloc(NULL, n)` allocates, `realloc(p, 0)` frees and returns NULL, a failed grow returns
@@ -17,8 +20,14 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
+use core::ffi::c_void;
 use libfuzzer_sys::fuzz_target;
-use napalloc::heap::{self, HeapStats, ALIGN};
+use napalloc::ffi::{
+    CoGetMalloc, CoTaskMemAlloc, CoTaskMemFree, CoTaskMemRealloc, NapallocGetStats, NapallocHeapMinimize,
+};
+use napalloc::heap::{self, ALIGN};
+use napalloc::hr::{E_INVALIDARG, E_NOINTERFACE, S_OK};
+use napalloc::nap::types::{Guid, IMalloc, NapallocStats, IID_IMALLOC, IID_IUNKNOWN};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 const MAX_STEPS: usize = 400;
@@ -76,24 +85,43 @@ enum Ptr {
     Int(usize),
 }
 
+/// Through the `CoTaskMem*` functions or through the `IMalloc` vtable.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Via {
+    CoTaskMem,
+    IMalloc,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Iid {
+    IUnknown,
+    IMalloc,
+    /// Any other IID.
+    Other(u32, u16, u16, [u8; 8]),
+}
+
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// `CoTaskMemAlloc` / `IMalloc::Alloc`.
-    Alloc(Size),
+    Alloc(Via, Size),
     /// An embedded block (what the NapUtil `Alloc*` functions build).
     AllocChild(Ptr, Size),
     /// `CoTaskMemFree` / `IMalloc::Free`.
-    Free(Ptr),
+    Free(Via, Ptr),
     /// A NapUtil `Free*`: the block and its embedded blocks.
     FreeTree(Ptr),
     /// `CoTaskMemRealloc` / `IMalloc::Realloc`.
-    Realloc(Ptr, Size),
-    /// `IMalloc::GetSize`.
+    Realloc(Via, Ptr, Size),
+    /// `IMalloc::GetSize` and `IMalloc::DidAlloc`.
     SizeOf(Ptr),
-    /// `IMalloc::DidAlloc`.
-    DidAlloc(Ptr),
-    /// `IMalloc::HeapMinimize`.
-    HeapMinimize,
+    /// `IMalloc::HeapMinimize` / `NapallocHeapMinimize`.
+    HeapMinimize(Via),
+    /// `CoGetMalloc(context, &p)` (or with a NULL out-pointer), then `Release`.
+    GetMalloc { context: u32, null_out: bool },
+    /// `IMalloc::QueryInterface(iid, &p)` (or with a NULL out-pointer), then `Release`.
+    QueryInterface { iid: Iid, null_out: bool },
+    /// `AddRef` then `Release`.
+    AddRefRelease,
 }
 
 type Id = u64;
@@ -143,7 +171,9 @@ struct Model {
     bad: u64,
     failed: u64,
     trims: u64,
-    base: HeapStats,
+    base: NapallocStats,
+    /// The process-wide `IMalloc`, from `CoGetMalloc(1, ..)`.
+    malloc: *mut IMalloc,
     stack: usize,
     heap: usize,
 }
@@ -188,8 +218,7 @@ impl Model {
         if let Some((&a, _)) = self.by_addr.range(addr..).next() {
             assert!(addr + size.max(1) <= a, "new block {p:p}+{size} overlaps {a:#x}");
         }
-        assert_eq!(heap::size_of(p), Some(size), "GetSize of a new block");
-        assert_eq!(heap::did_alloc(p), 1, "DidAlloc of a new block");
+        assert_eq!(self.get_size(p), (Some(size), 1), "GetSize/DidAlloc of a new block");
         self.next_tag = self.next_tag.wrapping_add(1);
         let tag = self.next_tag;
         fill(p, 0, size, tag);
@@ -225,14 +254,14 @@ impl Model {
         for c in &b.children {
             self.blocks.get_mut(c).unwrap().parent = None;
         }
-        assert_gone(b.addr);
+        assert_gone(self, b.addr);
     }
 
     fn free_tree(&mut self, id: Id) {
         let mut stack = vec![id];
         while let Some(i) = stack.pop() {
             let b = self.forget(i);
-            assert_gone(b.addr);
+            assert_gone(self, b.addr);
             stack.extend(b.children);
         }
     }
@@ -243,22 +272,44 @@ impl Model {
         self.failed += 1;
     }
 
+    fn vtbl(&self) -> &napalloc::nap::types::IMallocVtbl {
+        // SAFETY: `malloc` is the live process-wide IMalloc; its vtable is static.
+        unsafe { &*(*self.malloc).vtbl }
+    }
+
+    /// `GetSize` and `DidAlloc` of `p` through the vtable (`None` for `(SIZE_T)-1`).
+    fn get_size(&self, p: *mut u8) -> (Option<usize>, i32) {
+        let v = self.vtbl();
+        // SAFETY: the IMalloc methods take any pointer and refuse what is not a live block.
+        let (size, did) = unsafe { ((v.get_size)(self.malloc, p.cast()), (v.did_alloc)(self.malloc, p.cast())) };
+        ((size != usize::MAX).then_some(size), did)
+    }
+
+    fn alloc(&self, via: Via, size: usize) -> *mut u8 {
+        match via {
+            Via::CoTaskMem => CoTaskMemAlloc(size).cast(),
+            // SAFETY: a live IMalloc.
+            Via::IMalloc => unsafe { (self.vtbl().alloc)(self.malloc, size) }.cast(),
+        }
+    }
+
     fn step(&mut self, op: Op) {
         match op {
-            Op::Alloc(size) => {
+            Op::Alloc(via, size) => {
                 let size = size.get();
-                match heap::alloc(size) {
-                    Some(p) => {
-                        assert!(size <= SERVED_MAX, "alloc({size}) succeeded");
-                        self.on_alloc(p.as_ptr(), size, None);
-                    }
-                    None => self.failed_alloc(size, "alloc"),
+                let p = self.alloc(via, size);
+                if p.is_null() {
+                    self.failed_alloc(size, "alloc");
+                } else {
+                    assert!(size <= SERVED_MAX, "alloc({size}) succeeded");
+                    self.on_alloc(p, size, None);
                 }
             }
             Op::AllocChild(parent, size) => {
                 let size = size.get();
                 let (pp, target) = self.resolve(parent);
                 let Some(pp) = std::ptr::NonNull::new(pp) else { return };
+                let before = stats();
                 let res = heap::alloc_child(pp, size);
                 match (target, res) {
                     (Target::Live(pid), Some(p)) => {
@@ -267,34 +318,52 @@ impl Model {
                     }
                     (Target::Live(_), None) => self.failed_alloc(size, "alloc_child"),
                     (_, Some(p)) => panic!("alloc_child under non-block {pp:p} returned {p:p}"),
-                    (_, None) if size > SERVED_MAX => self.failed += 1,
+                    (_, None) if size > SERVED_MAX => {
+                        // A bad parent and a size no block has: reported as either, once.
+                        let now = stats();
+                        let bad = now.bad_pointer_reports - before.bad_pointer_reports;
+                        let failed = now.failed_allocations - before.failed_allocations;
+                        assert_eq!(bad + failed, 1, "alloc_child({pp:p}, {size}): {bad} bad, {failed} failed");
+                        self.bad += bad;
+                        self.failed += failed;
+                    }
                     (_, None) => self.bad += 1,
                 }
             }
-            Op::Free(p) | Op::FreeTree(p) => {
-                let tree = matches!(op, Op::FreeTree(_));
+            Op::Free(via, p) => {
                 let (pp, target) = self.resolve(p);
-                // SAFETY: a live block is forgotten by the model; anything else is refused.
-                let freed = unsafe {
-                    if tree {
-                        heap::free_tree(pp)
-                    } else {
-                        heap::free(pp)
-                    }
-                };
-                assert_eq!(freed, matches!(target, Target::Live(_)), "free({pp:p}) of {target:?}");
+                match via {
+                    // SAFETY: a live block is forgotten by the model; anything else is refused.
+                    Via::CoTaskMem => unsafe { CoTaskMemFree(pp.cast()) },
+                    // SAFETY: as above.
+                    Via::IMalloc => unsafe { (self.vtbl().free)(self.malloc, pp.cast()) },
+                }
                 match target {
                     Target::Null => {}
                     Target::Bad => self.bad += 1,
-                    Target::Live(id) if tree => self.free_tree(id),
                     Target::Live(id) => self.free_one(id),
                 }
             }
-            Op::Realloc(p, size) => {
+            Op::FreeTree(p) => {
+                let (pp, target) = self.resolve(p);
+                // SAFETY: a live block is forgotten by the model; anything else is refused.
+                let freed = unsafe { heap::free_tree(pp) };
+                assert_eq!(freed, matches!(target, Target::Live(_)), "free_tree({pp:p}) of {target:?}");
+                match target {
+                    Target::Null => {}
+                    Target::Bad => self.bad += 1,
+                    Target::Live(id) => self.free_tree(id),
+                }
+            }
+            Op::Realloc(via, p, size) => {
                 let size = size.get();
                 let (pp, target) = self.resolve(p);
-                // SAFETY: if the block moves or is freed the model forgets the old pointer.
-                let q = unsafe { heap::realloc(pp, size) };
+                let q: *mut u8 = match via {
+                    // SAFETY: if the block moves or is freed the model forgets the old pointer.
+                    Via::CoTaskMem => unsafe { CoTaskMemRealloc(pp.cast(), size) }.cast(),
+                    // SAFETY: as above.
+                    Via::IMalloc => unsafe { (self.vtbl().realloc)(self.malloc, pp.cast(), size) }.cast(),
+                };
                 match target {
                     Target::Null if q.is_null() => self.failed_alloc(size, "realloc(NULL)"),
                     Target::Null => self.on_alloc(q, size, None),
@@ -309,7 +378,7 @@ impl Model {
                     Target::Live(id) if q.is_null() => {
                         self.failed_alloc(size, "realloc");
                         let b = &self.blocks[&id];
-                        assert_eq!(heap::size_of(b.ptr), Some(b.size), "a failed realloc keeps the block");
+                        assert_eq!(self.get_size(b.ptr), (Some(b.size), 1), "a failed realloc keeps the block");
                     }
                     Target::Live(id) => {
                         assert!(size <= SERVED_MAX, "realloc to {size} succeeded");
@@ -325,60 +394,125 @@ impl Model {
                         self.by_addr.remove(&old_addr);
                         if old_addr != q as usize {
                             assert!(!self.by_addr.contains_key(&(q as usize)), "realloc returned a live block");
-                            assert_gone(old_addr);
+                            assert_gone(self, old_addr);
                         }
                         self.by_addr.insert(q as usize, id);
-                        assert_eq!(heap::size_of(q), Some(size));
+                        assert_eq!(self.get_size(q), (Some(size), 1));
                     }
                 }
             }
-            Op::SizeOf(p) | Op::DidAlloc(p) => {
+            Op::SizeOf(p) => {
                 let (pp, target) = self.resolve(p);
-                let before = heap::stats().bad_pointers;
-                let size = heap::size_of(pp);
-                let did = heap::did_alloc(pp);
+                let before = stats().bad_pointer_reports;
+                let got = self.get_size(pp);
                 match target {
-                    Target::Null => assert_eq!((size, did), (None, -1), "GetSize/DidAlloc(NULL)"),
-                    Target::Bad => assert_eq!((size, did), (None, 0), "GetSize/DidAlloc({pp:p})"),
-                    Target::Live(id) => assert_eq!((size, did), (Some(self.blocks[&id].size), 1)),
+                    Target::Null => assert_eq!(got, (None, -1), "GetSize/DidAlloc(NULL)"),
+                    Target::Bad => assert_eq!(got, (None, 0), "GetSize/DidAlloc({pp:p})"),
+                    Target::Live(id) => assert_eq!(got, (Some(self.blocks[&id].size), 1)),
                 }
-                // Whether size queries of bad pointers are counted is the heap's choice; at most once each.
-                let counted = heap::stats().bad_pointers - before;
+                // Whether size queries of bad pointers are counted is the heap's choice; at most
+                // once each.
+                let counted = stats().bad_pointer_reports - before;
                 assert!(counted <= 2 && (target == Target::Bad || counted == 0), "{counted} bad pointers counted");
                 self.bad += counted;
             }
-            Op::HeapMinimize => {
-                heap::heap_minimize();
+            Op::HeapMinimize(via) => {
+                match via {
+                    Via::CoTaskMem => assert_eq!(NapallocHeapMinimize(), S_OK),
+                    // SAFETY: a live IMalloc.
+                    Via::IMalloc => unsafe { (self.vtbl().heap_minimize)(self.malloc) },
+                }
                 self.trims += 1;
+            }
+            Op::GetMalloc { context, null_out } => {
+                if null_out {
+                    // SAFETY: NULL is refused.
+                    assert_eq!(unsafe { CoGetMalloc(context, std::ptr::null_mut()) }, E_INVALIDARG);
+                    return;
+                }
+                let mut m: *mut IMalloc = 0x10 as *mut IMalloc;
+                // SAFETY: `m` is writable.
+                let hr = unsafe { CoGetMalloc(context, &mut m) };
+                if context == 1 {
+                    assert_eq!((hr, m), (S_OK, self.malloc), "CoGetMalloc(1) hands out the process-wide IMalloc");
+                    // SAFETY: the reference just taken.
+                    unsafe { (self.vtbl().release)(m) };
+                } else {
+                    assert_eq!((hr, m), (E_INVALIDARG, std::ptr::null_mut()), "CoGetMalloc({context})");
+                }
+            }
+            Op::QueryInterface { iid, null_out } => {
+                let (guid, known) = match iid {
+                    Iid::IUnknown => (IID_IUNKNOWN, true),
+                    Iid::IMalloc => (IID_IMALLOC, true),
+                    Iid::Other(a, b, c, d) => {
+                        let g = Guid { data1: a, data2: b, data3: c, data4: d };
+                        (g, g == IID_IUNKNOWN || g == IID_IMALLOC)
+                    }
+                };
+                let v = self.vtbl();
+                if null_out {
+                    // SAFETY: a NULL out-pointer is refused.
+                    let hr = unsafe { (v.query_interface)(self.malloc, &guid, std::ptr::null_mut()) };
+                    assert!(hr < 0, "QueryInterface with a NULL out-pointer: {hr:#x}");
+                    return;
+                }
+                let mut out: *mut c_void = 0x10 as *mut c_void;
+                // SAFETY: `guid` is readable and `out` writable.
+                let hr = unsafe { (v.query_interface)(self.malloc, &guid, &mut out) };
+                if known {
+                    assert_eq!((hr, out), (S_OK, self.malloc.cast()), "QueryInterface({guid:?})");
+                    // SAFETY: the reference just taken.
+                    unsafe { (v.release)(self.malloc) };
+                } else {
+                    assert_eq!((hr, out), (E_NOINTERFACE, std::ptr::null_mut()), "QueryInterface({guid:?})");
+                }
+            }
+            Op::AddRefRelease => {
+                let v = self.vtbl();
+                // SAFETY: a live IMalloc; the reference is given back at once.
+                let (up, down) = unsafe { ((v.add_ref)(self.malloc), (v.release)(self.malloc)) };
+                assert!(up >= 2 && down >= 1, "AddRef {up}, Release {down}: the object is held by this input");
             }
         }
     }
 
     fn check(&self) {
-        let s = heap::stats();
+        let s = stats();
         let b = &self.base;
         assert_eq!(s.live_blocks - b.live_blocks, self.blocks.len() as u64, "live_blocks ({s:?})");
         assert_eq!(s.live_bytes - b.live_bytes, self.live_bytes, "live_bytes ({s:?})");
-        assert_eq!(s.bad_pointers - b.bad_pointers, self.bad, "bad_pointers ({s:?})");
+        assert_eq!(s.bad_pointer_reports - b.bad_pointer_reports, self.bad, "bad_pointer_reports ({s:?})");
         assert_eq!(s.failed_allocations - b.failed_allocations, self.failed, "failed_allocations ({s:?})");
         assert_eq!(s.trims - b.trims, self.trims, "trims ({s:?})");
         for b in self.blocks.values() {
             verify(b.ptr, b.size, b.tag, "live block");
-            assert_eq!(heap::size_of(b.ptr), Some(b.size));
+            assert_eq!(self.get_size(b.ptr), (Some(b.size), 1));
         }
     }
 }
 
-fn assert_gone(addr: usize) {
-    let p = std::ptr::without_provenance::<u8>(addr);
-    assert_eq!(heap::did_alloc(p), 0, "freed block {p:p} still allocated");
-    assert_eq!(heap::size_of(p), None, "freed block {p:p} still has a size");
+/// The heap's books through the C ABI.
+fn stats() -> NapallocStats {
+    let mut s = NapallocStats::default();
+    // SAFETY: `s` is writable.
+    assert_eq!(unsafe { NapallocGetStats(&mut s) }, S_OK);
+    s
+}
+
+fn assert_gone(m: &Model, addr: usize) {
+    let p = std::ptr::without_provenance_mut::<u8>(addr);
+    assert_eq!(m.get_size(p), (None, 0), "freed block {p:p} still allocated");
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
+    let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
     let stack = [0u8; 256];
     let heap_buf = vec![0u8; 256];
+    let mut malloc: *mut IMalloc = std::ptr::null_mut();
+    // SAFETY: `malloc` is writable.
+    assert_eq!(unsafe { CoGetMalloc(1, &mut malloc) }, S_OK);
     let mut m = Model {
         blocks: HashMap::new(),
         by_addr: BTreeMap::new(),
@@ -389,7 +523,8 @@ fuzz_target!(|data: &[u8]| {
         bad: 0,
         failed: 0,
         trims: 0,
-        base: heap::stats(),
+        base: stats(),
+        malloc,
         stack: stack.as_ptr() as usize,
         heap: heap_buf.as_ptr() as usize,
     };
@@ -398,6 +533,9 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let Ok(op) = Op::arbitrary(&mut u) else { break };
+        if trace {
+            eprintln!("{op:?}");
+        }
         m.step(op);
         m.check();
     }
@@ -412,6 +550,8 @@ fuzz_target!(|data: &[u8]| {
         m.free_tree(id);
     }
     m.check();
-    let s = heap::stats();
+    let s = stats();
     assert_eq!((s.live_blocks, s.live_bytes), (m.base.live_blocks, m.base.live_bytes));
+    // SAFETY: the reference CoGetMalloc gave this input.
+    unsafe { (m.vtbl().release)(malloc) };
 });
