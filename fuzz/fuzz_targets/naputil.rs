@@ -357,10 +357,9 @@ impl Ctx {
                     })
                     .collect();
                 for i in 0..cap {
-                    let o = if i < n && slots >> i & 1 == 1 {
-                        (&*fakes[i] as *const FakeConn).cast_mut().cast::<ComObject>()
-                    } else {
-                        ptr::null_mut()
+                    let o = match fakes.get(i) {
+                        Some(f) if slots >> i & 1 == 1 => (&**f as *const FakeConn).cast_mut().cast::<ComObject>(),
+                        _ => ptr::null_mut(),
                     };
                     // SAFETY: slot i < cap of an own block.
                     unsafe { arr.add(i).write(o) };

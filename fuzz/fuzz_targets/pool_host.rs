@@ -16,6 +16,7 @@
 //! * every failed operation is explained by an injected fault, the failed state, the budget, or
 //!   the reservation's size, and changed nothing: every live block still holds its pattern, and the
 //!   regions' books match the model.
+//!
 //! At the end everything is dropped, the host recovers, and every reservation must have come back
 //! with nothing charged.
 //!
@@ -256,7 +257,7 @@ impl Faulty {
         let found = st.live.range(..=addr).next_back().map(|(&b, e)| (b, e.res.len(), e.parked));
         match found {
             Some((base, rlen, false))
-                if addr % page == 0 && len % page == 0 && len > 0 && addr + len <= base + rlen =>
+                if addr.is_multiple_of(page) && len.is_multiple_of(page) && len > 0 && addr + len <= base + rlen =>
             {
                 Some((base, (addr - base) / page, len / page))
             }
