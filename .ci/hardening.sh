@@ -36,6 +36,8 @@ hardening_fuzz() {
         echo "installing cargo-fuzz"
         cargo install --locked cargo-fuzz
     fi
+    # The fuzz crate is a workspace of its own: lint it here, where it is built.
+    cargo +nightly clippy --manifest-path "$HARDENING_ROOT/fuzz/Cargo.toml" --bins -- -D warnings
     "$HARDENING_ROOT/fuzz/run.sh" "${FUZZ_SECS:-60}"
 }
 
