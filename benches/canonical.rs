@@ -34,6 +34,7 @@ mod imp {
         TrackedFree,
         TrackedReset,
         Com,
+        ComScope,
     }
 
     pub const ALL: &[(Which, &str)] = &[
@@ -47,6 +48,7 @@ mod imp {
         (Which::TrackedFree, "napalloc-tracked-free"),
         (Which::TrackedReset, "napalloc-tracked-reset"),
         (Which::Com, "napalloc-com"),
+        (Which::ComScope, "napalloc-com-scope"),
     ];
 
     /// Run `n` requests of mode `w` with the generator of thread `t`, after a warm-up; returns the
@@ -79,6 +81,7 @@ mod imp {
             Which::TrackedFree => go(TrackedFree(region()), t, n, start),
             Which::TrackedReset => go(TrackedReset(region()), t, n, start),
             Which::Com => go(Com, t, n, start),
+            Which::ComScope => go(ComScope(None), t, n, start),
         }
     }
 

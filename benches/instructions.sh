@@ -24,7 +24,7 @@ RUST_BIN=target/release/examples/canonical
 C_BIN=$OUT/canonical-c
 gcc -O2 -o "$C_BIN" benches/c/canonical.c
 
-RUST_MODES=(floor hand-bump bumpalo system mimalloc untracked cursor tracked-free tracked-reset com)
+RUST_MODES=(floor hand-bump bumpalo system mimalloc untracked cursor tracked-free tracked-reset com com-scope)
 C_MODES=(floor glibc bump)
 
 # Total instructions of one run.

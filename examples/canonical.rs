@@ -27,6 +27,7 @@ const MODES: &[&str] = &[
     "tracked-free",
     "tracked-reset",
     "com",
+    "com-scope",
 ];
 
 fn region() -> napalloc::Region {
@@ -65,6 +66,7 @@ fn main() {
         "tracked-free" => go(TrackedFree(region()), n),
         "tracked-reset" => go(TrackedReset(region()), n),
         "com" => go(Com, n),
+        "com-scope" => go(ComScope(None), n),
         other => {
             eprintln!("unknown mode {other}; modes: {}", MODES.join(" "));
             std::process::exit(2);

@@ -386,9 +386,8 @@ impl Region {
         if self.table().heads[class] != NONE {
             return Some(self.reuse(class, size, NONE));
         }
-        if !self.root.get().is_null() {
-            return None; // ending the pending tail would record it, which may commit
-        }
+        // A new root ends the pending tail: record it (without calling out).
+        self.materialize_no_callout();
         let top = self.top.get();
         let limit = top.wrapping_add(LOG_CAP * GRANULE);
         if limit as usize > self.fast_end.get() as usize {
@@ -462,6 +461,28 @@ impl Region {
     #[cold]
     #[inline(never)]
     fn materialize_tail(&self) {
+        self.record_tail();
+        self.refresh_fast_end();
+    }
+
+    /// Record the tail without any call out of the region (see `record_tail`). If the table
+    /// then lacks room for another full log, `fast_end` drops to the base, so that no tail
+    /// starts inline until the slow path makes room. For the task heap's lock-free path.
+    fn materialize_no_callout(&self) {
+        if self.root.get().is_null() {
+            return;
+        }
+        self.record_tail();
+        let t = self.table();
+        if t.count as usize + LOG_CAP >= t.cap as usize {
+            self.fast_end.set(self.base.as_ptr());
+        }
+    }
+
+    /// Record the tail's blocks in the table and empty the log. Never calls out of the region
+    /// (no commit, no page source): the records fit in the capacity reserved before the tail
+    /// started (`fast_end` / `reserve(LOG_CAP + 1)`).
+    fn record_tail(&self) {
         let t = self.table();
         let start = self.log_start();
         let n = self.log_len();
@@ -483,9 +504,7 @@ impl Region {
             } else {
                 root_idx
             };
-            let i = t
-                .push((off / GRANULE) as u32, size as u32, parent)
-                .expect("record capacity for a whole log is reserved before a tail starts");
+            let i = t.push_reserved((off / GRANULE) as u32, size as u32, parent);
             if k == 0 {
                 root_idx = i;
             }
@@ -495,7 +514,6 @@ impl Region {
         debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
         self.log.set(start);
         self.root.set(core::ptr::null_mut());
-        self.refresh_fast_end();
     }
 
     /// Re-derive `fast_end`: inline tails may start only while the table can take a full log.

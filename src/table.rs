@@ -252,6 +252,14 @@ impl Table {
         if self.count >= self.cap {
             self.grow()?;
         }
+        Ok(self.push_reserved(off, size, parent))
+    }
+
+    /// [`push`](Self::push) into capacity that is already committed (`count < cap`): never
+    /// commits, never fails.
+    #[inline]
+    pub(crate) fn push_reserved(&mut self, off: u32, size: u32, parent: u32) -> u32 {
+        assert!(self.count < self.cap, "push_reserved beyond the committed records");
         let i = self.count;
         let w = (off as usize) >> WINDOW_SHIFT;
         debug_assert!(
@@ -276,7 +284,7 @@ impl Table {
         }
         self.live_blocks += 1;
         self.live_bytes += size as usize;
-        Ok(i)
+        i
     }
 
     /// Make live record `i` the first child of live record `p` (`i.prev` becomes `PARENT | p`).

@@ -268,6 +268,31 @@ impl Mode for TrackedReset {
 }
 
 /// napalloc (4): the COM way through the task heap: `CoTaskMemAlloc` / `CoTaskMemFree` per block.
+/// The COM way inside a request scope: every block from `heap::alloc` (as `CoTaskMemAlloc` inside
+/// `NapallocScopeEnter`/`Leave`), and the whole request released by leaving the scope (one reset).
+pub struct ComScope(pub Option<napalloc::heap::ScopeGuard>);
+impl Mode for ComScope {
+    const KEEP_BLOCKS: bool = false;
+    #[inline(always)]
+    fn header(&mut self) -> *mut u8 {
+        self.0 = Some(napalloc::heap::enter_scope().expect("a request scope"));
+        napalloc::heap::alloc(16).unwrap().as_ptr()
+    }
+    #[inline(always)]
+    fn array(&mut self, _: *mut u8) -> *mut u8 {
+        napalloc::heap::alloc(64).unwrap().as_ptr()
+    }
+    #[inline(always)]
+    fn block(&mut self, _: *mut u8, size: usize) -> *mut u8 {
+        napalloc::heap::alloc(size).unwrap().as_ptr()
+    }
+    #[inline(always)]
+    fn release(&mut self, _: *mut u8, _: *mut u8, _: &Blocks) {
+        // leaving the scope resets its region: every block of the request goes at once
+        self.0 = None;
+    }
+}
+
 pub struct Com;
 impl Mode for Com {
     const KEEP_BLOCKS: bool = true;
