@@ -7,7 +7,8 @@
 //!   own failures (see `tests/c/check.h`) and its output is shown when it fails. Set
 //!   `NAPALLOC_C_TESTS=name1,name2` (file stems) to run only some of them, and
 //!   `NAPALLOC_C_RUNNER="valgrind --leak-check=full --error-exitcode=1"` (any command and its
-//!   arguments) to run every client under a checker.
+//!   arguments) to run every client under a checker, and `NAPALLOC_C_CFLAGS="-fsanitize=address"`
+//!   to compile every client with more flags.
 //! * A client that calls a function of the fixed ABI that the library does not define yet (the
 //!   ABI lands in parts) is compiled but not linked or run: it is SKIPPED, and the skip is written
 //!   to the terminal (past the test harness's capture) with the missing names. Set
@@ -178,6 +179,11 @@ fn compile(src: &Path, link: Link, tag: &str, extra: &[String]) -> Result<PathBu
     let mut cmd = Command::new(cc);
     cmd.args(flags).arg("-I").arg(root().join("include")).arg(src).arg("-o").arg(&exe);
     cmd.args(extra);
+    // NAPALLOC_C_CFLAGS adds compiler flags to every client, e.g. "-fsanitize=address" (with its
+    // LeakSanitizer, this checks the C side and leaks of the whole program).
+    if let Ok(more) = std::env::var("NAPALLOC_C_CFLAGS") {
+        cmd.args(more.split_whitespace());
+    }
     cmd.arg(format!("-L{}", b.lib_dir.display()));
     match link {
         Link::Static => {
