@@ -120,8 +120,8 @@ impl RegionBuilder {
             .source(self.source.clone())
             .critical_level(self.level)
             .build()?;
-        let log_buf = Box::new(UnsafeCell::new([0u32; LOG_CAP]));
-        let log_start = log_buf.get().cast::<u32>();
+        let log_buf = LogBuf::new();
+        let log_start = log_buf.start();
         Ok(Region {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
@@ -154,6 +154,34 @@ const LOG_CAP: usize = 256;
 const NESTED: u32 = 1 << 31;
 /// Largest size a log entry holds (larger blocks are recorded at once).
 const LOG_SIZE_MAX: usize = (1 << 30) - 1;
+
+/// The storage of the tail log, held through a raw pointer. The region keeps raw pointers into it
+/// (`log`, `log_end`) across moves of the region. A `Box` field would not allow that, with or
+/// without an `UnsafeCell` inside: moving a `Box` asserts unique access to its contents, which
+/// invalidates every pointer derived from it earlier (Miri reports the next write through `log`
+/// after the region moved as undefined behavior); and a pointer taken through `&Box<[u32; N]>`
+/// only grants read access.
+struct LogBuf(NonNull<u32>);
+
+impl LogBuf {
+    fn new() -> LogBuf {
+        LogBuf(NonNull::from(Box::leak(Box::new([0u32; LOG_CAP]))).cast())
+    }
+
+    /// The first entry; writable, valid for `LOG_CAP` entries until the `LogBuf` is dropped.
+    #[inline(always)]
+    fn start(&self) -> *mut u32 {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for LogBuf {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` of a `[u32; LOG_CAP]` in `new` and is freed
+        // once, here; the region that held pointers into it is being dropped.
+        drop(unsafe { Box::from_raw(self.0.as_ptr().cast::<[u32; LOG_CAP]>()) });
+    }
+}
 
 /// Tracked allocations with embedded-pointer trees. `Send`, not `Sync`.
 ///
@@ -211,7 +239,7 @@ pub struct Region {
     /// `arena.reserved()`, cached for pointer checks.
     reserved: usize,
     /// The log's storage: `log_start..log_end`.
-    log_buf: Box<UnsafeCell<[u32; LOG_CAP]>>,
+    log_buf: LogBuf,
     arena: Span,
     untracked: PageArena,
     bad_pointers: Cell<u64>,
@@ -261,7 +289,7 @@ impl Region {
 
     #[inline(always)]
     fn log_start(&self) -> *mut u32 {
-        self.log_buf.get().cast::<u32>()
+        self.log_buf.start()
     }
 
     /// Entries in the tail log.
@@ -1034,8 +1062,15 @@ impl Region {
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
-        let b = self.table().trim(LOG_CAP + 1, self.arena.committed())?;
-        self.refresh_fast_end();
+        // Keep room for a full log beyond the records (a pending tail is materialized into it;
+        // `refresh_fast_end` asks for it, so nothing is committed again right away) and the index
+        // of the committed arena (blocks placed there are indexed without committing).
+        let t = self.table();
+        let b = t.trim(LOG_CAP + 1, self.arena.committed())?;
+        // Like `refresh_fast_end`, but a trim commits nothing: without room (a region that never
+        // allocated) roots take the slow path, which makes room.
+        let room = t.cap as usize > t.count as usize + LOG_CAP;
+        self.fast_end.set(if room { self.end.get() } else { self.base.as_ptr() });
         let c = self.untracked.trim(0)?;
         Ok(a + b + c)
     }
@@ -1359,6 +1394,114 @@ mod tests {
         // SAFETY: big is live; realloc keeps its 4096 alignment when it moves.
         let moved = unsafe { r.realloc(big, 70_000).unwrap() };
         assert_eq!(moved.as_ptr() as usize % 4096, 0);
+    }
+
+    #[test]
+    fn a_region_moved_with_a_pending_tail_keeps_working() {
+        // The tail log is written through raw pointers kept in the region; moving the region
+        // (and its log's owner) must not invalidate them (Miri checks this one).
+        let r = region();
+        let a = r.alloc(l(16)).unwrap();
+        let b = r.alloc_child(a, l(16)).unwrap();
+        let boxed = Box::new(r);
+        let c = boxed.alloc_child(a, l(32)).unwrap();
+        let mut v = vec![*boxed];
+        let d = v[0].alloc_child(c, l(8)).unwrap();
+        let r = v.pop().unwrap();
+        assert!(r.owns(a) && r.owns(b) && r.owns(c) && r.owns(d));
+        assert_eq!(r.stats().live_blocks, 4);
+        // SAFETY: a is live; it takes the whole tail with it.
+        unsafe { r.free(a).unwrap() };
+        assert_eq!(r.stats().live_blocks, 0);
+    }
+
+    #[test]
+    fn a_pending_tail_under_a_recorded_parent_follows_the_parent() {
+        // A child of a recorded block starts a new tail whose root has a recorded parent: the
+        // parent's free, free_one and realloc must see that pending child.
+        let big = Layout::from_size_align(0, 4096).unwrap(); // recorded at once (big alignment)
+        let r = region();
+        let p = r.alloc(big).unwrap();
+        let c = r.alloc_child(p, l(0)).unwrap();
+        let g = r.alloc_child(c, l(24)).unwrap();
+        // SAFETY: p is live; it takes c and g with it.
+        unsafe { r.free(p).unwrap() };
+        assert!(!r.owns(c) && !r.owns(g), "the pending subtree was freed with its parent");
+        assert_eq!(r.stats().live_blocks, 0);
+
+        let p = r.alloc(big).unwrap();
+        let c = r.alloc_child(p, l(40)).unwrap();
+        // SAFETY: p is live; its child becomes a root.
+        unsafe { r.free_one(p).unwrap() };
+        assert!(r.owns(c));
+        let q = r.alloc(big).unwrap(); // may reuse p's record
+                                       // materializes any pending tail
+        let _other = r.alloc(l(16)).unwrap();
+        // SAFETY: q is live; c is not its child.
+        unsafe { r.free(q).unwrap() };
+        assert!(r.owns(c), "the orphaned child was not hung under a reused record");
+        // SAFETY: c is a live root.
+        unsafe { r.free(c).unwrap() };
+        assert_eq!(r.stats().live_blocks, 1);
+
+        // The same through free_one's inline path (a parent of 16-byte alignment below the
+        // tail, childless as far as the table knows), then its slot is reused. A fresh region, so
+        // that no dead slot is reused instead of starting the tails.
+        let r2 = region();
+        let p = r2.alloc(l(512)).unwrap();
+        let _ends_tail = r2.alloc(l(0)).unwrap();
+        let c = r2.alloc_child(p, l(0)).unwrap(); // a new tail, under the recorded p
+                                                  // SAFETY: p is live; its pending child becomes a root.
+        unsafe { r2.free_one(p).unwrap() };
+        let q = r2.alloc(l(512)).unwrap(); // reuses p's slot
+        assert_eq!(q, p);
+        // SAFETY: q is live and has no children: c survives it.
+        unsafe { r2.free(q).unwrap() };
+        assert!(r2.owns(c), "the pending child was hung under the reused slot and freed with it");
+        assert_eq!(r2.stats().live_blocks, 2);
+
+        let p = r.alloc(big).unwrap();
+        let c = r.alloc_child(p, l(8)).unwrap();
+        // SAFETY: p is live; it grows past its class and moves, keeping its child.
+        let p2 = unsafe { r.realloc(p, 5000).unwrap() };
+        assert_ne!(p2, p);
+        let _other = r.alloc(l(16)).unwrap();
+        // SAFETY: p2 is live.
+        unsafe { r.free(p2).unwrap() };
+        assert!(!r.owns(c), "the child moved with its parent");
+        assert_eq!(r.stats().live_blocks, 2);
+    }
+
+    #[test]
+    fn trim_keeps_the_books_of_pending_and_later_blocks() {
+        // A trim commits nothing, not even on a region that never allocated.
+        let mut r = region();
+        let before = r.stats().committed;
+        assert_eq!(r.trim(0).unwrap(), 0);
+        assert_eq!(r.stats().committed, before);
+        assert!(r.alloc(l(16)).is_ok());
+        // A pending tail, then a trim: the blocks are recorded afterwards, in windows of the
+        // address index that the trim must not give back.
+        let mut r = region();
+        let a = r.alloc(l(16)).unwrap();
+        let a2 = r.alloc_child(a, l(40)).unwrap();
+        let before = r.stats().committed;
+        let freed = r.trim(0).unwrap();
+        assert_eq!(r.stats().committed, before - freed, "trim gives back what it says, and no more comes back");
+        let b = r.alloc(l(16)).unwrap(); // materializes the tail
+        assert!(r.owns(a) && r.owns(a2) && r.owns(b));
+        // Blocks placed later in the committed part of the arena (no commit, so no index growth).
+        r.reset();
+        let first = r.alloc(l(16)).unwrap();
+        r.trim(256 << 10).unwrap();
+        let blocks: Vec<_> = (0..2000).map(|_| r.alloc(l(100)).unwrap()).collect();
+        assert!(r.owns(first) && blocks.iter().all(|&p| r.owns(p)));
+        assert_eq!(r.stats().live_blocks, 2001);
+        // With many records, a trim must keep the room a tail needs rather than commit it again.
+        let before = r.stats().committed;
+        let freed = r.trim(0).unwrap();
+        assert_eq!(r.stats().committed, before - freed);
+        assert!(r.alloc(l(16)).is_ok());
     }
 
     #[test]

@@ -498,8 +498,11 @@ mod tests {
 
     #[test]
     fn classes_cover_every_size_and_fit() {
+        // Miri interprets every step; the classes repeat every doubling, so a few thousand
+        // granules still cover every exact class and dozens of grouped ones.
+        let top = if cfg!(miri) { 4_000 } else { 200_000 };
         let mut last = 0;
-        for g in 1..200_000usize {
+        for g in 1..top {
             let c = class_of_granules(g);
             assert!(c >= last, "classes are monotonic");
             assert!(c < NUM_CLASSES);
@@ -513,11 +516,11 @@ mod tests {
         assert_eq!(extent_granules(16), 1);
         assert_eq!(extent_granules(17), 2);
         assert_eq!(extent_granules(1024), 64);
-        for size in 0..100_000 {
+        for size in 0..top / 2 {
             assert_eq!(class_of_size(size), class_of_granules(granules(size)), "{size}");
         }
         // at most 25% waste above the exact classes
-        for g in 65..100_000usize {
+        for g in 65..top / 2 {
             assert!(class_granules(class_of_granules(g)) * 4 <= g * 5, "{g}");
         }
     }

@@ -5,7 +5,9 @@
 //!   (g++ `-std=c++17`, same warnings) is compiled with `-Iinclude`, linked statically with
 //!   `-lnapalloc -lpthread -ldl -lm`, and run; it must exit with status 0. A C client reports its
 //!   own failures (see `tests/c/check.h`) and its output is shown when it fails. Set
-//!   `NAPALLOC_C_TESTS=name1,name2` (file stems) to run only some of them.
+//!   `NAPALLOC_C_TESTS=name1,name2` (file stems) to run only some of them, and
+//!   `NAPALLOC_C_RUNNER="valgrind --leak-check=full --error-exitcode=1"` (any command and its
+//!   arguments) to run every client under a checker.
 //! * A client that calls a function of the fixed ABI that the library does not define yet (the
 //!   ABI lands in parts) is compiled but not linked or run: it is SKIPPED, and the skip is written
 //!   to the terminal (past the test harness's capture) with the missing names. Set
@@ -205,7 +207,20 @@ fn compile(src: &Path, link: Link, tag: &str, extra: &[String]) -> Result<PathBu
 fn run(exe: &Path) -> Result<String, String> {
     let stdout_path = exe.with_extension("stdout");
     let stderr_path = exe.with_extension("stderr");
-    let mut child = Command::new(exe)
+    // NAPALLOC_C_RUNNER runs every client under a checker, e.g.
+    // "valgrind --leak-check=full --error-exitcode=1"; its failure fails the client.
+    let runner: Vec<String> = std::env::var("NAPALLOC_C_RUNNER")
+        .map(|r| r.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut cmd = match runner.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         // cargo points LD_LIBRARY_PATH at target/<profile> and its deps/; it would override the
         // rpath and could load a stale libnapalloc.so. A client finds its library on its own.
         .env_remove("LD_LIBRARY_PATH")

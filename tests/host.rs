@@ -99,10 +99,11 @@ fn each_level_past_the_soft_limit_through_arenas() {
     for a in idle.lock().unwrap().iter_mut() {
         a.reset();
     }
-    let trimmer_idle = Arc::clone(&idle);
-    budget.set_trimmer(Box::new(move |_wanted| match trimmer_idle.try_lock() {
-        Ok(mut arenas) => arenas.iter_mut().map(|a| a.trim(0).unwrap_or(0)).sum(),
-        Err(_) => 0, // never block
+    // Weak: the arenas hold the budget, and the budget keeps its trimmers until it is dropped.
+    let trimmer_idle = Arc::downgrade(&idle);
+    budget.set_trimmer(Box::new(move |_wanted| match trimmer_idle.upgrade().as_deref().map(Mutex::try_lock) {
+        Some(Ok(mut arenas)) => arenas.iter_mut().map(|a| a.trim(0).unwrap_or(0)).sum(),
+        _ => 0, // gone, or busy: never block
     }));
     let idle_committed = || idle.lock().unwrap().iter().map(|a| a.stats().committed).sum::<usize>();
 
@@ -134,7 +135,10 @@ fn each_level_past_the_soft_limit_through_arenas() {
     assert_eq!((s.committed, s.peak, s.reserve_uses, s.trims), (12 * page, 12 * page, 4, 7), "{s:?}");
     assert_eq!(s.failures, [1, 1, 1]);
     drop(held);
+    drop(idle);
+    drop(source);
     assert_eq!(budget.committed(), 0);
+    assert_eq!(Arc::strong_count(&budget), 1, "nothing else holds the budget: it and its arenas are freed");
 }
 
 // ---------------------------------------------------------------------------------------------
