@@ -694,9 +694,9 @@ fn fast<R>(f: impl FnOnce(&Region) -> Option<R>) -> Option<R> {
     h.busy.store(true, Ordering::Relaxed);
     barrier::light();
     let r = if h.attention.load(Ordering::Acquire) == 0 {
-        // SAFETY: we own the heap, `busy` is set and nobody held it when we looked (module doc):
-        // the region is ours until `busy` is cleared; `f` does not call out, so no other
-        // reference to the region is created meanwhile.
+        // We own the heap, `busy` is set and nobody held it when we looked (module doc): the region
+        // is ours until `busy` is cleared, and `f` does not call out.
+        // SAFETY: so this is the only reference to the region while it lives.
         f(unsafe { &*h.region_ptr() })
     } else {
         None
