@@ -226,6 +226,7 @@ impl ArenaBuilder {
 /// use core::alloc::Layout;
 /// let mut arena = napalloc::PageArena::new().unwrap();
 /// let p = arena.alloc_layout(Layout::new::<u64>()).unwrap();
+/// // SAFETY: `p` is a fresh block of 8 bytes, aligned for u64.
 /// unsafe { p.cast::<u64>().write(7) };
 /// assert_eq!(arena.stats().used, 8);
 /// arena.reset(); // O(1): pages stay committed and do not fault again

@@ -193,6 +193,7 @@ impl Drop for LogBuf {
 /// let slots = r.alloc_child(conn, Layout::array::<usize>(8).unwrap()).unwrap();
 /// assert!(r.owns(slots));
 /// assert_eq!(r.stats().live_blocks, 2);
+/// // SAFETY: nothing uses `conn` or `slots` afterwards.
 /// unsafe { r.free(conn).unwrap() }; // frees the slots too
 /// assert!(!r.owns(slots));
 /// assert_eq!(r.stats().live_blocks, 0);

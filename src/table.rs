@@ -266,6 +266,7 @@ impl Table {
             w < self.first_span.committed() / core::mem::size_of::<Window>(),
             "window index not committed for window {w}"
         );
+        // SAFETY: i - 1 < count <= cap.
         debug_assert!(i == 0 || unsafe { self.get(i - 1).off } < off, "records out of address order");
         while self.init_windows <= w {
             // SAFETY: init_windows <= w and the index covers the committed arena

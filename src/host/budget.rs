@@ -468,9 +468,9 @@ impl<F: ?Sized + Send + Sync> HookCell<F> {
     #[inline]
     fn get(&self) -> Option<&F> {
         let p = self.current.load(Ordering::Acquire);
-        // SAFETY: `p` is null or a pointer from `Box::into_raw` kept in `owned`, which frees it
-        // only in `drop`; `&self` outlives the returned reference, so it stays valid. The boxes
-        // are never mutated after `set`.
+        // `p` is null or a pointer from `Box::into_raw` kept in `owned`, which frees it only in
+        // `drop`; `&self` outlives the returned reference. The boxes are never mutated after `set`.
+        // SAFETY: so the reference is valid and shared-only for its whole life.
         unsafe { p.as_ref() }.map(|b| &**b)
     }
 }

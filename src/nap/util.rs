@@ -326,10 +326,10 @@ pub(crate) unsafe fn alloc_counted_string_in<M: TaskMem + ?Sized>(
     };
     let buf = buf.as_ptr().cast::<WCHAR>();
     let c = cs.as_ptr().cast::<CountedString>();
-    // SAFETY: `s` has `len` readable units before its NUL (measured above); `buf` is a fresh,
-    // 16-aligned block of `len + 1` units that cannot overlap `s` (the caller's string is not a
-    // block that was free a moment ago); `c` is a fresh block of size_of::<CountedString>();
-    // `out` is valid for writes.
+    // `s` has `len` readable units before its NUL (measured above); `buf` is a fresh, 16-aligned
+    // block of `len + 1` units that cannot overlap `s` (the caller's string is not a block that
+    // was free a moment ago); `c` is a fresh block of size_of::<CountedString>().
+    // SAFETY: with those, every read and write below is in bounds; `out` is valid for writes.
     unsafe {
         ptr::copy_nonoverlapping(s.cast::<u8>(), buf.cast::<u8>(), len * size_of::<WCHAR>());
         buf.add(len).write(0);
