@@ -1257,7 +1257,7 @@ mod tests {
         heap_minimize(); // drains every heap's queue of remote frees
         for (i, &a) in addrs.iter().enumerate() {
             // 2000 bytes is another size class: no original slot was reused by the reallocs
-            assert_eq!(did_alloc(a as *const u8), 0, "block {i} was freed remotely and drained");
+            assert_eq!(did_alloc(ptr::without_provenance(a)), 0, "block {i} was freed remotely and drained");
         }
         // SAFETY: live, freed once.
         assert!(unsafe { free(moved.0) });
