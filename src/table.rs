@@ -331,17 +331,7 @@ impl Table {
     /// The record whose block starts at granule `g`, if it is live. O(1).
     #[inline]
     pub(crate) fn find(&self, g: usize) -> Option<u32> {
-        let w = g >> WINDOW_SHIFT;
-        if w >= self.init_windows {
-            return None;
-        }
-        // SAFETY: w < init_windows.
-        let win = unsafe { *self.windows.add(w) };
-        let bit = 1u64 << (g & 63);
-        if win.bits & bit == 0 {
-            return None;
-        }
-        let i = win.first + (win.bits & (bit - 1)).count_ones();
+        let i = self.slot(g)?;
         // SAFETY: a set bit has a record (window invariant), so i < count <= cap.
         (unsafe { self.get(i).prev } != DEAD).then_some(i)
     }
