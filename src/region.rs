@@ -387,6 +387,23 @@ impl Region {
         if self.table().heads[class] != NONE {
             return Some(self.reuse(class, size, NONE));
         }
+        self.try_alloc_tail(size)
+    }
+
+    /// The part of [`try_alloc`](Self::try_alloc) that reuses a dead slot of the size class:
+    /// `None` (and nothing changed) when there is none, or for a size past the fast path.
+    #[inline(always)]
+    pub fn try_reuse(&self, size: usize) -> Option<NonNull<u8>> {
+        if size.wrapping_sub(1) >= FAST_MAX {
+            return None;
+        }
+        let class = (size - 1) / GRANULE;
+        (self.table().heads[class] != NONE).then(|| self.reuse(class, size, NONE))
+    }
+
+    /// The new-tail half of [`try_alloc`](Self::try_alloc) (size 1 to 1024).
+    #[inline(always)]
+    fn try_alloc_tail(&self, size: usize) -> Option<NonNull<u8>> {
         // A new root ends the pending tail: record it (without calling out).
         self.materialize_no_callout();
         let top = self.top.get();

@@ -453,6 +453,8 @@ fn two_threads_free_each_others_blocks() {
             // SAFETY: as above.
             unsafe { CoTaskMemFree(p as *mut c_void) };
         }
+        // Deliver my frees of B's blocks before B counts (they wait in my batch otherwise).
+        heap::flush_remote_frees();
         // Both threads have freed everything they received: my heap holds nothing of mine.
         done.wait();
         mine() == before
@@ -473,6 +475,7 @@ fn two_threads_free_each_others_blocks() {
             // SAFETY: as above.
             unsafe { CoTaskMemFree(p as *mut c_void) };
         }
+        heap::flush_remote_frees();
         done_b.wait();
         mine() == before
     });
@@ -675,9 +678,45 @@ fn foreign_access_while_the_owner_allocates() {
             unsafe { CoTaskMemFree(p.cast()) };
             k += 1;
         }
+        heap::flush_remote_frees(); // before the owner counts
         done_tx.send(()).unwrap();
         k
     });
     assert_eq!(foreign.join().unwrap(), rounds.div_ceil(3));
     assert!(owner.join().unwrap(), "the owner's heap is back where it started");
+}
+
+#[test]
+fn remote_frees_wait_in_the_freeing_threads_batch_until_delivered() {
+    let blocks: Vec<usize> = (0..5).map(|i| addr(filled(40 + i, 7).cast())).collect();
+    let before = mine();
+    let (to_owner, from_freer) = mpsc::channel::<()>();
+    let (to_freer, from_owner) = mpsc::channel::<()>();
+    let freer = thread::spawn(move || {
+        for &a in &blocks[..4] {
+            // SAFETY: live blocks of the owner, each freed once.
+            unsafe { CoTaskMemFree(a as *mut c_void) };
+        }
+        to_owner.send(()).unwrap();
+        from_owner.recv().unwrap();
+        heap::flush_remote_frees();
+        to_owner.send(()).unwrap();
+        from_owner.recv().unwrap();
+        // The fifth block waits in the batch until this thread exits.
+        // SAFETY: as above.
+        unsafe { CoTaskMemFree(blocks[4] as *mut c_void) };
+        blocks
+    });
+    from_freer.recv().unwrap();
+    // Freed, not yet delivered: still live in my heap (a batch holds up to 31 blocks).
+    assert_eq!(mine().0, before.0);
+    to_freer.send(()).unwrap();
+    from_freer.recv().unwrap();
+    assert_eq!(mine().0, before.0 - 4, "the flush delivered four frees");
+    to_freer.send(()).unwrap();
+    let blocks = freer.join().unwrap();
+    assert_eq!(mine().0, before.0 - 5, "thread exit delivered the fifth");
+    for a in blocks {
+        assert_eq!(heap::did_alloc(a as *const u8), 0);
+    }
 }

@@ -63,6 +63,7 @@ pub fn run<A: Com>(a: &mut A, x: &mut u64, n: u64) {
 }
 
 /// The same loop without an allocator: the no-allocation floor.
+#[derive(Clone)]
 pub struct Floor(pub Box<[u8; 4096]>);
 impl Com for Floor {
     #[inline(always)]
@@ -77,6 +78,7 @@ impl Com for Floor {
 
 /// napalloc's task heap: `heap::alloc` / `heap::free` (what `CoTaskMemAlloc` / `CoTaskMemFree`
 /// do, without the C call).
+#[derive(Clone, Copy)]
 pub struct TaskHeap;
 impl Com for TaskHeap {
     #[inline(always)]
@@ -112,6 +114,7 @@ impl Com for CoTaskMem {
 }
 
 /// Any `GlobalAlloc` (the system allocator: glibc malloc/free on Linux), 16-aligned blocks.
+#[derive(Clone, Copy)]
 pub struct Global<G: GlobalAlloc>(pub G);
 impl<G: GlobalAlloc> Com for Global<G> {
     #[inline(always)]
@@ -150,5 +153,42 @@ impl Com for BareRegion {
     fn free(&mut self, p: *mut u8, _size: usize) {
         // SAFETY: `p` came from `alloc` and is freed once.
         unsafe { self.0.free_one(core::ptr::NonNull::new_unchecked(p)).unwrap() };
+    }
+}
+
+/// The pointers of one request (16 blocks, the array, the header), in the order the COM way frees
+/// them, handed from the thread that allocated them to the thread that frees them.
+pub struct Batch(pub [*mut u8; BLOCKS + 2]);
+// SAFETY: the pointers are plain addresses of task-heap blocks that any thread may free; the
+// batch is owned by one thread at a time (moved through a channel).
+unsafe impl Send for Batch {}
+
+/// The allocating half of a request: what [`request`] allocates and writes, returned as a batch.
+#[inline(always)]
+pub fn request_alloc<A: Com>(a: &mut A, x: &mut u64) -> Batch {
+    let mut out = [null_mut::<u8>(); BLOCKS + 2];
+    let h = black_box(a.alloc(16));
+    let arr = black_box(a.alloc(64)).cast::<*mut u8>();
+    for (i, slot) in out.iter_mut().take(BLOCKS).enumerate() {
+        let size = 16 + (((next(x) >> 32) * 241) >> 32) as usize;
+        let b = black_box(a.alloc(size));
+        // SAFETY: `b` has at least 16 bytes and `arr` 8 pointer slots, both fresh.
+        unsafe {
+            b.write(i as u8);
+            arr.add(i & 7).write(b);
+        }
+        *slot = b;
+    }
+    out[BLOCKS] = arr.cast();
+    out[BLOCKS + 1] = h;
+    Batch(out)
+}
+
+/// The freeing half: every block of `b`, then the array, then the header (sizes are not kept:
+/// only for allocators that free by pointer alone).
+#[inline(always)]
+pub fn request_free<A: Com>(a: &mut A, b: Batch) {
+    for p in b.0 {
+        a.free(p, 0);
     }
 }
