@@ -48,6 +48,14 @@ pub extern "system" fn CoTaskMemAlloc(cb: SIZE_T) -> *mut c_void {
     if let Some(p) = heap::alloc_fast(cb) {
         return p.as_ptr().cast();
     }
+    co_task_mem_alloc_slow(cb)
+}
+
+/// `CoTaskMemAlloc` past its fast path: a function of its own, so that the export's fast path
+/// needs no stack frame (the landing pad and the saved registers of the slow path stay here).
+#[cold]
+#[inline(never)]
+fn co_task_mem_alloc_slow(cb: SIZE_T) -> *mut c_void {
     guard_ptr(|| as_void(heap::alloc_slow(cb, crate::CriticalLevel::Task)))
 }
 
@@ -77,6 +85,17 @@ pub unsafe extern "system" fn CoTaskMemFree(pv: *mut c_void) {
     if unsafe { heap::free_fast(pv.cast()) } {
         return;
     }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { co_task_mem_free_slow(pv) }
+}
+
+/// `CoTaskMemFree` past its fast path (a function of its own, as `co_task_mem_alloc_slow`).
+///
+/// # Safety
+/// As `CoTaskMemFree`.
+#[cold]
+#[inline(never)]
+unsafe fn co_task_mem_free_slow(pv: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: forwarded caller guarantee.
         unsafe { heap::free_slow(pv.cast(), false) };

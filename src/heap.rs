@@ -843,26 +843,32 @@ impl Held {
 // The fast path
 // ---------------------------------------------------------------------------------------------
 
-/// Run `f` on the current heap's region without the lock, if nothing but pending remote frees
-/// needs attention; `f`'s second argument says whether some are pending (`REMOTE`).
-/// `f` must not call out (no page commits, no logging): it may not be re-entered.
-#[inline(always)]
-fn fast<R>(f: impl FnOnce(&Region, bool) -> Option<R>) -> Option<R> {
-    // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
-    let h = unsafe { &*CUR.with(Cell::get) };
-    h.busy.store(true, Ordering::Relaxed);
-    barrier::light();
-    let att = h.attention.load(Ordering::Acquire);
-    let r = if att & !REMOTE == 0 {
-        // We own the heap, `busy` is set and nobody held it when we looked (module doc): the region
-        // is ours until `busy` is cleared, and `f` does not call out.
-        // SAFETY: so this is the only reference to the region while it lives.
-        f(unsafe { &*h.region_ptr() }, att != 0)
-    } else {
-        None
-    };
-    h.busy.store(false, Ordering::Release);
-    r
+/// `fast!(|r, remote| body)`: run `body` on the current heap's region `r` without the lock, if
+/// nothing but pending remote frees needs attention (`remote` says whether some are pending);
+/// `None` otherwise. `body` must not call out (no page commits, no logging): it may not be
+/// re-entered. A macro rather than a function taking a closure, so that the body is always
+/// inlined into the caller (LLVM declined to inline the closure of the free path into the
+/// `CoTaskMemFree` export, which cost a call and a stack frame per block).
+macro_rules! fast {
+    (|$r:ident, $remote:pat_param| $body:expr) => {{
+        // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
+        let h = unsafe { &*CUR.with(Cell::get) };
+        h.busy.store(true, Ordering::Relaxed);
+        barrier::light();
+        let att = h.attention.load(Ordering::Acquire);
+        let out = if att & !REMOTE == 0 {
+            // We own the heap, `busy` is set and nobody held it when we looked (module doc): the
+            // region is ours until `busy` is cleared, and `body` does not call out.
+            // SAFETY: so this is the only reference to the region while it lives.
+            let $r: &Region = unsafe { &*h.region_ptr() };
+            let $remote: bool = att != 0;
+            $body
+        } else {
+            None
+        };
+        h.busy.store(false, Ordering::Release);
+        out
+    }};
 }
 
 /// The fast path with a full fence, for a heap marked `FENCED` and nothing else.
@@ -910,7 +916,7 @@ pub fn report_bad_pointer(what: &str, p: *const u8) {
 /// Cannot panic (no calls, no allocation).
 #[inline(always)]
 pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
-    fast(|r, remote| try_alloc_in(r, size, remote))
+    fast!(|r, remote| try_alloc_in(r, size, remote))
 }
 
 /// The fast allocation in a region: with remote frees pending, only a dead slot of the size
@@ -934,7 +940,7 @@ fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     // Task-heap regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
-    fast(|r, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
+    fast!(|r, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
 }
 
 /// The layout of a task-heap block of `size` bytes, or `TooLarge`.
@@ -954,7 +960,7 @@ pub fn alloc(size: usize) -> Option<NonNull<u8>> {
 /// Allocate with an explicit critical level: `Task` may fail at once; `AppDomain` and `Process`
 /// give idle memory back ([`heap_minimize`]) and retry before they fail.
 pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
-    if let Some(p) = fast(|r, remote| try_alloc_in(r, size, remote)) {
+    if let Some(p) = fast!(|r, remote| try_alloc_in(r, size, remote)) {
         return Some(p);
     }
     alloc_slow(size, level)
@@ -1138,7 +1144,7 @@ pub fn size_of(p: *const u8) -> Option<usize> {
     let nn = NonNull::new(p as *mut u8)?;
     // A query waits for pending remote frees (the slow path drains them): a block another
     // thread freed is not reported live.
-    if let Some(r) = fast(|r, remote| (!remote && r.contains(p)).then(|| r.size_of(nn))) {
+    if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.size_of(nn))) {
         return r;
     }
     with_heap_of(p, |r| r.size_of(nn)).ok().flatten()
@@ -1150,7 +1156,7 @@ pub fn did_alloc(p: *const u8) -> i32 {
         return -1;
     };
     // As in `size_of`: pending remote frees are done first.
-    if let Some(r) = fast(|r, remote| (!remote && r.contains(p)).then(|| r.owns(nn))) {
+    if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.owns(nn))) {
         return r as i32;
     }
     with_heap_of(p, |r| r.owns(nn)).unwrap_or(false) as i32
