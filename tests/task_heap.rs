@@ -720,3 +720,40 @@ fn remote_frees_wait_in_the_freeing_threads_batch_until_delivered() {
         assert_eq!(heap::did_alloc(a as *const u8), 0);
     }
 }
+
+#[test]
+fn a_batch_for_a_scope_that_was_left_is_dropped_not_applied_to_the_next_request() {
+    // Request 1's blocks are freed by another thread, whose batch is still pending when the scope
+    // ends. The scope's heap is reset and reused by request 2, whose blocks take the same
+    // addresses; delivering the stale batch then must not free them.
+    let (to_owner, from_freer) = mpsc::channel::<()>();
+    let (to_freer, from_owner) = mpsc::channel::<Vec<usize>>();
+    let freer = thread::spawn(move || {
+        let blocks = from_owner.recv().unwrap();
+        for &a in &blocks {
+            // SAFETY: live blocks of request 1, each freed once.
+            unsafe { CoTaskMemFree(a as *mut c_void) };
+        }
+        to_owner.send(()).unwrap(); // freed, but still in this thread's batch
+        let _ = from_owner.recv(); // request 2 has its blocks
+        heap::flush_remote_frees(); // deliver the stale batch now
+        to_owner.send(()).unwrap();
+    });
+    let g = heap::enter_scope().unwrap();
+    let req1: Vec<usize> = (0..6).map(|i| addr(filled(32 + 16 * i, 0x11).cast())).collect();
+    to_freer.send(req1.clone()).unwrap();
+    from_freer.recv().unwrap();
+    g.leave().unwrap();
+    let g = heap::enter_scope().unwrap();
+    let req2: Vec<usize> = (0..6).map(|i| addr(filled(32 + 16 * i, 0x22).cast())).collect();
+    assert!(req2.iter().any(|a| req1.contains(a)), "the reused scope hands out request 1's addresses again");
+    to_freer.send(Vec::new()).unwrap();
+    from_freer.recv().unwrap();
+    for (i, &a) in req2.iter().enumerate() {
+        assert_eq!(heap::did_alloc(a as *const u8), 1, "request 2's block {i} is still live");
+        assert_eq!(heap::size_of(a as *const u8), Some(32 + 16 * i));
+        assert!(all(a as *const u8, 32 + 16 * i, 0x22), "request 2's block {i} is intact");
+    }
+    g.leave().unwrap();
+    freer.join().unwrap();
+}
