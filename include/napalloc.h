@@ -873,6 +873,14 @@ NAPALLOC_API void NAPALLOC_CALL FreeSystemHealthAgentState(SystemHealthAgentStat
  * A host whose vtable lacks a method napalloc calls -> E_INVALIDARG, nothing changed. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetHostMemoryManager(IHostMemoryManager *host);
 
+/* A host that returns E_FAIL is in an unrecoverable state, as for the CLR: from then on napalloc
+ * no longer calls it (requests that need pages from it fail at once; released reservations are
+ * kept to be given back later). Once the host has recovered, NapallocResetHostFailure makes
+ * napalloc call the installed host again and gives it back those reservations: S_OK if it was in
+ * the failed state, S_FALSE if it was not or no host is installed. A host installed earlier and
+ * replaced since stays failed for the reservations it served. */
+NAPALLOC_API HRESULT NAPALLOC_CALL NapallocResetHostFailure(void);
+
 /* CoTaskMemAlloc at a given critical level: the block is an ordinary task-allocator block (free it
  * with CoTaskMemFree). eTaskCritical may fail at once; eAppDomainCritical trims idle memory and
  * retries before it fails; eProcessCritical may also use the reserve between the soft and the hard

@@ -1000,11 +1000,13 @@ impl Region {
         self.peek_size(ptr.as_ptr()).is_ok()
     }
 
-    /// Run `f` with the arena's commits made at `level` (the commits of one critical
-    /// allocation), then restore the region's own level.
+    /// Run `f` with the commits of the arena and of the side table made at `level` (the commits
+    /// of one critical allocation: its block and its record), then restore the region's own level.
     pub fn with_critical_level<R>(&self, level: CriticalLevel, f: impl FnOnce(&Self) -> R) -> R {
         let old = self.arena.set_level(level);
+        let old_table = self.table().set_level(level);
         let r = f(self);
+        self.table().set_level(old_table);
         self.arena.set_level(old);
         r
     }

@@ -185,6 +185,12 @@ impl Table {
         })
     }
 
+    /// Commit at `level` from now on (both spans); returns the previous level.
+    pub(crate) fn set_level(&self, level: CriticalLevel) -> CriticalLevel {
+        self.first_span.set_level(level);
+        self.recs_span.set_level(level)
+    }
+
     /// Make sure `n` more records fit without committing (so pushing them cannot fail).
     #[inline]
     pub(crate) fn reserve(&mut self, n: usize) -> Result<(), Error> {

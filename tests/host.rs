@@ -664,3 +664,44 @@ fn a_refused_callback_registration_is_reported() {
     host.reset();
     assert_eq!(host.reserve(4096, CriticalLevel::Task).unwrap_err(), Error::Host(hr::E_OUTOFMEMORY));
 }
+
+/// A critical allocation commits everything it needs at its level: the block's pages and the
+/// side-table records that track it. (The records were once committed at the region's own level,
+/// so a process-critical request past the soft limit got its block and then failed on its record.)
+#[test]
+fn a_critical_allocation_commits_its_side_table_records_at_its_level_too() {
+    let budget = Budget::unlimited();
+    let region = napalloc::Region::builder()
+        .reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 })
+        .source(Source::os().with_budget(Arc::clone(&budget)))
+        .build()
+        .unwrap();
+    let soft = budget.committed();
+    budget.set_limits(soft, soft + (2 << 20)).unwrap();
+    let layout = Layout::from_size_align(16, 8).unwrap();
+    let n = if cfg!(miri) { 1500 } else { 20_000 };
+    let mut blocks = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = region
+            .with_critical_level(CriticalLevel::Process, |r| r.alloc(layout))
+            .unwrap_or_else(|e| panic!("block {i}: {e:?}, {:?}", budget.stats()));
+        blocks.push(p);
+    }
+    let s = budget.stats();
+    assert!(s.committed > soft, "the blocks live in the reserve: {s:?}");
+    assert!(region.stats().table_committed > 0);
+    assert_eq!(s.failures, [0, 0, 0], "{s:?}");
+    assert!(s.reserve_uses >= 2, "block pages and record pages both came from the reserve: {s:?}");
+    // At the region's own level (Task), the next commit is refused.
+    let mut refused = false;
+    for _ in 0..n {
+        if region.alloc(layout).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "task-critical commits past the soft limit fail");
+    for p in blocks {
+        assert!(region.owns(p));
+    }
+}
