@@ -250,6 +250,11 @@ impl Table {
         self.first_span.ensure(windows * core::mem::size_of::<Window>())
     }
 
+    /// Bytes of arena, from its start, whose blocks the committed window index covers.
+    pub(crate) fn windows_cover(&self) -> usize {
+        (self.first_span.committed() / core::mem::size_of::<Window>()) << (WINDOW_SHIFT as usize + 4)
+    }
+
     /// Append a live record for a block at granule `off` of `size` bytes under `parent`
     /// (`NONE` for a root), index it and link it. The block must start above every recorded
     /// block, and the window index must cover it (`ensure_windows`). Returns its index.
