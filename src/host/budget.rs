@@ -408,8 +408,11 @@ impl Budget {
         if self.notify.get().is_none() {
             return;
         }
-        let deferred = DEFER_DEPTH.try_with(Cell::get).unwrap_or(0) > 0
+        let deferred = (DEFER_DEPTH.try_with(Cell::get).unwrap_or(0) & !PENDING) > 0
             && DEFERRED.try_with(|q| q.borrow_mut().push((self.me.clone(), m))).is_ok();
+        if deferred {
+            let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() | PENDING));
+        }
         if !deferred {
             if let Some(notify) = self.notify.get() {
                 notify(m);
@@ -443,8 +446,13 @@ impl Budget {
     }
 }
 
+/// In `DEFER_DEPTH`: set while `DEFERRED` may hold notifications.
+const PENDING: u32 = 1 << 31;
+
 thread_local! {
-    /// How many [`NotifyDeferral`]s this thread holds: napalloc locks it is inside of.
+    /// How many [`NotifyDeferral`]s this thread holds (napalloc locks it is inside of), plus
+    /// [`PENDING`]. One cell, so that leaving a lock with nothing deferred costs one load and
+    /// one store.
     static DEFER_DEPTH: Cell<u32> = const { Cell::new(0) };
     /// Notifications held back while `DEFER_DEPTH > 0`, in the order they were sent.
     static DEFERRED: RefCell<Vec<(Weak<Budget>, MemoryAvailable)>> = const { RefCell::new(Vec::new()) };
@@ -458,6 +466,7 @@ thread_local! {
 pub(crate) struct NotifyDeferral(PhantomData<*mut ()>);
 
 impl NotifyDeferral {
+    #[inline]
     pub(crate) fn enter() -> NotifyDeferral {
         let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() + 1));
         NotifyDeferral(PhantomData)
@@ -465,13 +474,14 @@ impl NotifyDeferral {
 }
 
 impl Drop for NotifyDeferral {
+    #[inline]
     fn drop(&mut self) {
         let left = DEFER_DEPTH.try_with(|d| {
-            let n = d.get().saturating_sub(1);
+            let n = d.get().wrapping_sub(1);
             d.set(n);
             n
         });
-        if left == Ok(0) {
+        if left == Ok(PENDING) {
             deliver_deferred();
         }
     }
@@ -479,7 +489,9 @@ impl Drop for NotifyDeferral {
 
 /// Deliver the notifications held back on this thread (including those the hooks cause).
 #[cold]
+#[inline(never)]
 fn deliver_deferred() {
+    let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() & !PENDING));
     loop {
         let batch = DEFERRED.try_with(|q| core::mem::take(&mut *q.borrow_mut())).unwrap_or_default();
         if batch.is_empty() {
