@@ -881,6 +881,12 @@ NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetHostMemoryManager(IHostMemoryManag
  * replaced since stays failed for the reservations it served. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocResetHostFailure(void);
 
+/* The cause behind a NULL / E_OUTOFMEMORY that a host's refusal produced: the HRESULT of the most
+ * recent failure a host returned to napalloc, on any thread (HOST_E_TIMEOUT, HOST_E_NOT_OWNER,
+ * HOST_E_ABANDONED, HOST_E_CLRNOTAVAILABLE, E_OUTOFMEMORY, E_FAIL, ...); S_OK if there was none.
+ * Requests refused while the host is in its failed state do not change it. */
+NAPALLOC_API HRESULT NAPALLOC_CALL NapallocGetLastHostError(void);
+
 /* CoTaskMemAlloc at a given critical level: the block is an ordinary task-allocator block (free it
  * with CoTaskMemFree). eTaskCritical may fail at once; eAppDomainCritical trims idle memory and
  * retries before it fails; eProcessCritical may also use the reserve between the soft and the hard

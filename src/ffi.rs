@@ -149,6 +149,15 @@ pub extern "system" fn NapallocResetHostFailure() -> HRESULT {
     guard_hr(crate::host::reset_host_failure)
 }
 
+/// `HRESULT NapallocGetLastHostError(void)`: the HRESULT of the most recent failure a host page
+/// source returned to napalloc (on any thread), `S_OK` if there was none: the cause behind a NULL
+/// or `E_OUTOFMEMORY` that a host's refusal produced. The counts per cause are in
+/// [`crate::host::BudgetStats::host_errors`] of [`crate::host::global_budget`].
+#[no_mangle]
+pub extern "system" fn NapallocGetLastHostError() -> HRESULT {
+    guard_hr(|| crate::host::global_budget().stats().host_errors.last)
+}
+
 /// `void *NapallocAllocCritical(SIZE_T cb, EMemoryCriticalLevel level)`: `CoTaskMemAlloc` at a
 /// critical level; NULL on failure and for a level mscoree.h does not define.
 #[no_mangle]

@@ -514,6 +514,7 @@ int main(void) {
     }
 
     /* 1. Installed before the first allocation: every reservation of the task heap is the host's. */
+    CHECK_HR(NapallocGetLastHostError(), S_OK); /* no host error yet */
     CHECK_HR(NapallocSetHostMemoryManager(&host.iface), S_OK);
     CHECK_EQ(host.refs, 2);           /* napalloc keeps a reference */
     CHECK_EQ(host.registrations, 1);  /* and registered its callback */
@@ -549,6 +550,7 @@ int main(void) {
             }
             CHECK(failed);
             CHECK(host.injected > injected);               /* the host was asked, and said no */
+            CHECK_HR(NapallocGetLastHostError(), host_errors[i]); /* and the cause is kept */
             CHECK(stats().failed_allocations > before.failed_allocations);
             check_books("after a host error");
         }
@@ -707,6 +709,7 @@ int main(void) {
         arm(E_FAIL, 1, MEM_COMMIT);
         CHECK(CoTaskMemAlloc(64 * MIB) == NULL);
         CHECK_EQ(host.injected, injected + 1);
+        CHECK_HR(NapallocGetLastHostError(), E_FAIL);
         arm(S_OK, 0, 0);
         uint64_t calls = host_alloc_calls();
         unsigned char *small = (unsigned char *)CoTaskMemAlloc(64);
@@ -717,6 +720,7 @@ int main(void) {
         }
         CHECK(CoTaskMemAlloc(64 * MIB) == NULL);
         CHECK_EQ(host_alloc_calls(), calls); /* failed fast, without the host */
+        CHECK_HR(NapallocGetLastHostError(), E_FAIL); /* still the cause */
         CoTaskMemFree(small);
         check_books("in the failed state");
 
