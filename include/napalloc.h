@@ -869,6 +869,8 @@ NAPALLOC_API void NAPALLOC_CALL FreeSystemHealthAgentState(SystemHealthAgentStat
 
 /* Take the pages of every reservation made from now on from `host` (AddRef'd and kept; napalloc
  * registers its ICLRMemoryNotificationCallback with it). NULL restores the operating system.
+ * On eMemoryAvailableLow napalloc gives idle pool memory back at once, through the host's
+ * VirtualFree: notify without holding a lock that VirtualFree needs.
  * Reservations made earlier stay with the source they came from and are returned to it.
  * A host whose vtable lacks a method napalloc calls -> E_INVALIDARG, nothing changed. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetHostMemoryManager(IHostMemoryManager *host);

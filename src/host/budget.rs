@@ -316,6 +316,10 @@ impl Budget {
     /// A memory notification from a host (`ICLRMemoryNotificationCallback::OnMemoryNotification`):
     /// on `Low`, ask the trimmer to free all the idle memory it can (`wanted` = everything
     /// committed); then forward `m` to the notify hook. Never blocks (if the hooks do not).
+    ///
+    /// The trim gives pages back through the page sources, so a host's `VirtualFree` may be
+    /// called from inside its own `OnMemoryNotification` call: a host must not hold a lock its
+    /// `VirtualFree` needs while it notifies.
     pub fn on_host_notification(&self, m: MemoryAvailable) {
         self.host_notifications.fetch_add(1, Ordering::Relaxed);
         if m == MemoryAvailable::Low {
