@@ -71,8 +71,8 @@ impl Live {
         use core::mem::size_of;
         match *self {
             Live::Mem { len, .. } => (1, len as u64),
-            // SAFETY (all three): a live structure of ours.
             Live::Conn { c } => {
+                // SAFETY: `c` is a live Connections of ours.
                 let n = unsafe { (*c).count } as usize;
                 (1 + (n > 0) as u64, (size_of::<Connections>() + n * size_of::<*mut c_void>()) as u64)
             }
