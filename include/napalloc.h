@@ -869,9 +869,25 @@ NAPALLOC_API void NAPALLOC_CALL FreeSystemHealthAgentState(SystemHealthAgentStat
 
 /* Take the pages of every reservation made from now on from `host` (AddRef'd and kept; napalloc
  * registers its ICLRMemoryNotificationCallback with it). NULL restores the operating system.
+ * On eMemoryAvailableLow napalloc gives idle pool memory back at once, through the host's
+ * VirtualFree: notify without holding a lock that VirtualFree needs.
  * Reservations made earlier stay with the source they came from and are returned to it.
  * A host whose vtable lacks a method napalloc calls -> E_INVALIDARG, nothing changed. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetHostMemoryManager(IHostMemoryManager *host);
+
+/* A host that returns E_FAIL is in an unrecoverable state, as for the CLR: from then on napalloc
+ * no longer calls it (requests that need pages from it fail at once; released reservations are
+ * kept to be given back later). Once the host has recovered, NapallocResetHostFailure makes
+ * napalloc call the installed host again and gives it back those reservations: S_OK if it was in
+ * the failed state, S_FALSE if it was not or no host is installed. A host installed earlier and
+ * replaced since stays failed for the reservations it served. */
+NAPALLOC_API HRESULT NAPALLOC_CALL NapallocResetHostFailure(void);
+
+/* The cause behind a NULL / E_OUTOFMEMORY that a host's refusal produced: the HRESULT of the most
+ * recent failure a host returned to napalloc, on any thread (HOST_E_TIMEOUT, HOST_E_NOT_OWNER,
+ * HOST_E_ABANDONED, HOST_E_CLRNOTAVAILABLE, E_OUTOFMEMORY, E_FAIL, ...); S_OK if there was none.
+ * Requests refused while the host is in its failed state do not change it. */
+NAPALLOC_API HRESULT NAPALLOC_CALL NapallocGetLastHostError(void);
 
 /* CoTaskMemAlloc at a given critical level: the block is an ordinary task-allocator block (free it
  * with CoTaskMemFree). eTaskCritical may fail at once; eAppDomainCritical trims idle memory and

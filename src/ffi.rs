@@ -140,6 +140,24 @@ pub extern "system" fn NapallocSetBudget(soft_limit: SIZE_T, hard_limit: SIZE_T)
     guard_hr(|| crate::host::set_budget(soft_limit, hard_limit))
 }
 
+/// `HRESULT NapallocResetHostFailure(void)`: take the installed host out of the failed state
+/// that its `E_FAIL` put it in (napalloc then calls it again, and gives it back the reservations
+/// whose release failed meanwhile): `S_OK` if it was failed, `S_FALSE` if it was not or no host is
+/// installed. See [`crate::host::reset_host_failure`].
+#[no_mangle]
+pub extern "system" fn NapallocResetHostFailure() -> HRESULT {
+    guard_hr(crate::host::reset_host_failure)
+}
+
+/// `HRESULT NapallocGetLastHostError(void)`: the HRESULT of the most recent failure a host page
+/// source returned to napalloc (on any thread), `S_OK` if there was none: the cause behind a NULL
+/// or `E_OUTOFMEMORY` that a host's refusal produced. The counts per cause are in
+/// [`crate::host::BudgetStats::host_errors`] of [`crate::host::global_budget`].
+#[no_mangle]
+pub extern "system" fn NapallocGetLastHostError() -> HRESULT {
+    guard_hr(|| crate::host::global_budget().stats().host_errors.last)
+}
+
 /// `void *NapallocAllocCritical(SIZE_T cb, EMemoryCriticalLevel level)`: `CoTaskMemAlloc` at a
 /// critical level; NULL on failure and for a level mscoree.h does not define.
 #[no_mangle]

@@ -556,6 +556,8 @@ struct Held {
     /// After unlocking an unowned heap, drain what was pushed while we held it (`try_drain`).
     recheck: bool,
     _not_send: PhantomData<*mut ()>,
+    /// Memory notifications wait until the lock is released (dropped after `Drop::drop`).
+    _defer: crate::host::NotifyDeferral,
 }
 
 impl Held {
@@ -568,7 +570,8 @@ impl Held {
         h.lock.lock();
         // From here on, `Drop` undoes everything, whatever happens.
         IN_SLOW.with(|s| s.set(true));
-        let held = Held { heap: h, recheck: true, _not_send: PhantomData };
+        let held =
+            Held { heap: h, recheck: true, _not_send: PhantomData, _defer: crate::host::NotifyDeferral::enter() };
         h.attention.fetch_or(HELD, Ordering::SeqCst);
         if !own && h.state.load(Ordering::Relaxed) == OWNED {
             if h.attention.load(Ordering::Relaxed) & FENCED == 0 {
@@ -830,7 +833,8 @@ impl Held {
             return None;
         }
         IN_SLOW.with(|s| s.set(true));
-        let held = Held { heap: h, recheck: false, _not_send: PhantomData };
+        let held =
+            Held { heap: h, recheck: false, _not_send: PhantomData, _defer: crate::host::NotifyDeferral::enter() };
         h.attention.fetch_or(HELD, Ordering::SeqCst);
         if h.state.load(Ordering::SeqCst) == OWNED {
             return None; // adopted meanwhile: its new owner drains (dropping `held` unlocks)

@@ -84,7 +84,7 @@
 //! `live_bytes` is what the returned regions still held when they were handed back (released by
 //! the reset), `committed` is their committed memory at return or after a trim.
 
-use crate::host::{CriticalLevel, Source};
+use crate::host::{Budget, CriticalLevel, Source};
 use crate::region::{Region, RegionBuilder, Scrub};
 use crate::Error;
 use core::alloc::Layout;
@@ -133,7 +133,11 @@ pub struct PoolConfig {
     /// Critical level of the regions' commits, and the level their failures are counted under.
     /// Default: `Task`.
     pub critical_level: CriticalLevel,
-    /// Where the regions take their pages. Default: the OS.
+    /// Where the regions take their pages, and the budget they are charged to. Default:
+    /// [`host::default_source`](crate::host::default_source) at the time the configuration is
+    /// made: the host installed with `NapallocSetHostMemoryManager` (else the OS), charged to the
+    /// process-wide budget, whose default trimmer trims this pool's idle regions (see
+    /// [`trim_idle_pools`]).
     pub source: Source,
     /// Committed bytes one region's tracked blocks may use at most. Default: no limit.
     pub region_limit: usize,
@@ -157,7 +161,7 @@ impl Default for PoolConfig {
             on_exhausted: OnExhausted::Wait(Duration::from_secs(1)),
             scrub: Scrub::default(),
             critical_level: CriticalLevel::Task,
-            source: Source::Os,
+            source: crate::host::default_source(),
             region_limit: usize::MAX,
         }
     }
@@ -342,8 +346,9 @@ fn adjust(gauge: &AtomicU64, peak: Option<&AtomicU64>, before: usize, after: usi
 
 /// The process-wide counters.
 static GLOBAL: Counters = Counters::new();
-/// Every live pool, for the process-wide checkout count. Locked only to register, unregister and
-/// read global statistics.
+/// Every live pool, for the process-wide checkout count and [`trim_idle_pools`]. Locked only to
+/// register a pool (pruning dropped ones) and to copy out the live pools; never held while a pool
+/// is trimmed, a region is touched or a hook is called.
 static POOLS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 /// The state shared by a pool, its guards and its trimmer thread.
@@ -645,11 +650,44 @@ impl Shared {
         freed
     }
 
+    fn charges(&self, budget: &Budget) -> bool {
+        self.config.source.budget().is_some_and(|b| core::ptr::eq(&**b, budget))
+    }
+
     fn request_counts(&self) -> (u64, u64) {
         self.meta
             .iter()
             .fold((0, 0), |(c, r), m| (c + m.checkouts.load(Ordering::Relaxed), r + m.returns.load(Ordering::Relaxed)))
     }
+}
+
+/// Trim the idle regions of every live pool charged to `budget` (see [`ArenaPool::trim_idle`]),
+/// pool after pool, until at least `want` bytes were given back or every such pool was trimmed.
+/// Returns the bytes given back. Never touches a checked-out region and never blocks: the list of
+/// pools is copied out under a lock held only for that copy.
+///
+/// This is the default trimmer of the process-wide budget
+/// ([`host::global_budget`](crate::host::global_budget)), which every pool is charged to unless
+/// its [`PoolConfig::source`] says otherwise: an `AppDomain`- or `Process`-critical commit past
+/// the soft limit (`NapallocSetBudget`) first gives idle pool memory back, then retries; so does a
+/// host's `eMemoryAvailableLow` notification. [`Budget::set_trimmer`] replaces it;
+/// `budget.set_trimmer(Box::new(|want| trim_idle_pools(global_budget(), want)))` puts it back.
+pub fn trim_idle_pools(budget: &Budget, want: usize) -> usize {
+    let pools: Vec<Arc<Shared>> = POOLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|p| p.charges(budget))
+        .collect();
+    let mut freed = 0;
+    for p in &pools {
+        if freed >= want {
+            break;
+        }
+        freed += p.trim_idle(want - freed);
+    }
+    freed
 }
 
 /// The trimmer thread's state between messages.
@@ -827,8 +865,16 @@ impl ArenaPool {
     /// then first trims this pool's idle regions. The pool's regions should be charged to the
     /// same budget (`PoolConfig::source` = `Source::os().with_budget(budget)`), so that what the
     /// trim gives back is credited to it.
-    pub fn register_trimmer(&self, budget: &crate::host::Budget) {
+    ///
+    /// Not needed for the process-wide budget: its default trimmer already trims every pool
+    /// charged to it ([`trim_idle_pools`]); registering one pool there would replace that.
+    pub fn register_trimmer(&self, budget: &Budget) {
         budget.set_trimmer(self.idle_trimmer());
+    }
+
+    /// Whether this pool's regions are charged to `budget`.
+    pub fn charges(&self, budget: &Budget) -> bool {
+        self.shared.charges(budget)
     }
 
     /// This pool's statistics.

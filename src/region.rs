@@ -1000,11 +1000,13 @@ impl Region {
         self.peek_size(ptr.as_ptr()).is_ok()
     }
 
-    /// Run `f` with the arena's commits made at `level` (the commits of one critical
-    /// allocation), then restore the region's own level.
+    /// Run `f` with the commits of the arena and of the side table made at `level` (the commits
+    /// of one critical allocation: its block and its record), then restore the region's own level.
     pub fn with_critical_level<R>(&self, level: CriticalLevel, f: impl FnOnce(&Self) -> R) -> R {
         let old = self.arena.set_level(level);
+        let old_table = self.table().set_level(level);
         let r = f(self);
+        self.table().set_level(old_table);
         self.arena.set_level(old);
         r
     }
@@ -1073,8 +1075,13 @@ impl Region {
     pub fn trim(&mut self, retain: usize) -> Result<usize, Error> {
         let keep = retain.max(self.top_off());
         // SAFETY: nothing lives at or past top <= keep.
-        let a = unsafe { self.arena.trim(keep)? };
-        self.end.set(self.ptr_at(self.arena.committed()));
+        let a = unsafe { self.arena.trim(keep) };
+        // Every end below follows the arena's committed end whatever fails (a page source may
+        // refuse any decommit): a stale end would let the fast path bump into decommitted pages.
+        // It also stays within the window index: a `grow_arena` whose index commit failed left
+        // arena pages that no block may use yet.
+        let end = self.arena.committed().min(self.table().windows_cover());
+        self.end.set(self.ptr_at(end));
         if !self.root.get().is_null() {
             let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
             let end = self.end.get();
@@ -1084,13 +1091,13 @@ impl Region {
         // `refresh_fast_end` asks for it, so nothing is committed again right away) and the index
         // of the committed arena (blocks placed there are indexed without committing).
         let t = self.table();
-        let b = t.trim(LOG_CAP + 1, self.arena.committed())?;
+        let b = t.trim(LOG_CAP + 1, self.arena.committed());
         // Like `refresh_fast_end`, but a trim commits nothing: without room (a region that never
         // allocated) roots take the slow path, which makes room.
         let room = t.cap as usize > t.count as usize + LOG_CAP;
         self.fast_end.set(if room { self.end.get() } else { self.base.as_ptr() });
-        let c = self.untracked.trim(0)?;
-        Ok(a + b + c)
+        let c = self.untracked.trim(0);
+        Ok(a? + b? + c?)
     }
 
     /// Bump-allocate without a record: the fastest path, for memory that is only ever released

@@ -185,6 +185,12 @@ impl Table {
         })
     }
 
+    /// Commit at `level` from now on (both spans); returns the previous level.
+    pub(crate) fn set_level(&self, level: CriticalLevel) -> CriticalLevel {
+        self.first_span.set_level(level);
+        self.recs_span.set_level(level)
+    }
+
     /// Make sure `n` more records fit without committing (so pushing them cannot fail).
     #[inline]
     pub(crate) fn reserve(&mut self, n: usize) -> Result<(), Error> {
@@ -242,6 +248,11 @@ impl Table {
     pub(crate) fn ensure_windows(&mut self, arena_committed: usize) -> Result<(), Error> {
         let windows = (arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1;
         self.first_span.ensure(windows * core::mem::size_of::<Window>())
+    }
+
+    /// Bytes of arena, from its start, whose blocks the committed window index covers.
+    pub(crate) fn windows_cover(&self) -> usize {
+        (self.first_span.committed() / core::mem::size_of::<Window>()) << (WINDOW_SHIFT as usize + 4)
     }
 
     /// Append a live record for a block at granule `off` of `size` bytes under `parent`

@@ -664,3 +664,171 @@ fn a_refused_callback_registration_is_reported() {
     host.reset();
     assert_eq!(host.reserve(4096, CriticalLevel::Task).unwrap_err(), Error::Host(hr::E_OUTOFMEMORY));
 }
+
+/// A critical allocation commits everything it needs at its level: the block's pages and the
+/// side-table records that track it. (The records were once committed at the region's own level,
+/// so a process-critical request past the soft limit got its block and then failed on its record.)
+#[test]
+fn a_critical_allocation_commits_its_side_table_records_at_its_level_too() {
+    let budget = Budget::unlimited();
+    let region = napalloc::Region::builder()
+        .reserve(if cfg!(miri) { 1 << 20 } else { 64 << 20 })
+        .source(Source::os().with_budget(Arc::clone(&budget)))
+        .build()
+        .unwrap();
+    let soft = budget.committed();
+    budget.set_limits(soft, soft + (2 << 20)).unwrap();
+    let layout = Layout::from_size_align(16, 8).unwrap();
+    let n = if cfg!(miri) { 1500 } else { 20_000 };
+    let mut blocks = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = region
+            .with_critical_level(CriticalLevel::Process, |r| r.alloc(layout))
+            .unwrap_or_else(|e| panic!("block {i}: {e:?}, {:?}", budget.stats()));
+        blocks.push(p);
+    }
+    let s = budget.stats();
+    assert!(s.committed > soft, "the blocks live in the reserve: {s:?}");
+    assert!(region.stats().table_committed > 0);
+    assert_eq!(s.failures, [0, 0, 0], "{s:?}");
+    assert!(s.reserve_uses >= 2, "block pages and record pages both came from the reserve: {s:?}");
+    // At the region's own level (Task), the next commit is refused.
+    let mut refused = false;
+    for _ in 0..n {
+        if region.alloc(layout).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "task-critical commits past the soft limit fail");
+    for p in blocks {
+        assert!(region.owns(p));
+    }
+}
+
+/// A page source over a [`Tracker`] that refuses chosen calls: every decommit after the first
+/// one while `refuse_decommits_after_first` is set, and every commit into the reservation with
+/// index `refuse_commits_in` (in the order the reservations were made).
+#[derive(Debug, Default)]
+struct Refusing {
+    tracker: Tracker,
+    reservations: Mutex<Vec<(usize, usize)>>,
+    refuse_decommits_after_first: core::sync::atomic::AtomicBool,
+    decommits_seen: AtomicUsize,
+    refuse_commits_in: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl Refusing {
+    fn new() -> Refusing {
+        Refusing { refuse_commits_in: AtomicUsize::new(usize::MAX), ..Refusing::default() }
+    }
+}
+
+impl PageSource for Refusing {
+    fn reserve(&self, len: usize, _level: CriticalLevel) -> Result<NonNull<u8>, Error> {
+        let p = self.tracker.reserve(len).map_err(Error::Host)?;
+        self.reservations.lock().unwrap().push((p.as_ptr() as usize, len));
+        Ok(p)
+    }
+    fn commit(&self, addr: NonNull<u8>, len: usize, _level: CriticalLevel) -> Result<(), Error> {
+        let a = addr.as_ptr() as usize;
+        let i = self.refuse_commits_in.load(Ordering::SeqCst);
+        if let Some(&(base, rlen)) = self.reservations.lock().unwrap().get(i) {
+            if a >= base && a < base + rlen {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(Error::Host(hr::HOST_E_TIMEOUT));
+            }
+        }
+        self.tracker.commit(a, len).map_err(Error::Host)
+    }
+    fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
+        let n = self.decommits_seen.fetch_add(1, Ordering::SeqCst);
+        if n > 0 && self.refuse_decommits_after_first.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Host(hr::HOST_E_NOT_OWNER));
+        }
+        self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host)
+    }
+    fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
+        self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host)
+    }
+}
+
+/// A trim whose arena decommit succeeds and whose side-table decommit fails leaves no way into
+/// the decommitted pages: every block allocated afterwards lies in committed pages. (The fast
+/// path's end once stayed at the old committed end, and the next blocks were handed out in
+/// decommitted memory.)
+#[test]
+fn a_trim_that_fails_half_way_hands_out_no_decommitted_pages() {
+    let src = Arc::new(Refusing::new());
+    let mut region =
+        napalloc::Region::builder().reserve(16 << 20).source(Source::host(Arc::clone(&src) as _)).build().unwrap();
+    let small = Layout::from_size_align(16, 8).unwrap();
+    for _ in 0..if cfg!(miri) { 2_000 } else { 20_000 } {
+        region.alloc(small).unwrap();
+    }
+    region.reset();
+    src.refuse_decommits_after_first.store(true, Ordering::SeqCst);
+    assert!(matches!(region.trim(0), Err(Error::Host(hr::HOST_E_NOT_OWNER))));
+    assert!(src.refused.load(Ordering::SeqCst) >= 1, "the side table's decommit was refused");
+    src.refuse_decommits_after_first.store(false, Ordering::SeqCst);
+    // Small blocks (the fast path's), through several pages.
+    let block = Layout::from_size_align(400, 16).unwrap();
+    for i in 0..64 {
+        let p = region.alloc(block).unwrap();
+        assert!(src.tracker.owns_committed(p.as_ptr(), 400), "block {i} at {p:p} is in decommitted pages");
+        // SAFETY: a live block of 400 bytes, in committed pages (just checked).
+        unsafe { p.as_ptr().write_bytes(0x3C, 400) };
+    }
+    assert!(src.tracker.violations().is_empty(), "{:?}", src.tracker.violations());
+}
+
+/// An arena growth whose window-index commit fails leaves arena pages committed that no block
+/// may use yet; a trim afterwards does not open them to the fast path (blocks there could not be
+/// indexed), and once the index can be committed they are used normally.
+#[test]
+fn arena_pages_the_window_index_does_not_cover_stay_unused_after_a_trim() {
+    let src = Arc::new(Refusing::new());
+    let mut region =
+        napalloc::Region::builder().reserve(64 << 20).source(Source::host(Arc::clone(&src) as _)).build().unwrap();
+    // Reservations, in order: the arena, the records, the window index, the untracked arena.
+    assert!(src.reservations.lock().unwrap().len() >= 3);
+    src.refuse_commits_in.store(2, Ordering::SeqCst);
+    let block = Layout::from_size_align(1024, 16).unwrap();
+    let mut blocks = Vec::new();
+    let refused = loop {
+        match region.alloc(block) {
+            Ok(p) => {
+                // SAFETY: a live block of 1 KiB.
+                unsafe { p.as_ptr().write_bytes(0x77, 1024) };
+                blocks.push(p);
+                assert!(blocks.len() < 1 << 16, "the window index never needed to grow");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused, Error::Host(hr::HOST_E_TIMEOUT));
+    // A trim that gives nothing back (the retained size is above what is committed).
+    region.trim(1 << 30).unwrap();
+    for _ in 0..64 {
+        match region.alloc(block) {
+            Ok(p) => {
+                // SAFETY: a live block of 1 KiB.
+                unsafe { p.as_ptr().write_bytes(0x77, 1024) };
+                blocks.push(p);
+            }
+            Err(e) => assert_eq!(e, Error::Host(hr::HOST_E_TIMEOUT)),
+        }
+    }
+    src.refuse_commits_in.store(usize::MAX, Ordering::SeqCst);
+    for _ in 0..256 {
+        blocks.push(region.alloc(block).expect("served once the index can be committed"));
+    }
+    for &p in &blocks {
+        assert!(region.owns(p));
+        assert_eq!(region.size_of(p), Some(1024));
+    }
+    assert_eq!(region.stats().live_blocks, blocks.len());
+    assert!(src.tracker.violations().is_empty(), "{:?}", src.tracker.violations());
+}

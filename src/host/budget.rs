@@ -37,7 +37,9 @@
 //! stream of notifications: each crossing fires exactly once (the thread whose compare-exchange
 //! changes the state fires it, after re-reading `committed`, so the state converges to the
 //! current load). The budget never sends `Neutral`. The hook is called with no lock held and
-//! must not block (see [`MemoryNotify`]). Notifications from a host
+//! must not block (see [`MemoryNotify`]): a thread that crosses a mark while it holds one of
+//! napalloc's locks (the task heap's, around a commit or a trim) calls the hook right after it
+//! released the lock (see `NotifyDeferral`), so the hook may even allocate. Notifications from a host
 //! ([`Budget::on_host_notification`]) are forwarded to the same hook; they do not change the
 //! budget's own state.
 
@@ -46,11 +48,13 @@ use super::{CriticalLevel, MemoryAvailable, MemoryNotify};
 use crate::hr::HRESULT;
 use crate::Error;
 use core::cell::Cell;
+use core::cell::RefCell;
 use core::fmt;
+use core::marker::PhantomData;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// `Low` is sent when committed bytes rise above this percentage of the soft limit.
 pub const LOW_MARK_PERCENT: usize = 90;
@@ -128,6 +132,8 @@ pub struct Budget {
     host_errors: HostErrorCounters,
     trimmer: HookCell<dyn Fn(usize) -> usize + Send + Sync>,
     notify: HookCell<dyn Fn(MemoryAvailable) + Send + Sync>,
+    /// This budget (every budget lives in an `Arc`): what a deferred notification refers to.
+    me: Weak<Budget>,
 }
 
 impl fmt::Debug for Budget {
@@ -172,17 +178,18 @@ impl Budget {
         if soft > hard {
             return Err(Error::InvalidLayout);
         }
-        Ok(Arc::new(Budget::build(soft, hard)))
+        Ok(Arc::new_cyclic(|me| Budget::build(soft, hard, me.clone())))
     }
 
     /// A budget without limits (it still counts, and still calls hooks).
     pub fn unlimited() -> Arc<Budget> {
-        Arc::new(Budget::build(usize::MAX, usize::MAX))
+        Arc::new_cyclic(|me| Budget::build(usize::MAX, usize::MAX, me.clone()))
     }
 
-    fn build(soft: usize, hard: usize) -> Budget {
+    fn build(soft: usize, hard: usize, me: Weak<Budget>) -> Budget {
         debug_assert!(soft <= hard);
         Budget {
+            me,
             committed: CachePadded::new(AtomicUsize::new(0)),
             peak: AtomicUsize::new(0),
             soft: AtomicUsize::new(soft),
@@ -309,14 +316,16 @@ impl Budget {
     /// A memory notification from a host (`ICLRMemoryNotificationCallback::OnMemoryNotification`):
     /// on `Low`, ask the trimmer to free all the idle memory it can (`wanted` = everything
     /// committed); then forward `m` to the notify hook. Never blocks (if the hooks do not).
+    ///
+    /// The trim gives pages back through the page sources, so a host's `VirtualFree` may be
+    /// called from inside its own `OnMemoryNotification` call: a host must not hold a lock its
+    /// `VirtualFree` needs while it notifies.
     pub fn on_host_notification(&self, m: MemoryAvailable) {
         self.host_notifications.fetch_add(1, Ordering::Relaxed);
         if m == MemoryAvailable::Low {
             self.trim(self.committed());
         }
-        if let Some(notify) = self.notify.get() {
-            notify(m);
-        }
+        self.send(m);
     }
 
     /// Count a host failure with `hr` against this budget.
@@ -397,6 +406,24 @@ impl Budget {
         Err(Error::LimitExceeded)
     }
 
+    /// Call the notify hook with `m`: now, or, while this thread holds one of napalloc's locks
+    /// (see [`NotifyDeferral`]), as soon as it has released the last of them.
+    fn send(&self, m: MemoryAvailable) {
+        if self.notify.get().is_none() {
+            return;
+        }
+        let deferred = (DEFER_DEPTH.try_with(Cell::get).unwrap_or(0) & !PENDING) > 0
+            && DEFERRED.try_with(|q| q.borrow_mut().push((self.me.clone(), m))).is_ok();
+        if deferred {
+            let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() | PENDING));
+        }
+        if !deferred {
+            if let Some(notify) = self.notify.get() {
+                notify(m);
+            }
+        }
+    }
+
     /// Move the pressure state to match `committed`, notifying once per change (see the module
     /// docs). Loops until the state agrees with a fresh reading, so a racing charge and credit
     /// cannot leave it stale.
@@ -417,9 +444,66 @@ impl Budget {
             }
             if self.pressure.compare_exchange(state, want as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 self.notifications.fetch_add(1, Ordering::Relaxed);
-                if let Some(notify) = self.notify.get() {
-                    notify(want);
-                }
+                self.send(want);
+            }
+        }
+    }
+}
+
+/// In `DEFER_DEPTH`: set while `DEFERRED` may hold notifications.
+const PENDING: u32 = 1 << 31;
+
+thread_local! {
+    /// How many [`NotifyDeferral`]s this thread holds (napalloc locks it is inside of), plus
+    /// [`PENDING`]. One cell, so that leaving a lock with nothing deferred costs one load and
+    /// one store.
+    static DEFER_DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Notifications held back while `DEFER_DEPTH > 0`, in the order they were sent.
+    static DEFERRED: RefCell<Vec<(Weak<Budget>, MemoryAvailable)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Held by a thread for as long as it holds one of napalloc's locks (the task heap's): memory
+/// notifications that its commits and decommits cause meanwhile are held back, and delivered,
+/// in order, when the thread drops its last deferral, i.e. after it released the lock. So a
+/// notify hook never runs while napalloc holds a lock, and may itself allocate. (Budget
+/// accounting, trims and the notification state change are not deferred, only the hook calls.)
+pub(crate) struct NotifyDeferral(PhantomData<*mut ()>);
+
+impl NotifyDeferral {
+    #[inline]
+    pub(crate) fn enter() -> NotifyDeferral {
+        let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() + 1));
+        NotifyDeferral(PhantomData)
+    }
+}
+
+impl Drop for NotifyDeferral {
+    #[inline]
+    fn drop(&mut self) {
+        let left = DEFER_DEPTH.try_with(|d| {
+            let n = d.get().wrapping_sub(1);
+            d.set(n);
+            n
+        });
+        if left == Ok(PENDING) {
+            deliver_deferred();
+        }
+    }
+}
+
+/// Deliver the notifications held back on this thread (including those the hooks cause).
+#[cold]
+#[inline(never)]
+fn deliver_deferred() {
+    let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() & !PENDING));
+    loop {
+        let batch = DEFERRED.try_with(|q| core::mem::take(&mut *q.borrow_mut())).unwrap_or_default();
+        if batch.is_empty() {
+            return;
+        }
+        for (budget, m) in batch {
+            if let Some(notify) = budget.upgrade().as_deref().and_then(|b| b.notify.get().map(|n| (b, n))) {
+                (notify.1)(m);
             }
         }
     }

@@ -7,7 +7,8 @@
 //! * Changing the host affects regions created afterwards; a region keeps the source it was
 //!   built with (and a reference on its host) until it is dropped.
 //! * The global budget starts without limits; [`set_budget`] changes its limits for every
-//!   region at once, old and new.
+//!   region at once, old and new. Its trimmer trims the idle regions of every pool charged to it
+//!   ([`crate::pool::trim_idle_pools`]); pools are charged to it by default.
 //!
 //! [`set_host_memory_manager`], [`set_budget`] and [`reset_host_failure`] return HRESULTs and
 //! never panic (a panic inside is caught and reported as `E_FAIL`), ready for the C ABI.
@@ -29,10 +30,19 @@ struct Global {
 
 fn global() -> &'static Global {
     static GLOBAL: OnceLock<Global> = OnceLock::new();
-    GLOBAL.get_or_init(|| Global { budget: Budget::unlimited(), host: RwLock::new(None) })
+    GLOBAL.get_or_init(|| {
+        let budget = Budget::unlimited();
+        // Idle pool memory is what a critical request past the soft limit may take back.
+        budget.set_trimmer(Box::new(|want| crate::pool::trim_idle_pools(global_budget(), want)));
+        Global { budget, host: RwLock::new(None) }
+    })
 }
 
-/// The process-wide budget (no limits until [`set_budget`]).
+/// The process-wide budget (no limits until [`set_budget`]). Its trimmer is
+/// [`crate::pool::trim_idle_pools`] over itself: every pool charged to it (the default, see
+/// [`crate::pool::PoolConfig::source`]) gives its idle regions' memory back when an
+/// `AppDomain`- or `Process`-critical commit would pass the soft limit, and when a host says
+/// `eMemoryAvailableLow`.
 pub fn global_budget() -> &'static Arc<Budget> {
     &global().budget
 }

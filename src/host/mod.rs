@@ -38,6 +38,7 @@ pub mod com;
 mod global;
 mod source;
 
+pub(crate) use budget::NotifyDeferral;
 pub use budget::{Budget, BudgetStats, Trimmer, HIGH_MARK_PERCENT, LOW_MARK_PERCENT};
 pub use global::{
     default_host, default_source, global_budget, reset_host_failure, set_budget, set_default_host,

@@ -43,6 +43,8 @@ CHECK_PROTO(FreeNapComponentRegistrationInfoArray,
 CHECK_PROTO(FreeSystemHealthAgentState, void(NAPALLOC_CALL *)(SystemHealthAgentState *));
 
 CHECK_PROTO(NapallocSetHostMemoryManager, HRESULT(NAPALLOC_CALL *)(IHostMemoryManager *));
+CHECK_PROTO(NapallocResetHostFailure, HRESULT(NAPALLOC_CALL *)(void));
+CHECK_PROTO(NapallocGetLastHostError, HRESULT(NAPALLOC_CALL *)(void));
 CHECK_PROTO(NapallocAllocCritical, void *(NAPALLOC_CALL *)(SIZE_T, EMemoryCriticalLevel));
 CHECK_PROTO(NapallocSetBudget, HRESULT(NAPALLOC_CALL *)(SIZE_T, SIZE_T));
 CHECK_PROTO(NapallocGetStats, HRESULT(NAPALLOC_CALL *)(NapallocStats *));

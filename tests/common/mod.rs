@@ -164,6 +164,10 @@ impl Tracker {
     }
 }
 
+/// One call a [`FaultySource`] saw: what (or "step", a marker the test pushes), address, length,
+/// result.
+pub type HostEvent = (&'static str, usize, usize, Result<(), Error>);
+
 /// A `PageSource` over a [`Tracker`] that fails, at seeded random points, with each of the
 /// HRESULTs a host may return.
 #[derive(Debug)]
@@ -177,6 +181,9 @@ pub struct FaultySource {
     pub calls: AtomicU64,
     /// Faults injected, by HRESULT.
     injected: Mutex<HashMap<HRESULT, u64>>,
+    /// Every call, as (what, address, length, result), while `trace` is on.
+    pub trace: AtomicBool,
+    pub events: Mutex<Vec<HostEvent>>,
 }
 
 pub const HOST_HRESULTS: [HRESULT; 6] = [
@@ -197,6 +204,8 @@ impl FaultySource {
             enabled: AtomicBool::new(true),
             calls: AtomicU64::new(0),
             injected: Mutex::new(HashMap::new()),
+            trace: AtomicBool::new(false),
+            events: Mutex::new(Vec::new()),
         }
     }
 
@@ -231,22 +240,33 @@ impl FaultySource {
     }
 }
 
+impl FaultySource {
+    fn traced<T>(&self, what: &'static str, addr: usize, len: usize, r: Result<T, Error>) -> Result<T, Error> {
+        if self.trace.load(Ordering::Relaxed) {
+            self.events.lock().unwrap().push((what, addr, len, r.as_ref().map(|_| ()).map_err(|e| *e)));
+        }
+        r
+    }
+}
+
 impl PageSource for FaultySource {
     fn reserve(&self, len: usize, _level: CriticalLevel) -> Result<NonNull<u8>, Error> {
-        self.fault()?;
-        self.tracker.reserve(len).map_err(Error::Host)
+        let r = self.fault().and_then(|()| self.tracker.reserve(len).map_err(Error::Host));
+        let addr = r.as_ref().map_or(0, |p| p.as_ptr() as usize);
+        self.traced("reserve", addr, len, r)
     }
     fn commit(&self, addr: NonNull<u8>, len: usize, _level: CriticalLevel) -> Result<(), Error> {
-        self.fault()?;
-        self.tracker.commit(addr.as_ptr() as usize, len).map_err(Error::Host)
+        let r = self.fault().and_then(|()| self.tracker.commit(addr.as_ptr() as usize, len).map_err(Error::Host));
+        self.traced("commit", addr.as_ptr() as usize, len, r)
     }
     fn decommit(&self, addr: NonNull<u8>, len: usize) -> Result<(), Error> {
-        self.fault()?;
-        self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host)
+        let r = self.fault().and_then(|()| self.tracker.decommit(addr.as_ptr() as usize, len).map_err(Error::Host));
+        self.traced("decommit", addr.as_ptr() as usize, len, r)
     }
     fn release(&self, base: NonNull<u8>, len: usize) -> Result<(), Error> {
-        self.fault()?;
-        self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host)
+        let r =
+            self.fault().and_then(|()| self.tracker.release(base.as_ptr() as usize, Some(len)).map_err(Error::Host));
+        self.traced("release", base.as_ptr() as usize, len, r)
     }
 }
 
