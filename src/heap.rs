@@ -913,21 +913,33 @@ pub fn report_bad_pointer(what: &str, p: *const u8) {
 }
 
 /// The lock-free fast path of [`alloc`] alone: `None` when the slow path would be needed.
-/// Cannot panic (no calls, no allocation).
+/// No call out of the region, no allocation; it can only panic on a broken invariant of the
+/// side table (recording a finished tail asserts that the records fit).
 #[inline(always)]
 pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
     fast!(|r, remote| try_alloc_in(r, size, remote))
 }
 
+/// The first half of [`alloc_fast`]: a dead slot of the size class, or `None`. Calls nothing at
+/// all, so a function that inlines it and hands every miss on to another function (the
+/// `CoTaskMemAlloc` export) needs no stack frame.
+#[inline(always)]
+pub(crate) fn alloc_reuse_fast(size: usize) -> Option<NonNull<u8>> {
+    fast!(|r, _| r.try_reuse(size))
+}
+
 /// The fast allocation in a region: with remote frees pending, only a dead slot of the size
 /// class; a miss then takes the slow path, which drains the queue first (so freed memory is
 /// reused while it is still in cache instead of the heap bumping into fresh memory).
+///
+/// The dead slot is tried first whatever `remote` says, so the common case (a slot of the class
+/// is free) does not test `remote` at all.
 #[inline(always)]
 fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
-    if remote {
-        r.try_reuse(size)
-    } else {
-        r.try_alloc(size)
+    match r.try_reuse(size) {
+        Some(p) => Some(p),
+        None if !remote => r.try_alloc(size),
+        None => None,
     }
 }
 

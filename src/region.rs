@@ -744,6 +744,12 @@ impl Region {
         if self.scrub.on_free {
             self.scrub_tail();
         }
+        self.rewind_unscrubbed();
+    }
+
+    /// [`rewind`](Self::rewind) without the scrub.
+    #[inline(always)]
+    fn rewind_unscrubbed(&self) {
         // The tail root started at the top: there is no padding before it.
         self.top.set(self.root.get());
         self.log.set(self.log_start());
@@ -883,7 +889,13 @@ impl Region {
         }
         // The only block of the pending tail: a rewind.
         if core::ptr::eq(p, self.root.get()) && self.log_len() == 1 {
-            self.rewind();
+            if PLAIN {
+                // No scrubbing (caller), so no call: the task heap's export stays a leaf.
+                debug_assert!(!self.scrub.on_free, "try_free_leaf_plain on a region that scrubs");
+                self.rewind_unscrubbed();
+            } else {
+                self.rewind();
+            }
             return true;
         }
         false
