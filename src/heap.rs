@@ -1020,7 +1020,21 @@ fn shared_alloc(layout: Layout) -> Option<NonNull<u8>> {
 /// Allocate a block recorded as an embedded pointer of `parent`: [`free_tree`] of the parent
 /// frees it too. The block lives in the parent's heap, whichever thread owns it. `None` if
 /// `parent` is not a live block or memory is short.
+#[inline]
 pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+    // A parent in the current heap, a child that fits in memory at hand: lock-free. Pending
+    // remote frees are not drained first (the slow path drains them): a parent that another
+    // thread has freed already is a use after free by the caller either way.
+    if let Some(p) = fast!(|r, _| if r.contains(parent.as_ptr()) { r.try_alloc_child(parent, size) } else { None }) {
+        return Some(p);
+    }
+    alloc_child_slow(parent, size)
+}
+
+/// [`alloc_child`] past its fast path.
+#[cold]
+#[inline(never)]
+fn alloc_child_slow(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
     let Ok(l) = Layout::from_size_align(size, ALIGN) else {
         return failed();
     };
@@ -1152,6 +1166,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 }
 
 /// The requested size of a live block (`IMalloc::GetSize`), `None` for anything else.
+#[inline]
 pub fn size_of(p: *const u8) -> Option<usize> {
     let nn = NonNull::new(p as *mut u8)?;
     // A query waits for pending remote frees (the slow path drains them): a block another
@@ -1159,7 +1174,14 @@ pub fn size_of(p: *const u8) -> Option<usize> {
     if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.size_of(nn))) {
         return r;
     }
-    with_heap_of(p, |r| r.size_of(nn)).ok().flatten()
+    size_of_slow(nn)
+}
+
+/// [`size_of`] past its fast path: another heap's block, pending remote frees, or not a block.
+#[cold]
+#[inline(never)]
+fn size_of_slow(p: NonNull<u8>) -> Option<usize> {
+    with_heap_of(p.as_ptr(), |r| r.size_of(p)).ok().flatten()
 }
 
 /// `IMalloc::DidAlloc`: 1 for a live block start, 0 for anything else, -1 for NULL.
@@ -1171,7 +1193,14 @@ pub fn did_alloc(p: *const u8) -> i32 {
     if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.owns(nn))) {
         return r as i32;
     }
-    with_heap_of(p, |r| r.owns(nn)).unwrap_or(false) as i32
+    did_alloc_slow(nn)
+}
+
+/// [`did_alloc`] past its fast path.
+#[cold]
+#[inline(never)]
+fn did_alloc_slow(p: NonNull<u8>) -> i32 {
+    with_heap_of(p.as_ptr(), |r| r.owns(p)).unwrap_or(false) as i32
 }
 
 /// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. Heaps nobody owns

@@ -467,6 +467,64 @@ impl Region {
         self.alloc_slow(Some(parent), layout)
     }
 
+    /// The part of [`alloc_child`](Self::alloc_child) (size 1 to 1024, alignment 16) that needs
+    /// nothing but memory already at hand: a child of the tail root bumped under `limit`, or a
+    /// dead slot of the size class linked under a recorded `parent`. `None` (and nothing changed
+    /// but, perhaps, a pending tail recorded) otherwise, also when `parent` is not a live block
+    /// (`alloc_child` then reports it).
+    ///
+    /// Like [`try_alloc`](Self::try_alloc) it never calls out (no page commit, no host callback,
+    /// no logging), for the task heap's lock-free path.
+    #[inline]
+    pub fn try_alloc_child(&self, parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+        if size.wrapping_sub(1) >= FAST_MAX {
+            return None;
+        }
+        if parent.as_ptr() == self.root.get() {
+            // As in `alloc_child`: the child joins the tail.
+            let top = self.top.get();
+            let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
+            if new as usize > self.limit.get() as usize {
+                return None;
+            }
+            let log = self.log.get();
+            // SAFETY: bumping under `limit` logs at most LOG_CAP blocks: log < log_end.
+            unsafe { log.write(size as u32) };
+            // SAFETY: at most one past the last entry.
+            self.log.set(unsafe { log.add(1) });
+            self.top.set(new);
+            // SAFETY: top lies inside the reservation, derived from its base: non-null.
+            return Some(unsafe { NonNull::new_unchecked(top) });
+        }
+        let class = (size - 1) / GRANULE;
+        if self.table().heads[class] == NONE {
+            return None;
+        }
+        let off = self.check_range(parent.as_ptr()).ok()?;
+        // As in `lookup`, with the no-callout materialization.
+        if parent.as_ptr() >= self.root.get() || self.tail_nested() {
+            self.materialize_no_callout();
+        }
+        let p = self.find_hinted(off / GRANULE)?;
+        Some(self.reuse(class, size, p))
+    }
+
+    /// The live record starting at granule `g`: the hint cache first (a block looked up soon
+    /// after it was handed out, as the NapUtil functions do), then the window index. Only
+    /// materialized blocks have records.
+    #[inline(always)]
+    fn find_hinted(&self, g: usize) -> Option<u32> {
+        let t = self.table();
+        let h = t.hints[g % table::HINTS];
+        // Trusted only for a record below count that starts at `g` (see `Table::hints`).
+        // SAFETY: h < count <= cap.
+        if h < t.count && unsafe { t.get(h).off } as usize == g {
+            // SAFETY: as above.
+            return (unsafe { t.get(h).prev } != table::DEAD).then_some(h);
+        }
+        t.find(g)
+    }
+
     /// Record every tail block in the side table. Infallible: a tail is only started when the
     /// table has room for a full log and the window index covers the committed arena.
     #[inline]
@@ -710,10 +768,9 @@ impl Region {
             }
             return Err(Error::NotABlock);
         }
-        let t = self.table();
-        let i = t.find(off / GRANULE).ok_or(Error::NotABlock)?;
+        let i = self.find_hinted(off / GRANULE).ok_or(Error::NotABlock)?;
         // SAFETY: i is live.
-        Ok(unsafe { t.get(i).size } as usize)
+        Ok(unsafe { self.table().get(i).size } as usize)
     }
 
     fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
@@ -896,6 +953,16 @@ impl Region {
             } else {
                 self.rewind();
             }
+            return true;
+        }
+        // The newest block of a longer tail (it has no children: they would be newer): pop it,
+        // as `free_slow` does. A `Connections` freed right after it was built frees its slot
+        // array this way, then its structure by a rewind.
+        if (PLAIN || !self.scrub.on_free) && !self.root.get().is_null() && core::ptr::eq(p, self.last()) {
+            self.top.set(p as *mut u8);
+            // SAFETY: the log holds at least two entries (the root is not the only block: the
+            // rewind case above was not taken, and `last` is the root only for one entry).
+            self.log.set(unsafe { self.log.get().sub(1) });
             return true;
         }
         false
