@@ -1031,6 +1031,92 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
     alloc_child_slow(parent, size)
 }
 
+/// A block of `size` bytes and a block of `child` bytes recorded as its embedded pointer
+/// (`AllocConnections`, `AllocFixupInfo`, `AllocCountedString`), with one pass of the fast
+/// protocol when both fit in memory at hand. `None` if the parent cannot be had; `Some((p,
+/// None))` if only the child failed (the caller frees `p`).
+#[inline]
+pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
+    let fast = fast!(|r, remote| match try_alloc_in(r, size, remote) {
+        Some(p) => Some((p, r.try_alloc_child(p, child))),
+        None => None,
+    });
+    let (p, c) = match fast {
+        Some(pc) => pc,
+        None => (alloc(size)?, None),
+    };
+    Some((p, c.or_else(|| alloc_child(p, child))))
+}
+
+/// `size_of(p)` and, if `p` is a live block of at least `min` bytes, the pointer `q = field()`
+/// (a field read from `p`'s block, read only then) and `size_of(q)`, with one pass of the fast
+/// protocol when both blocks are in the current heap: what a NapUtil `Free*` function needs
+/// to validate a structure and the array it points to. `field` must not call the task heap.
+/// Returns `(size_of(p), q, size_of(q))`, with `q` null when `field` was not called.
+#[inline]
+pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
+    p: *const u8,
+    min: usize,
+    field: F,
+) -> (Option<usize>, *const u8, Option<usize>) {
+    let Some(nn) = NonNull::new(p as *mut u8) else {
+        return (None, ptr::null(), None);
+    };
+    let mut field = Some(field);
+    // `Some((a, q, Some(b)))`: all known; `Some((a, q, None))`: `q` needs the general query.
+    let fast = fast!(|r, remote| if remote || !r.contains(p) {
+        None
+    } else {
+        match (r.size_of(nn), field.take()) {
+            (Some(a), Some(f)) if a >= min => {
+                let q = f();
+                let b = match NonNull::new(q as *mut u8) {
+                    None => Some(None),
+                    Some(qq) if r.contains(q) => Some(r.size_of(qq)),
+                    Some(_) => None,
+                };
+                Some((Some(a), q, b))
+            }
+            (a, _) => Some((a, ptr::null(), Some(None))),
+        }
+    });
+    match fast {
+        Some((a, q, Some(b))) => (a, q, b),
+        Some((a, q, None)) => (a, q, size_of(q)),
+        None => match (size_of(p), field.take()) {
+            (Some(a), Some(f)) if a >= min => {
+                let q = f();
+                (Some(a), q, size_of(q))
+            }
+            (a, _) => (a, ptr::null(), None),
+        },
+    }
+}
+
+/// `free(a)` (NULL: nothing), then `free_tree(b)`, with one pass of the fast protocol when both
+/// are leaves of the current heap (a structure and the array it points to, in that order).
+///
+/// # Safety
+/// As [`free`] for `a` and [`free_tree`] for `b`.
+#[inline]
+pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
+    // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
+    let done = fast!(|r, _| {
+        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) };
+        Some((da, da && unsafe { r.try_free_leaf_plain(b) }))
+    });
+    let (da, db) = done.unwrap_or((false, false));
+    // SAFETY: forwarded caller guarantee; `a` first, so a child `a` is not freed with `b`.
+    unsafe {
+        if !da {
+            free(a);
+        }
+        if !db {
+            free_tree(b);
+        }
+    }
+}
+
 /// [`alloc_child`] past its fast path.
 #[cold]
 #[inline(never)]

@@ -1070,13 +1070,26 @@ impl Region {
     }
 
     /// The requested size of the live block starting at `ptr` (`None` for anything else).
+    #[inline]
     pub fn size_of(&self, ptr: NonNull<u8>) -> Option<usize> {
-        self.peek_size(ptr.as_ptr()).ok()
+        // The first and the newest block of the pending tail without a walk of the log (a
+        // structure and its array, queried by the NapUtil function that frees them).
+        let p = ptr.as_ptr();
+        if p == self.root.get() {
+            // SAFETY: the root is not null (`ptr` is not): the log's entry 0 is written.
+            return Some((unsafe { *self.log_start() } & !NESTED) as usize);
+        }
+        if !self.root.get().is_null() && p == self.last() {
+            // SAFETY: the log is not empty (the root is not null); its last entry is `last`.
+            return Some((unsafe { *self.log.get().sub(1) } & !NESTED) as usize);
+        }
+        self.peek_size(p).ok()
     }
 
     /// True only for the start of a live block of this region.
+    #[inline]
     pub fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.peek_size(ptr.as_ptr()).is_ok()
+        self.size_of(ptr).is_some()
     }
 
     /// Run `f` with the arena's commits made at `level` (the commits of one critical
