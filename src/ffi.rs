@@ -4,10 +4,16 @@
 //! A thin layer: argument checks, HRESULTs, and no panic across the C ABI. Each export forwards to
 //! [`crate::heap`] or [`crate::com`]; what may panic runs under `catch_unwind` and becomes NULL or
 //! `E_FAIL`. The one exception is the fast path of `CoTaskMemAlloc` and `CoTaskMemFree`
-//! (`heap::alloc_fast`, `heap::free_fast`), which is kept out of `catch_unwind` because that would
-//! cost an indirect call on every block: it performs no call, no allocation and no checked
-//! arithmetic that can fail in a release build (its counters cannot overflow by the side table's
-//! invariants), so it cannot panic.
+//! (`heap::alloc_reuse_fast` inline and `heap::alloc_fast` in the slow function, `heap::free_fast`),
+//! which is kept out of `catch_unwind` because that would cost an indirect call on every block:
+//! it calls nothing out of the region, allocates nothing and does no checked arithmetic that can
+//! fail in a release build (its counters cannot overflow by the side table's invariants), so it
+//! does not panic; and should a broken invariant make it panic, the `extern "system"` function
+//! aborts rather than unwind into C.
+//!
+//! The inline part of those two exports calls nothing: every miss is handed to a `#[cold]`
+//! function that is itself `extern "system"` (so it cannot unwind and needs no landing pad in
+//! the caller), which makes the call a tail call and the exports free of stack frames.
 //!
 //! The functions are `extern "system"`: the plain C convention on x86-64 (Windows and elsewhere)
 //! and `__stdcall` on 32-bit Windows, which is what the header's `NAPALLOC_CALL` means.

@@ -1580,6 +1580,46 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_naputil_operations_match_their_parts() {
+        // alloc_with_child: the child is recorded under the block (free_tree frees both).
+        let (s, c) = alloc_with_child(16, 64).unwrap();
+        let c = c.unwrap();
+        assert_eq!((size_of(s.as_ptr()), size_of(c.as_ptr())), (Some(16), Some(64)));
+        // SAFETY: live blocks of 16 and 64 bytes: the structure points to the array.
+        unsafe { s.as_ptr().cast::<*mut u8>().write(c.as_ptr()) };
+        // SAFETY: called only while `s` is a live 16-byte block (`size_of_pair` checks it first).
+        let read = || unsafe { s.as_ptr().cast::<*const u8>().read() };
+        assert_eq!(size_of_pair(s.as_ptr(), 16, read), (Some(16), c.as_ptr().cast_const(), Some(64)));
+        // Too small for the structure: the field is not read.
+        let never = || -> *const u8 { unreachable!("read of a block smaller than its structure") };
+        assert_eq!(size_of_pair(s.as_ptr(), 17, never), (Some(16), ptr::null(), None));
+        assert_eq!(size_of_pair(ptr::null(), 0, never), (None, ptr::null(), None));
+        assert_eq!(size_of_pair(s.as_ptr().wrapping_add(4), 0, never), (None, ptr::null(), None), "interior");
+        // An array in another thread's heap: found by the general query.
+        let far = thread::spawn(|| P(alloc(40).unwrap().as_ptr())).join().unwrap();
+        // SAFETY: as above.
+        unsafe { s.as_ptr().cast::<*mut u8>().write(far.0) };
+        assert_eq!(size_of_pair(s.as_ptr(), 16, read), (Some(16), far.0.cast_const(), Some(40)));
+        // free_then_tree: the first block alone, then the second with its tree.
+        // SAFETY: `far` and `s` (with its recorded child `c`) are live and freed once.
+        unsafe { free_then_tree(far.0, s.as_ptr()) };
+        flush_remote_frees();
+        assert_eq!((did_alloc(s.as_ptr()), did_alloc(c.as_ptr())), (0, 0), "the tree went with it");
+        heap_minimize(); // delivers and drains the remote free of `far`
+        assert_eq!(did_alloc(far.0), 0);
+        // NULL first: only the second; a refused second changes nothing.
+        let (t, _) = alloc_with_child(16, 0).unwrap();
+        let bad_before = stats().bad_pointers;
+        // SAFETY: live, freed once; then a freed pointer, refused.
+        unsafe {
+            free_then_tree(ptr::null_mut(), t.as_ptr());
+            free_then_tree(ptr::null_mut(), t.as_ptr());
+        }
+        assert_eq!(did_alloc(t.as_ptr()), 0);
+        assert!(stats().bad_pointers > bad_before, "the double free was reported");
+    }
+
+    #[test]
     fn blocks_survive_their_thread() {
         let (a, b) = thread::spawn(|| {
             let a = alloc(40).unwrap();
