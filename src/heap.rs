@@ -16,7 +16,8 @@
 //! Allocation and freeing of the thread's own blocks take no lock and perform no atomic
 //! read-modify-write: two plain stores of the owner's `busy` flag, one load of the heap's
 //! `attention` word, and the region's own fast paths (`Region::try_alloc`,
-//! `Region::try_free_leaf_plain`), which never call out of the region.
+//! `Region::try_alloc_child`, `Region::try_free_leaf_plain`, `Region::size_of`), which never
+//! call out of the region.
 //!
 //! Heaps live in a process-wide registry: a fixed array of `&'static Heap` ([`MAX_HEAPS`]). A heap
 //! is leaked on creation and **never freed** (nor is its region dropped), so a pointer to one can
@@ -108,8 +109,16 @@
 //!
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
-//! its own) costs about 1 180 instructions above the no-allocation floor on this fast path, half
-//! of what glibc's malloc/free need (`examples/com_way.rs`, `benches/com.rs`).
+//! its own) costs about 1 220 instructions above the no-allocation floor through [`alloc`] and
+//! [`free`] (0.51× glibc's malloc/free in the same harness) and about 1 540 through the C exports
+//! (0.65×), `examples/com_way.rs` under callgrind. Per block that is a dead slot popped off its
+//! size class's free list and, on free, a hint-cache lookup of the record and a push back.
+//!
+//! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
+//! its structure and slot array in one pass of the protocol (a child of the pending tail's root
+//! is a bump; a child under a recorded parent a dead slot), `size_of_pair` validates a
+//! structure and the array it points to with one lookup each, and `free_then_tree` frees both
+//! in one pass (`benches/connections_ir.rs`).
 
 use crate::host::CriticalLevel;
 use crate::nap::types::NapallocScope;

@@ -29,6 +29,11 @@
 //! 4. frees the structure with [`heap::free_tree`], which also frees anything still recorded
 //!    under it.
 //!
+//! Steps 1 and 2 for a structure and the array it points to are one call
+//! (`TaskMem::size_of_pair`: the array's field is read only once the structure is validated),
+//! and so are steps 3 and 4 for that array (`TaskMem::free_then_tree`); on the task heap each
+//! is one pass of its lock-free path, with one lookup per pointer.
+//!
 //! # `FreeConnections` RELEASES THE INTERFACES IT HOLDS
 //! **[`free_connections`] calls `Release` exactly once on every non-NULL `connections[i]`,
 //! `i < count`, before it frees the slot array and the structure.** In COM the receiver of an
