@@ -1046,10 +1046,7 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// None))` if only the child failed (the caller frees `p`).
 #[inline]
 pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
-    let fast = fast!(|r, remote| match try_alloc_in(r, size, remote) {
-        Some(p) => Some((p, r.try_alloc_child(p, child))),
-        None => None,
-    });
+    let fast = fast!(|r, remote| try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))));
     let (p, c) = match fast {
         Some(pc) => pc,
         None => (alloc(size)?, None),

@@ -502,7 +502,7 @@ pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Con
     // block of at least size_of::<Connections>() bytes.
     let (size, slots, slots_size) =
         m.size_of_pair(c.cast(), size_of::<Connections>(), || unsafe { (*c).connections }.cast_const().cast());
-    if !size.is_some_and(|s| s >= size_of::<Connections>()) {
+    if size.is_none_or(|s| s < size_of::<Connections>()) {
         if !c.is_null() {
             m.report_bad_pointer("FreeConnections", c.cast());
         }
