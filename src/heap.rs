@@ -1108,7 +1108,7 @@ pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
 pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     let done = fast!(|r, _| {
-        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) };
+        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) };
         Some((da, da && unsafe { r.try_free_leaf_plain(b) }))
     });
     let (da, db) = done.unwrap_or((false, false));
@@ -1121,6 +1121,22 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
             free_tree(b);
         }
     }
+}
+
+/// [`free`] of an embedded block by a NapUtil `Free*` function: such a block is often the
+/// newest of the pending tail (the structure and its arrays were allocated together and are
+/// freed together), which this frees lock-free too (`Region::try_pop_tail`).
+///
+/// # Safety
+/// As [`free`].
+#[inline]
+pub(crate) unsafe fn free_embedded(p: *mut u8) -> bool {
+    // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
+    if fast!(|r, _| unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) }.then_some(())).is_some() {
+        return true;
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow(p, false) }
 }
 
 /// [`alloc_child`] past its fast path.

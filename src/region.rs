@@ -955,17 +955,30 @@ impl Region {
             }
             return true;
         }
-        // The newest block of a longer tail (it has no children: they would be newer): pop it,
-        // as `free_slow` does. A `Connections` freed right after it was built frees its slot
-        // array this way, then its structure by a rewind.
-        if (PLAIN || !self.scrub.on_free) && !self.root.get().is_null() && core::ptr::eq(p, self.last()) {
-            self.top.set(p as *mut u8);
-            // SAFETY: the log holds at least two entries (the root is not the only block: the
-            // rewind case above was not taken, and `last` is the root only for one entry).
-            self.log.set(unsafe { self.log.get().sub(1) });
-            return true;
-        }
         false
+    }
+
+    /// Free `p` if it is the newest block of a pending tail of two or more blocks (it has no
+    /// children: they would be newer): a pop of the top, as `free_slow` does. `false` (and
+    /// nothing changed) for anything else, and in a region that scrubs freed memory. A
+    /// `Connections` freed right after it was built frees its slot array this way, then its
+    /// structure by a rewind ([`try_free_leaf`](Self::try_free_leaf)). Kept out of
+    /// `try_free_leaf`, whose callers inline it into every free.
+    ///
+    /// It never calls out (no page commit, no host callback, no logging).
+    ///
+    /// # Safety
+    /// If `p` is a live block, no reference into it is used afterwards.
+    #[inline]
+    pub unsafe fn try_pop_tail(&self, p: *const u8) -> bool {
+        let root = self.root.get();
+        if self.scrub.on_free || root.is_null() || core::ptr::eq(p, root) || !core::ptr::eq(p, self.last()) {
+            return false;
+        }
+        self.top.set(p as *mut u8);
+        // SAFETY: the log holds at least two entries: the newest block is not the root.
+        self.log.set(unsafe { self.log.get().sub(1) });
+        true
     }
 
     /// Free materialized record `i` and its subtree.

@@ -1,5 +1,5 @@
 //! The no-callout fast paths of `Region` that the task heap runs without its lock:
-//! `try_alloc_child`, the inline free of the pending tail's newest block, and `size_of` of the
+//! `try_alloc_child`, the inline pop of the pending tail's newest block (`try_pop_tail`), and `size_of` of the
 //! tail's first and newest blocks. Each is checked against what the general path would do: the
 //! same books, the same tree (freeing the parent frees the child), and refusals that change
 //! nothing.
@@ -68,22 +68,32 @@ fn the_newest_tail_block_is_freed_inline_and_only_it() {
     assert_eq!((r.size_of(root), r.size_of(mid), r.size_of(last)), (Some(16), Some(32), Some(64)));
     // SAFETY: not a live block start: refused untouched.
     assert!(!unsafe { r.try_free_leaf(mid.as_ptr().add(16)) }, "interior");
+    // SAFETY: not a live block start: refused untouched.
+    assert!(!unsafe { r.try_pop_tail(mid.as_ptr().add(16)) }, "interior");
     // SAFETY: live, but neither the newest block nor a recorded leaf: refused, nothing done.
     assert!(!unsafe { r.try_free_leaf(mid.as_ptr()) }, "a middle tail block takes the general path");
+    // SAFETY: as above.
+    assert!(!unsafe { r.try_pop_tail(mid.as_ptr()) }, "only the newest block is popped");
+    // SAFETY: as above: the root of a longer tail is freed with its subtree, not popped.
+    assert!(!unsafe { r.try_pop_tail(root.as_ptr()) }, "the root is not popped");
+    // SAFETY: live; refused, nothing done.
+    assert!(!unsafe { r.try_free_leaf(last.as_ptr()) }, "try_free_leaf leaves the tail's newest block to try_pop_tail");
     assert_eq!(blocks(&r), 3);
     // SAFETY: the newest block, freed once.
-    assert!(unsafe { r.try_free_leaf(last.as_ptr()) }, "the newest block is popped inline");
+    assert!(unsafe { r.try_pop_tail(last.as_ptr()) }, "the newest block is popped inline");
     assert_eq!((r.owns(last), r.owns(mid), blocks(&r)), (false, true, 2));
     // SAFETY: freed already: refused.
-    assert!(!unsafe { r.try_free_leaf(last.as_ptr()) }, "a double free is refused");
+    assert!(!unsafe { r.try_pop_tail(last.as_ptr()) }, "a double free is refused");
     assert_eq!(blocks(&r), 2);
     // The popped space is bumped again.
     let again = r.try_alloc_child(root, 48).unwrap();
     assert_eq!(again, last);
-    // SAFETY: the newest block, then the middle one (now the newest), then the root alone.
+    // SAFETY: the newest block, then the middle one (now the newest), then the root alone (a
+    // rewind, which `try_free_leaf` does and `try_pop_tail` refuses).
     unsafe {
-        assert!(r.try_free_leaf(again.as_ptr()));
-        assert!(r.try_free_leaf(mid.as_ptr()));
+        assert!(r.try_pop_tail(again.as_ptr()));
+        assert!(r.try_pop_tail(mid.as_ptr()));
+        assert!(!r.try_pop_tail(root.as_ptr()));
         assert!(r.try_free_leaf(root.as_ptr()));
     }
     assert_eq!((blocks(&r), r.stats().live_bytes), (0, 0));

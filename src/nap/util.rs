@@ -134,7 +134,7 @@ impl TaskMem for TaskHeap {
     #[inline]
     unsafe fn free(&self, p: *mut u8) -> bool {
         // SAFETY: forwarded caller guarantee.
-        unsafe { heap::free(p) }
+        unsafe { heap::free_embedded(p) }
     }
     #[inline]
     unsafe fn free_tree(&self, p: *mut u8) -> bool {
