@@ -4,10 +4,16 @@
 //! A thin layer: argument checks, HRESULTs, and no panic across the C ABI. Each export forwards to
 //! [`crate::heap`] or [`crate::com`]; what may panic runs under `catch_unwind` and becomes NULL or
 //! `E_FAIL`. The one exception is the fast path of `CoTaskMemAlloc` and `CoTaskMemFree`
-//! (`heap::alloc_fast`, `heap::free_fast`), which is kept out of `catch_unwind` because that would
-//! cost an indirect call on every block: it performs no call, no allocation and no checked
-//! arithmetic that can fail in a release build (its counters cannot overflow by the side table's
-//! invariants), so it cannot panic.
+//! (`heap::alloc_reuse_fast` inline and `heap::alloc_fast` in the slow function, `heap::free_fast`),
+//! which is kept out of `catch_unwind` because that would cost an indirect call on every block:
+//! it calls nothing out of the region, allocates nothing and does no checked arithmetic that can
+//! fail in a release build (its counters cannot overflow by the side table's invariants), so it
+//! does not panic; and should a broken invariant make it panic, the `extern "system"` function
+//! aborts rather than unwind into C.
+//!
+//! The inline part of those two exports calls nothing: every miss is handed to a `#[cold]`
+//! function that is itself `extern "system"` (so it cannot unwind and needs no landing pad in
+//! the caller), which makes the call a tail call and the exports free of stack frames.
 //!
 //! The functions are `extern "system"`: the plain C convention on x86-64 (Windows and elsewhere)
 //! and `__stdcall` on 32-bit Windows, which is what the header's `NAPALLOC_CALL` means.
@@ -45,7 +51,9 @@ fn as_void(p: Option<NonNull<u8>>) -> *mut c_void {
 /// non-NULL block; NULL on failure (sizes near `SIZE_MAX` fail).
 #[no_mangle]
 pub extern "system" fn CoTaskMemAlloc(cb: SIZE_T) -> *mut c_void {
-    if let Some(p) = heap::alloc_fast(cb) {
+    // Inline: only the reuse of a dead slot, the steady state of a server (every block of a
+    // request freed before the next request allocates), which calls nothing.
+    if let Some(p) = heap::alloc_reuse_fast(cb) {
         return p.as_ptr().cast();
     }
     co_task_mem_alloc_slow(cb)
@@ -53,9 +61,19 @@ pub extern "system" fn CoTaskMemAlloc(cb: SIZE_T) -> *mut c_void {
 
 /// `CoTaskMemAlloc` past its fast path: a function of its own, so that the export's fast path
 /// needs no stack frame (the landing pad and the saved registers of the slow path stay here).
+///
+/// `extern "system"` although it is not exported: such a function cannot unwind (a panic that
+/// escaped `catch_unwind` would abort), so calling it needs no landing pad in the caller and
+/// the export's fast path ends in a tail call (`jmp`) instead of a call inside a stack frame.
 #[cold]
 #[inline(never)]
-fn co_task_mem_alloc_slow(cb: SIZE_T) -> *mut c_void {
+extern "system" fn co_task_mem_alloc_slow(cb: SIZE_T) -> *mut c_void {
+    // The rest of the lock-free path first (bumping a new block), outside `catch_unwind` as the
+    // inline part: it calls out of nothing and can panic only on a broken table invariant (and
+    // a panic cannot leave this function: it aborts).
+    if let Some(p) = heap::alloc_fast(cb) {
+        return p.as_ptr().cast();
+    }
     guard_ptr(|| as_void(heap::alloc_slow(cb, crate::CriticalLevel::Task)))
 }
 
@@ -89,13 +107,14 @@ pub unsafe extern "system" fn CoTaskMemFree(pv: *mut c_void) {
     unsafe { co_task_mem_free_slow(pv) }
 }
 
-/// `CoTaskMemFree` past its fast path (a function of its own, as `co_task_mem_alloc_slow`).
+/// `CoTaskMemFree` past its fast path (a function of its own, and `extern "system"` so that it
+/// is tail-called, as `co_task_mem_alloc_slow`).
 ///
 /// # Safety
 /// As `CoTaskMemFree`.
 #[cold]
 #[inline(never)]
-unsafe fn co_task_mem_free_slow(pv: *mut c_void) {
+unsafe extern "system" fn co_task_mem_free_slow(pv: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: forwarded caller guarantee.
         unsafe { heap::free_slow(pv.cast(), false) };

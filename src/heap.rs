@@ -16,7 +16,8 @@
 //! Allocation and freeing of the thread's own blocks take no lock and perform no atomic
 //! read-modify-write: two plain stores of the owner's `busy` flag, one load of the heap's
 //! `attention` word, and the region's own fast paths (`Region::try_alloc`,
-//! `Region::try_free_leaf_plain`), which never call out of the region.
+//! `Region::try_alloc_child`, `Region::try_free_leaf_plain`, `Region::size_of`), which never
+//! call out of the region.
 //!
 //! Heaps live in a process-wide registry: a fixed array of `&'static Heap` ([`MAX_HEAPS`]). A heap
 //! is leaked on creation and **never freed** (nor is its region dropped), so a pointer to one can
@@ -108,8 +109,16 @@
 //!
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
-//! its own) costs about 1 180 instructions above the no-allocation floor on this fast path, half
-//! of what glibc's malloc/free need (`examples/com_way.rs`, `benches/com.rs`).
+//! its own) costs about 1 220 instructions above the no-allocation floor through [`alloc`] and
+//! [`free`] (0.51× glibc's malloc/free in the same harness) and about 1 540 through the C exports
+//! (0.65×), `examples/com_way.rs` under callgrind. Per block that is a dead slot popped off its
+//! size class's free list and, on free, a hint-cache lookup of the record and a push back.
+//!
+//! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
+//! its structure and slot array in one pass of the protocol (a child of the pending tail's root
+//! is a bump; a child under a recorded parent a dead slot), `size_of_pair` validates a
+//! structure and the array it points to with one lookup each, and `free_then_tree` frees both
+//! in one pass (`benches/connections_ir.rs`).
 
 use crate::host::CriticalLevel;
 use crate::nap::types::NapallocScope;
@@ -917,21 +926,33 @@ pub fn report_bad_pointer(what: &str, p: *const u8) {
 }
 
 /// The lock-free fast path of [`alloc`] alone: `None` when the slow path would be needed.
-/// Cannot panic (no calls, no allocation).
+/// No call out of the region, no allocation; it can only panic on a broken invariant of the
+/// side table (recording a finished tail asserts that the records fit).
 #[inline(always)]
 pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
     fast!(|r, remote| try_alloc_in(r, size, remote))
 }
 
+/// The first half of [`alloc_fast`]: a dead slot of the size class, or `None`. Calls nothing at
+/// all, so a function that inlines it and hands every miss on to another function (the
+/// `CoTaskMemAlloc` export) needs no stack frame.
+#[inline(always)]
+pub(crate) fn alloc_reuse_fast(size: usize) -> Option<NonNull<u8>> {
+    fast!(|r, _| r.try_reuse(size))
+}
+
 /// The fast allocation in a region: with remote frees pending, only a dead slot of the size
 /// class; a miss then takes the slow path, which drains the queue first (so freed memory is
 /// reused while it is still in cache instead of the heap bumping into fresh memory).
+///
+/// The dead slot is tried first whatever `remote` says, so the common case (a slot of the class
+/// is free) does not test `remote` at all.
 #[inline(always)]
 fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
-    if remote {
-        r.try_reuse(size)
-    } else {
-        r.try_alloc(size)
+    match r.try_reuse(size) {
+        Some(p) => Some(p),
+        None if !remote => r.try_alloc(size),
+        None => None,
     }
 }
 
@@ -1012,7 +1033,120 @@ fn shared_alloc(layout: Layout) -> Option<NonNull<u8>> {
 /// Allocate a block recorded as an embedded pointer of `parent`: [`free_tree`] of the parent
 /// frees it too. The block lives in the parent's heap, whichever thread owns it. `None` if
 /// `parent` is not a live block or memory is short.
+#[inline]
 pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+    // A parent in the current heap, a child that fits in memory at hand: lock-free. Pending
+    // remote frees are not drained first (the slow path drains them): a parent that another
+    // thread has freed already is a use after free by the caller either way.
+    if let Some(p) = fast!(|r, _| if r.contains(parent.as_ptr()) { r.try_alloc_child(parent, size) } else { None }) {
+        return Some(p);
+    }
+    alloc_child_slow(parent, size)
+}
+
+/// A block of `size` bytes and a block of `child` bytes recorded as its embedded pointer
+/// (`AllocConnections`, `AllocFixupInfo`, `AllocCountedString`), with one pass of the fast
+/// protocol when both fit in memory at hand. `None` if the parent cannot be had; `Some((p,
+/// None))` if only the child failed (the caller frees `p`).
+#[inline]
+pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
+    let fast = fast!(|r, remote| try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))));
+    let (p, c) = match fast {
+        Some(pc) => pc,
+        None => (alloc(size)?, None),
+    };
+    Some((p, c.or_else(|| alloc_child(p, child))))
+}
+
+/// `size_of(p)` and, if `p` is a live block of at least `min` bytes, the pointer `q = field()`
+/// (a field read from `p`'s block, read only then) and `size_of(q)`, with one pass of the fast
+/// protocol when both blocks are in the current heap: what a NapUtil `Free*` function needs
+/// to validate a structure and the array it points to. `field` must not call the task heap.
+/// Returns `(size_of(p), q, size_of(q))`, with `q` null when `field` was not called.
+#[inline]
+pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
+    p: *const u8,
+    min: usize,
+    field: F,
+) -> (Option<usize>, *const u8, Option<usize>) {
+    let Some(nn) = NonNull::new(p as *mut u8) else {
+        return (None, ptr::null(), None);
+    };
+    let mut field = Some(field);
+    // `Some((a, q, Some(b)))`: all known; `Some((a, q, None))`: `q` needs the general query.
+    let fast = fast!(|r, remote| if remote || !r.contains(p) {
+        None
+    } else {
+        match (r.size_of(nn), field.take()) {
+            (Some(a), Some(f)) if a >= min => {
+                let q = f();
+                let b = match NonNull::new(q as *mut u8) {
+                    None => Some(None),
+                    Some(qq) if r.contains(q) => Some(r.size_of(qq)),
+                    Some(_) => None,
+                };
+                Some((Some(a), q, b))
+            }
+            (a, _) => Some((a, ptr::null(), Some(None))),
+        }
+    });
+    match fast {
+        Some((a, q, Some(b))) => (a, q, b),
+        Some((a, q, None)) => (a, q, size_of(q)),
+        None => match (size_of(p), field.take()) {
+            (Some(a), Some(f)) if a >= min => {
+                let q = f();
+                (Some(a), q, size_of(q))
+            }
+            (a, _) => (a, ptr::null(), None),
+        },
+    }
+}
+
+/// `free(a)` (NULL: nothing), then `free_tree(b)`, with one pass of the fast protocol when both
+/// are leaves of the current heap (a structure and the array it points to, in that order).
+///
+/// # Safety
+/// As [`free`] for `a` and [`free_tree`] for `b`.
+#[inline]
+pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
+    // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
+    let done = fast!(|r, _| {
+        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) };
+        Some((da, da && unsafe { r.try_free_leaf_plain(b) }))
+    });
+    let (da, db) = done.unwrap_or((false, false));
+    // SAFETY: forwarded caller guarantee; `a` first, so a child `a` is not freed with `b`.
+    unsafe {
+        if !da {
+            free(a);
+        }
+        if !db {
+            free_tree(b);
+        }
+    }
+}
+
+/// [`free`] of an embedded block by a NapUtil `Free*` function: such a block is often the
+/// newest of the pending tail (the structure and its arrays were allocated together and are
+/// freed together), which this frees lock-free too (`Region::try_pop_tail`).
+///
+/// # Safety
+/// As [`free`].
+#[inline]
+pub(crate) unsafe fn free_embedded(p: *mut u8) -> bool {
+    // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
+    if fast!(|r, _| unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) }.then_some(())).is_some() {
+        return true;
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow(p, false) }
+}
+
+/// [`alloc_child`] past its fast path.
+#[cold]
+#[inline(never)]
+fn alloc_child_slow(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
     let Ok(l) = Layout::from_size_align(size, ALIGN) else {
         return failed();
     };
@@ -1144,6 +1278,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 }
 
 /// The requested size of a live block (`IMalloc::GetSize`), `None` for anything else.
+#[inline]
 pub fn size_of(p: *const u8) -> Option<usize> {
     let nn = NonNull::new(p as *mut u8)?;
     // A query waits for pending remote frees (the slow path drains them): a block another
@@ -1151,7 +1286,14 @@ pub fn size_of(p: *const u8) -> Option<usize> {
     if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.size_of(nn))) {
         return r;
     }
-    with_heap_of(p, |r| r.size_of(nn)).ok().flatten()
+    size_of_slow(nn)
+}
+
+/// [`size_of`] past its fast path: another heap's block, pending remote frees, or not a block.
+#[cold]
+#[inline(never)]
+fn size_of_slow(p: NonNull<u8>) -> Option<usize> {
+    with_heap_of(p.as_ptr(), |r| r.size_of(p)).ok().flatten()
 }
 
 /// `IMalloc::DidAlloc`: 1 for a live block start, 0 for anything else, -1 for NULL.
@@ -1163,7 +1305,14 @@ pub fn did_alloc(p: *const u8) -> i32 {
     if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.owns(nn))) {
         return r as i32;
     }
-    with_heap_of(p, |r| r.owns(nn)).unwrap_or(false) as i32
+    did_alloc_slow(nn)
+}
+
+/// [`did_alloc`] past its fast path.
+#[cold]
+#[inline(never)]
+fn did_alloc_slow(p: NonNull<u8>) -> i32 {
+    with_heap_of(p.as_ptr(), |r| r.owns(p)).unwrap_or(false) as i32
 }
 
 /// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. Heaps nobody owns
@@ -1454,6 +1603,46 @@ mod tests {
         // SAFETY: live, freed once.
         assert!(unsafe { free(moved.0) });
         assert_eq!(did_alloc(moved.0), 0);
+    }
+
+    #[test]
+    fn the_fused_naputil_operations_match_their_parts() {
+        // alloc_with_child: the child is recorded under the block (free_tree frees both).
+        let (s, c) = alloc_with_child(16, 64).unwrap();
+        let c = c.unwrap();
+        assert_eq!((size_of(s.as_ptr()), size_of(c.as_ptr())), (Some(16), Some(64)));
+        // SAFETY: live blocks of 16 and 64 bytes: the structure points to the array.
+        unsafe { s.as_ptr().cast::<*mut u8>().write(c.as_ptr()) };
+        // SAFETY: called only while `s` is a live 16-byte block (`size_of_pair` checks it first).
+        let read = || unsafe { s.as_ptr().cast::<*const u8>().read() };
+        assert_eq!(size_of_pair(s.as_ptr(), 16, read), (Some(16), c.as_ptr().cast_const(), Some(64)));
+        // Too small for the structure: the field is not read.
+        let never = || -> *const u8 { unreachable!("read of a block smaller than its structure") };
+        assert_eq!(size_of_pair(s.as_ptr(), 17, never), (Some(16), ptr::null(), None));
+        assert_eq!(size_of_pair(ptr::null(), 0, never), (None, ptr::null(), None));
+        assert_eq!(size_of_pair(s.as_ptr().wrapping_add(4), 0, never), (None, ptr::null(), None), "interior");
+        // An array in another thread's heap: found by the general query.
+        let far = thread::spawn(|| P(alloc(40).unwrap().as_ptr())).join().unwrap();
+        // SAFETY: as above.
+        unsafe { s.as_ptr().cast::<*mut u8>().write(far.0) };
+        assert_eq!(size_of_pair(s.as_ptr(), 16, read), (Some(16), far.0.cast_const(), Some(40)));
+        // free_then_tree: the first block alone, then the second with its tree.
+        // SAFETY: `far` and `s` (with its recorded child `c`) are live and freed once.
+        unsafe { free_then_tree(far.0, s.as_ptr()) };
+        flush_remote_frees();
+        assert_eq!((did_alloc(s.as_ptr()), did_alloc(c.as_ptr())), (0, 0), "the tree went with it");
+        heap_minimize(); // delivers and drains the remote free of `far`
+        assert_eq!(did_alloc(far.0), 0);
+        // NULL first: only the second; a refused second changes nothing.
+        let (t, _) = alloc_with_child(16, 0).unwrap();
+        let bad_before = stats().bad_pointers;
+        // SAFETY: live, freed once; then a freed pointer, refused.
+        unsafe {
+            free_then_tree(ptr::null_mut(), t.as_ptr());
+            free_then_tree(ptr::null_mut(), t.as_ptr());
+        }
+        assert_eq!(did_alloc(t.as_ptr()), 0);
+        assert!(stats().bad_pointers > bad_before, "the double free was reported");
     }
 
     #[test]

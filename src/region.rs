@@ -467,6 +467,64 @@ impl Region {
         self.alloc_slow(Some(parent), layout)
     }
 
+    /// The part of [`alloc_child`](Self::alloc_child) (size 1 to 1024, alignment 16) that needs
+    /// nothing but memory already at hand: a child of the tail root bumped under `limit`, or a
+    /// dead slot of the size class linked under a recorded `parent`. `None` (and nothing changed
+    /// but, perhaps, a pending tail recorded) otherwise, also when `parent` is not a live block
+    /// (`alloc_child` then reports it).
+    ///
+    /// Like [`try_alloc`](Self::try_alloc) it never calls out (no page commit, no host callback,
+    /// no logging), for the task heap's lock-free path.
+    #[inline]
+    pub fn try_alloc_child(&self, parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
+        if size.wrapping_sub(1) >= FAST_MAX {
+            return None;
+        }
+        if parent.as_ptr() == self.root.get() {
+            // As in `alloc_child`: the child joins the tail.
+            let top = self.top.get();
+            let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
+            if new as usize > self.limit.get() as usize {
+                return None;
+            }
+            let log = self.log.get();
+            // SAFETY: bumping under `limit` logs at most LOG_CAP blocks: log < log_end.
+            unsafe { log.write(size as u32) };
+            // SAFETY: at most one past the last entry.
+            self.log.set(unsafe { log.add(1) });
+            self.top.set(new);
+            // SAFETY: top lies inside the reservation, derived from its base: non-null.
+            return Some(unsafe { NonNull::new_unchecked(top) });
+        }
+        let class = (size - 1) / GRANULE;
+        if self.table().heads[class] == NONE {
+            return None;
+        }
+        let off = self.check_range(parent.as_ptr()).ok()?;
+        // As in `lookup`, with the no-callout materialization.
+        if parent.as_ptr() >= self.root.get() || self.tail_nested() {
+            self.materialize_no_callout();
+        }
+        let p = self.find_hinted(off / GRANULE)?;
+        Some(self.reuse(class, size, p))
+    }
+
+    /// The live record starting at granule `g`: the hint cache first (a block looked up soon
+    /// after it was handed out, as the NapUtil functions do), then the window index. Only
+    /// materialized blocks have records.
+    #[inline(always)]
+    fn find_hinted(&self, g: usize) -> Option<u32> {
+        let t = self.table();
+        let h = t.hints[g % table::HINTS];
+        // Trusted only for a record below count that starts at `g` (see `Table::hints`).
+        // SAFETY: h < count <= cap.
+        if h < t.count && unsafe { t.get(h).off } as usize == g {
+            // SAFETY: as above.
+            return (unsafe { t.get(h).prev } != table::DEAD).then_some(h);
+        }
+        t.find(g)
+    }
+
     /// Record every tail block in the side table. Infallible: a tail is only started when the
     /// table has room for a full log and the window index covers the committed arena.
     #[inline]
@@ -710,10 +768,9 @@ impl Region {
             }
             return Err(Error::NotABlock);
         }
-        let t = self.table();
-        let i = t.find(off / GRANULE).ok_or(Error::NotABlock)?;
+        let i = self.find_hinted(off / GRANULE).ok_or(Error::NotABlock)?;
         // SAFETY: i is live.
-        Ok(unsafe { t.get(i).size } as usize)
+        Ok(unsafe { self.table().get(i).size } as usize)
     }
 
     fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
@@ -744,6 +801,12 @@ impl Region {
         if self.scrub.on_free {
             self.scrub_tail();
         }
+        self.rewind_unscrubbed();
+    }
+
+    /// [`rewind`](Self::rewind) without the scrub.
+    #[inline(always)]
+    fn rewind_unscrubbed(&self) {
         // The tail root started at the top: there is no padding before it.
         self.top.set(self.root.get());
         self.log.set(self.log_start());
@@ -883,10 +946,39 @@ impl Region {
         }
         // The only block of the pending tail: a rewind.
         if core::ptr::eq(p, self.root.get()) && self.log_len() == 1 {
-            self.rewind();
+            if PLAIN {
+                // No scrubbing (caller), so no call: the task heap's export stays a leaf.
+                debug_assert!(!self.scrub.on_free, "try_free_leaf_plain on a region that scrubs");
+                self.rewind_unscrubbed();
+            } else {
+                self.rewind();
+            }
             return true;
         }
         false
+    }
+
+    /// Free `p` if it is the newest block of a pending tail of two or more blocks (it has no
+    /// children: they would be newer): a pop of the top, as `free_slow` does. `false` (and
+    /// nothing changed) for anything else, and in a region that scrubs freed memory. A
+    /// `Connections` freed right after it was built frees its slot array this way, then its
+    /// structure by a rewind ([`try_free_leaf`](Self::try_free_leaf)). Kept out of
+    /// `try_free_leaf`, whose callers inline it into every free.
+    ///
+    /// It never calls out (no page commit, no host callback, no logging).
+    ///
+    /// # Safety
+    /// If `p` is a live block, no reference into it is used afterwards.
+    #[inline]
+    pub unsafe fn try_pop_tail(&self, p: *const u8) -> bool {
+        let root = self.root.get();
+        if self.scrub.on_free || root.is_null() || core::ptr::eq(p, root) || !core::ptr::eq(p, self.last()) {
+            return false;
+        }
+        self.top.set(p as *mut u8);
+        // SAFETY: the log holds at least two entries: the newest block is not the root.
+        self.log.set(unsafe { self.log.get().sub(1) });
+        true
     }
 
     /// Free materialized record `i` and its subtree.
@@ -991,13 +1083,26 @@ impl Region {
     }
 
     /// The requested size of the live block starting at `ptr` (`None` for anything else).
+    #[inline]
     pub fn size_of(&self, ptr: NonNull<u8>) -> Option<usize> {
-        self.peek_size(ptr.as_ptr()).ok()
+        // The first and the newest block of the pending tail without a walk of the log (a
+        // structure and its array, queried by the NapUtil function that frees them).
+        let p = ptr.as_ptr();
+        if p == self.root.get() {
+            // SAFETY: the root is not null (`ptr` is not): the log's entry 0 is written.
+            return Some((unsafe { *self.log_start() } & !NESTED) as usize);
+        }
+        if !self.root.get().is_null() && p == self.last() {
+            // SAFETY: the log is not empty (the root is not null); its last entry is `last`.
+            return Some((unsafe { *self.log.get().sub(1) } & !NESTED) as usize);
+        }
+        self.peek_size(p).ok()
     }
 
     /// True only for the start of a live block of this region.
+    #[inline]
     pub fn owns(&self, ptr: NonNull<u8>) -> bool {
-        self.peek_size(ptr.as_ptr()).is_ok()
+        self.size_of(ptr).is_some()
     }
 
     /// Run `f` with the commits of the arena and of the side table made at `level` (the commits

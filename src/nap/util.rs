@@ -29,6 +29,11 @@
 //! 4. frees the structure with [`heap::free_tree`], which also frees anything still recorded
 //!    under it.
 //!
+//! Steps 1 and 2 for a structure and the array it points to are one call
+//! (`TaskMem::size_of_pair`: the array's field is read only once the structure is validated),
+//! and so are steps 3 and 4 for that array (`TaskMem::free_then_tree`); on the task heap each
+//! is one pass of its lock-free path, with one lookup per pointer.
+//!
 //! # `FreeConnections` RELEASES THE INTERFACES IT HOLDS
 //! **[`free_connections`] calls `Release` exactly once on every non-NULL `connections[i]`,
 //! `i < count`, before it frees the slot array and the structure.** In COM the receiver of an
@@ -75,6 +80,42 @@ pub(crate) trait TaskMem {
     fn size_of(&self, p: *const u8) -> Option<usize>;
     /// Log and count a refused pointer.
     fn report_bad_pointer(&self, what: &str, p: *const u8);
+
+    /// A block of `size` bytes and a block of `child` bytes recorded under it: `None` if the
+    /// first cannot be had, `Some((p, None))` if only the child failed.
+    fn alloc_with_child(&self, size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
+        let p = self.alloc(size)?;
+        Some((p, self.alloc_child(p, child)))
+    }
+    /// `(size_of(p), q, size_of(q))` where `q = field()` is read from `p`'s block only if `p` is
+    /// a live block of at least `min` bytes (else `q` is null). `field` must not call `self`.
+    fn size_of_pair<F: FnOnce() -> *const u8>(
+        &self,
+        p: *const u8,
+        min: usize,
+        field: F,
+    ) -> (Option<usize>, *const u8, Option<usize>) {
+        match self.size_of(p) {
+            Some(a) if a >= min => {
+                let q = field();
+                (Some(a), q, self.size_of(q))
+            }
+            a => (a, ptr::null(), None),
+        }
+    }
+    /// `free(a)` (NULL: nothing), then `free_tree(b)`.
+    ///
+    /// # Safety
+    /// As `free` for `a` and `free_tree` for `b`.
+    unsafe fn free_then_tree(&self, a: *mut u8, b: *mut u8) {
+        // SAFETY: forwarded caller guarantee.
+        unsafe {
+            if !a.is_null() {
+                self.free(a);
+            }
+            self.free_tree(b);
+        }
+    }
 }
 
 /// The process-wide task heap ([`crate::heap`]).
@@ -93,7 +134,7 @@ impl TaskMem for TaskHeap {
     #[inline]
     unsafe fn free(&self, p: *mut u8) -> bool {
         // SAFETY: forwarded caller guarantee.
-        unsafe { heap::free(p) }
+        unsafe { heap::free_embedded(p) }
     }
     #[inline]
     unsafe fn free_tree(&self, p: *mut u8) -> bool {
@@ -106,6 +147,24 @@ impl TaskMem for TaskHeap {
     }
     fn report_bad_pointer(&self, what: &str, p: *const u8) {
         heap::report_bad_pointer(what, p)
+    }
+    #[inline]
+    fn alloc_with_child(&self, size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
+        heap::alloc_with_child(size, child)
+    }
+    #[inline]
+    fn size_of_pair<F: FnOnce() -> *const u8>(
+        &self,
+        p: *const u8,
+        min: usize,
+        field: F,
+    ) -> (Option<usize>, *const u8, Option<usize>) {
+        heap::size_of_pair(p, min, field)
+    }
+    #[inline]
+    unsafe fn free_then_tree(&self, a: *mut u8, b: *mut u8) {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { heap::free_then_tree(a, b) }
     }
 }
 
@@ -163,7 +222,16 @@ fn readable_count<T, M: TaskMem + ?Sized>(m: &M, what: &str, p: *const T, count:
     if p.is_null() || count == 0 {
         return 0;
     }
-    let Some(size) = m.size_of(p.cast()) else {
+    clamp_count(m, what, p, count, m.size_of(p.cast()))
+}
+
+/// [`readable_count`] with `p`'s block size already looked up (`size`: `size_of(p)`).
+#[inline]
+fn clamp_count<T, M: TaskMem + ?Sized>(m: &M, what: &str, p: *const T, count: usize, size: Option<usize>) -> usize {
+    if p.is_null() || count == 0 {
+        return 0;
+    }
+    let Some(size) = size else {
         return 0;
     };
     let cap = size / size_of::<T>();
@@ -237,19 +305,28 @@ pub(crate) unsafe fn alloc_connections_in<M: TaskMem + ?Sized>(
     if count > MAX_CONNECTION_COUNT_PER_ENFORCER {
         return E_INVALIDARG;
     }
-    let Some(s) = alloc_zeroed(m, size_of::<Connections>()) else {
-        return E_OUTOFMEMORY;
-    };
-    let slots = if count == 0 {
-        ptr::null_mut()
+    let (s, slots) = if count == 0 {
+        let Some(s) = alloc_zeroed(m, size_of::<Connections>()) else {
+            return E_OUTOFMEMORY;
+        };
+        (s, ptr::null_mut())
     } else {
         let bytes = usize::from(count) * size_of::<*mut INapEnforcementClientConnection>();
-        match alloc_child_zeroed(m, s, bytes) {
-            Some(a) => a.as_ptr().cast(),
-            None => {
+        match m.alloc_with_child(size_of::<Connections>(), bytes) {
+            None => return E_OUTOFMEMORY,
+            Some((s, None)) => {
                 // SAFETY: `s` was allocated above and is not used afterwards.
                 unsafe { m.free_tree(s.as_ptr()) };
                 return E_OUTOFMEMORY;
+            }
+            Some((s, Some(a))) => {
+                // SAFETY: fresh blocks of these sizes; the structure's fields are all written
+                // below, its padding is zeroed here.
+                unsafe {
+                    s.as_ptr().write_bytes(0, size_of::<Connections>());
+                    a.as_ptr().write_bytes(0, bytes);
+                }
+                (s, a.as_ptr().cast())
             }
         }
     };
@@ -420,19 +497,26 @@ pub unsafe fn free_connections(c: *mut Connections) {
 /// # Safety
 /// As [`free_connections`].
 pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
-    if checked_block(m, "FreeConnections", c).is_none() {
+    // The structure and its slot array validated together (one lookup each).
+    // SAFETY (of the read in the closure): called only once `c` is known to be a live, 16-aligned
+    // block of at least size_of::<Connections>() bytes.
+    let (size, slots, slots_size) =
+        m.size_of_pair(c.cast(), size_of::<Connections>(), || unsafe { (*c).connections }.cast_const().cast());
+    if size.is_none_or(|s| s < size_of::<Connections>()) {
+        if !c.is_null() {
+            m.report_bad_pointer("FreeConnections", c.cast());
+        }
         return;
     }
-    // SAFETY: `c` is a live, 16-aligned block of at least size_of::<Connections>() bytes; every
-    // bit pattern is a valid `Connections`.
-    let fields = unsafe { c.read() };
-    let (count, slots) = (fields.count, fields.connections);
+    let slots = slots.cast_mut().cast::<*mut INapEnforcementClientConnection>();
+    // SAFETY: `c` is a live block large enough for the structure (above).
+    let count = unsafe { (*c).count };
     let n = if slots.cast::<Connections>() == c {
         // A structure that is its own slot array holds no interface pointers to release.
         m.report_bad_pointer("FreeConnections: the slot array is the structure", slots.cast());
         0
     } else {
-        readable_count(m, "FreeConnections: count beyond the slot array", slots, usize::from(count))
+        clamp_count(m, "FreeConnections: count beyond the slot array", slots, usize::from(count), slots_size)
     };
     for i in 0..n {
         // SAFETY: i < n, and the slot array is a live block of at least n slots.
@@ -442,10 +526,11 @@ pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Con
             unsafe { ComObject::release(obj) };
         }
     }
-    // SAFETY: the caller gives up the array and the structure.
+    // SAFETY: the caller gives up the array and the structure (a slot array that is the
+    // structure itself is freed once, as the structure).
     unsafe {
-        free_field(m, slots, c.cast());
-        m.free_tree(c.cast());
+        let a = if slots.cast::<Connections>() == c { ptr::null_mut() } else { slots.cast() };
+        m.free_then_tree(a, c.cast());
     }
 }
 

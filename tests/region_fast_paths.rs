@@ -1,0 +1,100 @@
+//! The no-callout fast paths of `Region` that the task heap runs without its lock:
+//! `try_alloc_child`, the inline pop of the pending tail's newest block (`try_pop_tail`), and `size_of` of the
+//! tail's first and newest blocks. Each is checked against what the general path would do: the
+//! same books, the same tree (freeing the parent frees the child), and refusals that change
+//! nothing.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use napalloc::Region;
+
+fn l(size: usize) -> Layout {
+    Layout::from_size_align(size, 16).unwrap()
+}
+
+fn blocks(r: &Region) -> usize {
+    r.stats().live_blocks
+}
+
+#[test]
+fn try_alloc_child_joins_the_tail_or_reuses_a_dead_slot_under_a_recorded_parent() {
+    let r = Region::new().unwrap();
+    // 1. The parent is the tail root: the child is bumped into the tail.
+    let s = r.alloc(l(16)).unwrap(); // a new tail (a fresh region has nothing committed for `try_alloc`)
+    let a = r.try_alloc_child(s, 64).expect("a tail child");
+    assert_eq!(a.as_ptr() as usize, s.as_ptr() as usize + 16, "bumped right after its parent");
+    assert_eq!((r.size_of(s), r.size_of(a), blocks(&r)), (Some(16), Some(64), 2));
+    // SAFETY: live; frees the child with it.
+    unsafe { r.free(s).unwrap() };
+    assert_eq!((r.owns(a), blocks(&r)), (false, 0));
+
+    // 2. A recorded parent and a dead slot of the child's class.
+    let p = r.alloc(l(32)).unwrap();
+    let dead = r.alloc(l(64)).unwrap();
+    let other = r.alloc(l(48)).unwrap(); // ends the tail: `p` and `dead` are recorded
+                                         // SAFETY: live, freed once.
+    unsafe { r.free_one(dead).unwrap() };
+    assert_eq!(r.try_alloc_child(p, 200), None, "no dead slot of that class: nothing done");
+    assert_eq!(blocks(&r), 2);
+    let c = r.try_alloc_child(p, 60).expect("the dead 64-byte slot");
+    assert_eq!(c, dead, "the dead slot is reused");
+    assert_eq!((r.size_of(c), blocks(&r)), (Some(60), 3));
+    // SAFETY: live; the child goes with it, `other` stays.
+    unsafe { r.free(p).unwrap() };
+    assert_eq!((r.owns(c), r.owns(other), blocks(&r)), (false, true, 1));
+
+    // 3. Refusals: a parent that is not a live block start, a size past the fast path.
+    let q = r.alloc(l(64)).unwrap();
+    let _end = r.alloc(l(16)).unwrap();
+    // SAFETY: live, freed once (a dead 64-byte slot now exists).
+    unsafe { r.free_one(q).unwrap() };
+    let before = r.stats();
+    // SAFETY: one past the start of a live block, never dereferenced.
+    let interior = unsafe { NonNull::new_unchecked(other.as_ptr().add(16)) };
+    assert_eq!(r.try_alloc_child(interior, 64), None, "interior parent");
+    assert_eq!(r.try_alloc_child(q, 64), None, "freed parent");
+    assert_eq!(r.try_alloc_child(other, 0), None, "size 0 is not a fast-path size");
+    assert_eq!(r.try_alloc_child(other, 1025), None, "past the fast path");
+    assert_eq!((r.stats().live_blocks, r.stats().live_bytes), (before.live_blocks, before.live_bytes));
+    assert_eq!(r.try_alloc_child(other, 64), Some(q), "the dead slot is still there");
+}
+
+#[test]
+fn the_newest_tail_block_is_freed_inline_and_only_it() {
+    let r = Region::new().unwrap();
+    let root = r.alloc(l(16)).unwrap();
+    let mid = r.try_alloc_child(root, 32).unwrap();
+    let last = r.try_alloc_child(root, 64).unwrap();
+    assert_eq!((r.size_of(root), r.size_of(mid), r.size_of(last)), (Some(16), Some(32), Some(64)));
+    // SAFETY: not a live block start: refused untouched.
+    assert!(!unsafe { r.try_free_leaf(mid.as_ptr().add(16)) }, "interior");
+    // SAFETY: not a live block start: refused untouched.
+    assert!(!unsafe { r.try_pop_tail(mid.as_ptr().add(16)) }, "interior");
+    // SAFETY: live, but neither the newest block nor a recorded leaf: refused, nothing done.
+    assert!(!unsafe { r.try_free_leaf(mid.as_ptr()) }, "a middle tail block takes the general path");
+    // SAFETY: as above.
+    assert!(!unsafe { r.try_pop_tail(mid.as_ptr()) }, "only the newest block is popped");
+    // SAFETY: as above: the root of a longer tail is freed with its subtree, not popped.
+    assert!(!unsafe { r.try_pop_tail(root.as_ptr()) }, "the root is not popped");
+    // SAFETY: live; refused, nothing done.
+    assert!(!unsafe { r.try_free_leaf(last.as_ptr()) }, "try_free_leaf leaves the tail's newest block to try_pop_tail");
+    assert_eq!(blocks(&r), 3);
+    // SAFETY: the newest block, freed once.
+    assert!(unsafe { r.try_pop_tail(last.as_ptr()) }, "the newest block is popped inline");
+    assert_eq!((r.owns(last), r.owns(mid), blocks(&r)), (false, true, 2));
+    // SAFETY: freed already: refused.
+    assert!(!unsafe { r.try_pop_tail(last.as_ptr()) }, "a double free is refused");
+    assert_eq!(blocks(&r), 2);
+    // The popped space is bumped again.
+    let again = r.try_alloc_child(root, 48).unwrap();
+    assert_eq!(again, last);
+    // SAFETY: the newest block, then the middle one (now the newest), then the root alone (a
+    // rewind, which `try_free_leaf` does and `try_pop_tail` refuses).
+    unsafe {
+        assert!(r.try_pop_tail(again.as_ptr()));
+        assert!(r.try_pop_tail(mid.as_ptr()));
+        assert!(!r.try_pop_tail(root.as_ptr()));
+        assert!(r.try_free_leaf(root.as_ptr()));
+    }
+    assert_eq!((blocks(&r), r.stats().live_bytes), (0, 0));
+}
