@@ -240,9 +240,10 @@ pub struct Region {
     /// entry of the tail block at `p` is the `u32` at `log_k + p` (see [`Region::entry`]).
     /// Set when a tail starts; meaningless while the tail is empty.
     log_k: Cell<*mut u8>,
-    /// A hint for [`Region::last`]: null, or the start of a block of the pending tail (any one;
-    /// the walk to the newest block starts there). Blocks are only added to a tail until it is
-    /// rewound, popped or materialized, which set it to null (or to a block that is still there).
+    /// A hint for [`Region::last`]. Invariant, while the tail is not empty: null, or the start of
+    /// a block of the pending tail (any one; the walk to the newest block starts there). It is
+    /// nulled when a tail starts and when its newest block is popped; otherwise blocks are only
+    /// added to a tail, so the hint stays valid. (Stale while the tail is empty: never read then.)
     last: Cell<*mut u8>,
     /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
     /// slow path for a tail root that is a child of a recorded block).
@@ -600,7 +601,6 @@ impl Region {
         }
         debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
         self.root.set(core::ptr::null_mut());
-        self.last.set(core::ptr::null_mut());
     }
 
     /// Re-derive `fast_end`: inline tails may start only while the table can take a full log.
@@ -811,7 +811,6 @@ impl Region {
         // The tail root started at the top: there is no padding before it.
         self.top.set(self.root.get());
         self.root.set(core::ptr::null_mut());
-        self.last.set(core::ptr::null_mut());
     }
 
     #[cold]
@@ -1100,7 +1099,6 @@ impl Region {
             self.note_high_water();
             self.top.set(self.base.as_ptr());
             self.root.set(core::ptr::null_mut());
-            self.last.set(core::ptr::null_mut());
             self.untracked.reset();
             return;
         }
@@ -1118,7 +1116,6 @@ impl Region {
         }
         self.top.set(self.base.as_ptr());
         self.root.set(core::ptr::null_mut());
-        self.last.set(core::ptr::null_mut());
         self.table.get_mut().reset();
         if self.fast_end.get() != self.end.get() {
             self.refresh_fast_end();
