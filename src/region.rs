@@ -1282,6 +1282,55 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_window_bounds_the_log_and_the_last_block_hint_follows_pops() {
+        // Children of the tail root fill its 4 KiB window; a child that would start past it
+        // ends the tail (it is materialized) and is recorded. Every block keeps its size.
+        let r = region();
+        let root = r.alloc(l(16)).unwrap();
+        let kids: Vec<_> = (0..300).map(|i| r.alloc_child(root, l(1 + i % 16)).unwrap()).collect();
+        assert_eq!(r.stats().live_blocks, 301);
+        for (i, &k) in kids.iter().enumerate() {
+            assert_eq!(r.size_of(k), Some(1 + i % 16), "child {i}");
+        }
+        assert_eq!(r.size_of(NonNull::new(kids[0].as_ptr().wrapping_add(8)).unwrap()), None);
+        // SAFETY: root is live; its children go with it.
+        unsafe { r.free(root).unwrap() };
+        assert_eq!(r.stats().live_blocks, 0);
+        assert!(kids.iter().all(|&k| !r.owns(k)));
+
+        // Nested children: `c` hangs under the newest block `b`, `e` under the newest `d` (found
+        // by walking from the hint past blocks the inline path added).
+        let a = r.alloc(l(16)).unwrap();
+        let b = r.alloc_child(a, l(40)).unwrap();
+        let c = r.alloc_child(b, l(24)).unwrap();
+        let d = r.alloc_child(a, l(16)).unwrap();
+        let d2 = r.alloc_child(a, l(48)).unwrap();
+        let e = r.alloc_child(d2, l(8)).unwrap();
+        assert_eq!(r.stats().live_blocks, 6);
+        // Popping the newest block, then hanging a child under the block that is newest now.
+        // SAFETY: e is live and has no children.
+        unsafe { r.free(e).unwrap() };
+        let f = r.alloc_child(d2, l(100)).unwrap();
+        // SAFETY: f is the newest block: a pop; then d2 is the newest and a pop too.
+        unsafe {
+            r.free(f).unwrap();
+            r.free(d2).unwrap();
+        }
+        let g = r.alloc_child(d, l(8)).unwrap(); // d is the newest block again
+        assert!(!r.owns(e) && !r.owns(f) && !r.owns(d2));
+        assert_eq!(r.stats().live_blocks, 5);
+        // SAFETY: b is live; it takes c with it, and d takes g.
+        unsafe {
+            r.free(b).unwrap();
+            assert!(!r.owns(c) && r.owns(d) && r.owns(g));
+            r.free(d).unwrap();
+        }
+        assert!(!r.owns(g) && r.owns(a));
+        assert_eq!(r.stats().live_blocks, 1);
+        assert_eq!(r.stats().live_bytes, 16);
+    }
+
+    #[test]
     fn bad_pointers_are_refused_and_change_nothing() {
         let r = region();
         let a = r.alloc(l(100)).unwrap();
