@@ -372,6 +372,8 @@ impl Region {
 
     /// The newest tail block (null if the tail is empty), found by walking the log from the
     /// `last` hint (amortized O(1) while a tail only grows: each block is walked over once).
+    /// The hint left behind is the block before the newest when the walk passed it, so that
+    /// popping the newest block keeps a valid hint.
     fn last(&self) -> *mut u8 {
         let root = self.root.get();
         if root.is_null() {
@@ -380,6 +382,7 @@ impl Region {
         let top = self.top.get();
         let hint = self.last.get();
         let mut p = if hint.is_null() { root } else { hint };
+        let mut before = p;
         loop {
             // SAFETY: `p` is a tail block start: the hint or the root (invariants), then the next
             // block's start while that is below the top.
@@ -387,9 +390,10 @@ impl Region {
             if next as usize >= top as usize {
                 break;
             }
+            before = p;
             p = next;
         }
-        self.last.set(p);
+        self.last.set(before);
         p
     }
 
@@ -836,8 +840,11 @@ impl Region {
                 unsafe { last.write_bytes(0, self.top.get() as usize - last as usize) };
             }
             self.top.set(last);
-            // The hint was the popped block; the next `last` walks from the root.
-            self.last.set(core::ptr::null_mut());
+            // The hint stays valid unless it was the popped block (then the next `last` walks
+            // from the root).
+            if self.last.get() == last {
+                self.last.set(core::ptr::null_mut());
+            }
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
