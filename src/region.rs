@@ -242,7 +242,7 @@ pub struct Region {
     log_k: Cell<*mut u8>,
     /// A hint for [`Region::last`]. Invariant, while the tail is not empty: null, or the start of
     /// a block of the pending tail (any one; the walk to the newest block starts there). It is
-    /// nulled when a tail starts and when its newest block is popped; otherwise blocks are only
+    /// nulled when a tail starts and when the block it names is popped; otherwise blocks are only
     /// added to a tail, so the hint stays valid. (Stale while the tail is empty: never read then.)
     last: Cell<*mut u8>,
     /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
