@@ -678,6 +678,8 @@ impl Region {
         }
         let t = self.table();
         t.reserve(LOG_CAP + 1)?;
+        // The table has room for a full log now: tails may start inline again.
+        self.fast_end.set(self.end.get());
         let ptr = self.ptr_at(start);
         if align == GRANULE && size <= LOG_SIZE_MAX {
             // 2a. the block starts a new tail (start == top: no padding)
@@ -1100,8 +1102,10 @@ impl Region {
     pub fn reset(&mut self) {
         // Nothing recorded since the last reset (a request that stayed one pending tail): only
         // the tail and the untracked arena are forgotten. With no record there is no free-list
-        // entry and no `big_align` entry either.
-        if self.table.get_mut().count == 0 && !self.scrub.on_reset && self.fast_end.get() == self.end.get() {
+        // entry and no `big_align` entry either. The table is as it was, so `fast_end` stays
+        // right as it is (if it sends roots to the slow path, that path restores it once it has
+        // made room).
+        if self.table.get_mut().count == 0 && !self.scrub.on_reset {
             debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
             self.note_high_water();
             self.top.set(self.base.as_ptr());
