@@ -121,16 +121,15 @@ impl RegionBuilder {
             .critical_level(self.level)
             .build()?;
         let log_buf = LogBuf::new();
-        let log_start = log_buf.start();
+        let log_k = Cell::new(log_buf.start());
         Ok(Region {
             top: Cell::new(arena.base().as_ptr()),
             limit: Cell::new(arena.base().as_ptr()),
             end: Cell::new(arena.base().as_ptr()),
             fast_end: Cell::new(arena.base().as_ptr()),
             root: Cell::new(core::ptr::null_mut()),
-            log: Cell::new(log_start),
-            // SAFETY: one past the end of the log's storage.
-            log_end: unsafe { log_start.add(LOG_CAP) },
+            log_k,
+            last: Cell::new(core::ptr::null_mut()),
             root_prev: Cell::new(NONE),
             high_water: Cell::new(0),
             table: UnsafeCell::new(table),
@@ -148,15 +147,22 @@ impl RegionBuilder {
     }
 }
 
-/// Capacity of the pending tail log: a tail of more blocks is materialized.
+/// Granules of the tail window: every tail block starts within `LOG_CAP` granules of the tail
+/// root, so a tail holds at most `LOG_CAP` blocks (each spans at least one granule).
 const LOG_CAP: usize = 256;
+/// Bytes of the tail window, and of the log's storage (one entry slot per granule).
+const LOG_WINDOW: usize = LOG_CAP * GRANULE;
 /// Log entry flag: the block's parent is the block logged just before it (else the tail root).
 const NESTED: u32 = 1 << 31;
 /// Largest size a log entry holds (larger blocks are recorded at once).
 const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 
-/// The storage of the tail log, held through a raw pointer. The region keeps raw pointers into it
-/// (`log`, `log_end`) across moves of the region. A `Box` field would not allow that, with or
+/// The storage of the tail log, held through a raw pointer: `LOG_WINDOW` bytes, laid out like the
+/// tail window itself (the entry of the tail block at byte `k` of the window is the `u32` at byte
+/// `k` of the log; the bytes between entries are unused). Indexing by offset rather than by
+/// count spares the fast path a log cursor: the entry's address is the block's address plus one
+/// per-tail constant (`Region::log_k`). The region keeps a raw pointer into it (`log_k`) across
+/// moves of the region. A `Box` field would not allow that, with or
 /// without an `UnsafeCell` inside: moving a `Box` asserts unique access to its contents, which
 /// invalidates every pointer derived from it earlier (Miri reports the next write through `log`
 /// after the region moved as undefined behavior); and a pointer taken through `&Box<[u32; N]>`
@@ -165,21 +171,22 @@ struct LogBuf(NonNull<u32>);
 
 impl LogBuf {
     fn new() -> LogBuf {
-        LogBuf(NonNull::from(Box::leak(Box::new([0u32; LOG_CAP]))).cast())
+        LogBuf(NonNull::from(Box::leak(Box::new([0u32; LOG_WINDOW / 4]))).cast())
     }
 
-    /// The first entry; writable, valid for `LOG_CAP` entries until the `LogBuf` is dropped.
+    /// The first byte; writable, valid for `LOG_WINDOW` bytes (4-aligned) until the `LogBuf` is
+    /// dropped.
     #[inline(always)]
-    fn start(&self) -> *mut u32 {
-        self.0.as_ptr()
+    fn start(&self) -> *mut u8 {
+        self.0.as_ptr().cast()
     }
 }
 
 impl Drop for LogBuf {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from `Box::leak` of a `[u32; LOG_CAP]` in `new` and is freed
-        // once, here; the region that held pointers into it is being dropped.
-        drop(unsafe { Box::from_raw(self.0.as_ptr().cast::<[u32; LOG_CAP]>()) });
+        // SAFETY: the pointer came from `Box::leak` of a `[u32; LOG_WINDOW / 4]` in `new` and is
+        // freed once, here; the region that held pointers into it is being dropped.
+        drop(unsafe { Box::from_raw(self.0.as_ptr().cast::<[u32; LOG_WINDOW / 4]>()) });
     }
 }
 
@@ -205,30 +212,39 @@ impl Drop for LogBuf {
 /// one subtree laid out contiguously at the top of the arena (a root, then its children and
 /// their children, in allocation order: exactly what a request builds), each is only logged as
 /// one `u32` (its size, and whether its parent is the block logged just before it rather than
-/// the tail root). Their offsets follow from the sizes. A child of the tail root is an inlined
-/// bump and one store; a child of the newest block takes a short out-of-line path. Freeing the tail root rewinds the arena
-/// and the log: O(1) for the whole subtree. Anything else that needs the tree first
-/// *materializes* the tail into the side table (O(tail), once per block).
+/// the tail root), stored in the log at the block's own offset within the tail window. A walk
+/// from the root, block by block, finds every entry: each block's size gives the next one's
+/// offset. A child of the tail root is an inlined bump and one store; a child of the newest block
+/// takes a short out-of-line path. Freeing the tail root rewinds the arena: O(1) for the whole
+/// subtree. Anything else that needs the tree first *materializes* the tail into the side table
+/// (O(tail), once per block).
 pub struct Region {
     /// The bump cursor. Invariant: `base <= top <= end`, 16-aligned.
     top: Cell<*mut u8>,
-    /// How far a child of the tail root may bump inline: `<= min(end, root + LOG_CAP * GRANULE)`.
-    /// Every block spans at least one granule, so bumping under `limit` can never log more
-    /// than `LOG_CAP` blocks: the log needs no check of its own. Meaningless while the tail is
-    /// empty (`root` is null then, so nothing compares against it).
+    /// How far a child of the tail root may bump inline: `<= min(end, root + LOG_WINDOW)`, so a
+    /// block bumped under it starts inside the tail window and its log entry inside the log: the
+    /// log needs no check of its own. Meaningless while the tail is empty (`root` is null then,
+    /// so nothing compares against it).
     limit: Cell<*mut u8>,
     /// End of the committed arena.
     end: Cell<*mut u8>,
     /// `end` while the table has room for a full log (so a tail may start inline), else the
     /// base (which sends every root allocation to the slow path until room is made).
     fast_end: Cell<*mut u8>,
-    /// The tail root, or null when the tail is empty. Invariant: non-null iff `log > log_start`;
-    /// the tail blocks lie contiguously in `[root, top)`.
+    /// The tail root, or null when the tail is empty. Invariant: the tail blocks lie
+    /// contiguously in `[root, top)`, each starting below `root + LOG_WINDOW`, and the log holds
+    /// an entry at the offset of each (so the extents of the entries, summed from the root, end
+    /// exactly at `top`).
     root: Cell<*mut u8>,
-    /// Next free entry of the tail log; `log_start <= log <= log_end`.
-    log: Cell<*mut u32>,
-    /// End of the log's capacity.
-    log_end: *mut u32,
+    /// The log's storage minus the root's address (wrapping), with the log's provenance: the
+    /// entry of the tail block at `p` is the `u32` at `log_k + p` (see [`Region::entry`]).
+    /// Set when a tail starts; meaningless while the tail is empty.
+    log_k: Cell<*mut u8>,
+    /// A hint for [`Region::last`]. Invariant, while the tail is not empty: null, or the start of
+    /// a block of the pending tail (any one; the walk to the newest block starts there). It is
+    /// nulled when a tail starts and when the block it names is popped; otherwise blocks are only
+    /// added to a tail, so the hint stays valid. (Stale while the tail is empty: never read then.)
+    last: Cell<*mut u8>,
     /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
     /// slow path for a tail root that is a child of a recorded block).
     root_prev: Cell<u32>,
@@ -239,7 +255,7 @@ pub struct Region {
     base: NonNull<u8>,
     /// `arena.reserved()`, cached for pointer checks.
     reserved: usize,
-    /// The log's storage: `log_start..log_end`.
+    /// The log's storage (`LOG_WINDOW` bytes).
     log_buf: LogBuf,
     arena: Span,
     untracked: PageArena,
@@ -288,15 +304,55 @@ impl Region {
         unsafe { &mut *self.table.get() }
     }
 
+    /// The log entry of the tail block starting at `p`. Valid to read or write only for `p` in
+    /// `[root, root + LOG_WINDOW)` and 16-aligned (the entry then lies inside the log).
     #[inline(always)]
-    fn log_start(&self) -> *mut u32 {
-        self.log_buf.start()
+    fn entry(&self, p: *const u8) -> *mut u32 {
+        self.log_k.get().wrapping_add(p as usize).cast()
     }
 
-    /// Entries in the tail log.
-    #[inline]
+    /// The log entry of tail block `p`.
+    ///
+    /// # Safety
+    /// `p` is the start of a block of the pending tail.
+    #[inline(always)]
+    unsafe fn entry_of(&self, p: *const u8) -> u32 {
+        // SAFETY: a tail block starts inside the window (`root` invariant), so its entry is a
+        // 4-aligned `u32` inside the log, written when the block was logged.
+        unsafe { self.entry(p).read() }
+    }
+
+    /// The tail block after tail block `p` (or `top` if `p` is the newest), and `p`'s entry.
+    ///
+    /// # Safety
+    /// As [`entry_of`](Self::entry_of).
+    #[inline(always)]
+    unsafe fn tail_next(&self, p: *mut u8) -> (*mut u8, u32) {
+        // SAFETY: forwarded.
+        let e = unsafe { self.entry_of(p) };
+        (p.wrapping_add(tail_extent((e & !NESTED) as usize)), e)
+    }
+
+    /// Blocks in the pending tail (a walk of at most `LOG_CAP` entries).
     fn log_len(&self) -> usize {
-        (self.log.get() as usize - self.log_start() as usize) / 4
+        let mut n = 0;
+        let mut p = self.root.get();
+        if !p.is_null() {
+            while (p as usize) < self.top.get() as usize {
+                // SAFETY: `p` walks the tail's block starts from the root (`root` invariant).
+                p = unsafe { self.tail_next(p) }.0;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// True if the pending tail is exactly one block.
+    #[inline(always)]
+    fn tail_is_single(&self) -> bool {
+        let root = self.root.get();
+        // SAFETY: a non-null root is the first tail block.
+        !root.is_null() && unsafe { self.tail_next(root) }.0 == self.top.get()
     }
 
     #[inline(always)]
@@ -314,14 +370,31 @@ impl Region {
         self.off_of(self.top.get())
     }
 
-    /// The newest tail block (null if the tail is empty): the top minus the last entry's extent.
+    /// The newest tail block (null if the tail is empty), found by walking the log from the
+    /// `last` hint (amortized O(1) while a tail only grows: each block is walked over once).
+    /// The hint left behind is the block before the newest when the walk passed it, so that
+    /// popping the newest block keeps a valid hint.
     fn last(&self) -> *mut u8 {
-        if self.root.get().is_null() {
+        let root = self.root.get();
+        if root.is_null() {
             return core::ptr::null_mut();
         }
-        // SAFETY: the log is not empty (root is non-null); its last entry is the newest block.
-        let size = (unsafe { *self.log.get().sub(1) } & !NESTED) as usize;
-        self.top.get().wrapping_sub(tail_extent(size))
+        let top = self.top.get();
+        let hint = self.last.get();
+        let mut p = if hint.is_null() { root } else { hint };
+        let mut before = p;
+        loop {
+            // SAFETY: `p` is a tail block start: the hint or the root (invariants), then the next
+            // block's start while that is below the top.
+            let next = unsafe { self.tail_next(p) }.0;
+            if next as usize >= top as usize {
+                break;
+            }
+            before = p;
+            p = next;
+        }
+        self.last.set(before);
+        p
     }
 
     /// Start a tail whose root spans `[start, start + ext)` and has `size` bytes, with
@@ -329,12 +402,12 @@ impl Region {
     /// have room for a full log, and `limit` must not pass `end`.
     #[inline(always)]
     fn start_tail(&self, start: *mut u8, ext: usize, size: usize, root_prev: u32, limit: *mut u8) {
-        let log = self.log_start();
+        let log = self.log_buf.start();
         let flag = if root_prev == NONE { 0 } else { NESTED };
-        // SAFETY: the log is empty, so entry 0 is in bounds.
-        unsafe { log.write(size as u32 | flag) };
-        // SAFETY: one past entry 0 is within the log's capacity.
-        self.log.set(unsafe { log.add(1) });
+        // SAFETY: entry 0 is the log's first 4 bytes.
+        unsafe { log.cast::<u32>().write(size as u32 | flag) };
+        self.log_k.set(log.wrapping_sub(start as usize));
+        self.last.set(core::ptr::null_mut());
         if flag != 0 {
             self.root_prev.set(root_prev);
         }
@@ -362,7 +435,7 @@ impl Region {
             let top = self.top.get();
             // Room for the whole tail (`LOG_CAP` granules) is asked for up front, so the tail's
             // children need only compare with `limit`.
-            let limit = top.wrapping_add(LOG_CAP * GRANULE);
+            let limit = top.wrapping_add(LOG_WINDOW);
             if limit as usize <= self.fast_end.get() as usize {
                 self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
                 // SAFETY: top lies inside the reservation, derived from its base: non-null.
@@ -407,7 +480,7 @@ impl Region {
         // A new root ends the pending tail: record it (without calling out).
         self.materialize_no_callout();
         let top = self.top.get();
-        let limit = top.wrapping_add(LOG_CAP * GRANULE);
+        let limit = top.wrapping_add(LOG_WINDOW);
         if limit as usize > self.fast_end.get() as usize {
             return None;
         }
@@ -454,11 +527,9 @@ impl Region {
             let top = self.top.get();
             let new = top.wrapping_add((size + (GRANULE - 1)) & !(GRANULE - 1));
             if new as usize <= self.limit.get() as usize {
-                let log = self.log.get();
-                // SAFETY: bumping under `limit` logs at most LOG_CAP blocks: log < log_end.
-                unsafe { log.write(size as u32) };
-                // SAFETY: at most one past the last entry.
-                self.log.set(unsafe { log.add(1) });
+                // SAFETY: `top < new <= limit <= root + LOG_WINDOW` and `top` is 16-aligned: the
+                // entry lies inside the log.
+                unsafe { self.entry(top).write(size as u32) };
                 self.top.set(new);
                 // SAFETY: top lies inside the reservation, derived from its base: non-null.
                 return Ok(unsafe { NonNull::new_unchecked(top) });
@@ -487,11 +558,9 @@ impl Region {
             if new as usize > self.limit.get() as usize {
                 return None;
             }
-            let log = self.log.get();
-            // SAFETY: bumping under `limit` logs at most LOG_CAP blocks: log < log_end.
-            unsafe { log.write(size as u32) };
-            // SAFETY: at most one past the last entry.
-            self.log.set(unsafe { log.add(1) });
+            // SAFETY: `top < new <= limit <= root + LOG_WINDOW` and `top` is 16-aligned: the
+            // entry lies inside the log.
+            unsafe { self.entry(top).write(size as u32) };
             self.top.set(new);
             // SAFETY: top lies inside the reservation, derived from its base: non-null.
             return Some(unsafe { NonNull::new_unchecked(top) });
@@ -560,14 +629,16 @@ impl Region {
     /// started (`fast_end` / `reserve(LOG_CAP + 1)`).
     fn record_tail(&self) {
         let t = self.table();
-        let start = self.log_start();
-        let n = self.log_len();
-        let mut off = self.off_of(self.root.get());
+        let top = self.top.get();
+        let mut p = self.root.get();
+        let mut off = self.off_of(p);
         let mut root_idx = NONE;
         let mut prev_idx = NONE;
-        for k in 0..n {
-            // SAFETY: k < n entries were written.
-            let e = unsafe { *start.add(k) };
+        let mut k = 0;
+        while (p as usize) < top as usize {
+            // SAFETY: `p` walks the tail's block starts from the root (`root` invariant).
+            let (next, e) = unsafe { self.tail_next(p) };
+            p = next;
             let size = (e & !NESTED) as usize;
             let parent = if k == 0 {
                 if e & NESTED != 0 {
@@ -586,9 +657,9 @@ impl Region {
             }
             prev_idx = i;
             off += tail_extent(size);
+            k += 1;
         }
         debug_assert_eq!(off, self.top_off(), "the tail ends at the top");
-        self.log.set(start);
         self.root.set(core::ptr::null_mut());
     }
 
@@ -599,19 +670,19 @@ impl Region {
     }
 
     /// Append a block of `size` bytes to the tail at the top (parent: the root, or with `NESTED`
-    /// the newest block). The caller checked that the tail is not empty and the log has room.
+    /// the newest block). The caller checked that the tail is not empty and that the top lies
+    /// inside the tail window (`top < root + LOG_WINDOW`).
     fn log_child(&self, size: usize, flag: u32) -> Result<NonNull<u8>, Error> {
         let top = self.top.get();
         let need = self.top_off().checked_add(tail_extent(size)).ok_or(Error::TooLarge)?;
         if need > self.off_of(self.end.get()) {
             self.grow_arena(need)?;
         }
-        let log = self.log.get();
-        // SAFETY: log < log_end (caller).
-        unsafe { log.write(size as u32 | flag) };
-        // SAFETY: at most one past the last entry.
-        self.log.set(unsafe { log.add(1) });
+        // SAFETY: `top` is 16-aligned and inside the tail window (caller): the entry lies inside
+        // the log.
+        unsafe { self.entry(top).write(size as u32 | flag) };
         self.top.set(self.ptr_at(need));
+        self.last.set(top);
         // SAFETY: inside the reservation, derived from its base: non-null.
         Ok(unsafe { NonNull::new_unchecked(top) })
     }
@@ -631,7 +702,8 @@ impl Region {
         // A child of the tail root or of the newest tail block joins the tail if the log has room.
         if let Some(pp) = parent {
             let root = self.root.get();
-            if !root.is_null() && align == GRANULE && size <= LOG_SIZE_MAX && self.log.get() != self.log_end {
+            let in_window = self.top_off() < self.off_of(root).wrapping_add(LOG_WINDOW);
+            if !root.is_null() && align == GRANULE && size <= LOG_SIZE_MAX && in_window {
                 if pp.as_ptr() == root {
                     return self.log_child(size, 0);
                 }
@@ -662,10 +734,12 @@ impl Region {
         }
         let t = self.table();
         t.reserve(LOG_CAP + 1)?;
+        // The table has room for a full log now: tails may start inline again.
+        self.fast_end.set(self.end.get());
         let ptr = self.ptr_at(start);
         if align == GRANULE && size <= LOG_SIZE_MAX {
             // 2a. the block starts a new tail (start == top: no padding)
-            let cap = ptr.wrapping_add(LOG_CAP * GRANULE);
+            let cap = ptr.wrapping_add(LOG_WINDOW);
             let end = self.end.get();
             let limit = if (cap as usize) < end as usize { cap } else { end };
             self.start_tail(ptr, ext, size, if p == NONE { NONE } else { PARENT | p }, limit);
@@ -700,7 +774,7 @@ impl Region {
         self.end.set(end);
         self.refresh_fast_end();
         if !self.root.get().is_null() {
-            let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
+            let cap = self.root.get().wrapping_add(LOG_WINDOW);
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
         Ok(())
@@ -730,7 +804,7 @@ impl Region {
     #[inline]
     fn tail_nested(&self) -> bool {
         // SAFETY: entry 0 is written whenever the tail is not empty (root non-null).
-        !self.root.get().is_null() && unsafe { *self.log_start() } & NESTED != 0
+        !self.root.get().is_null() && unsafe { self.entry_of(self.root.get()) } & NESTED != 0
     }
 
     #[inline]
@@ -750,21 +824,15 @@ impl Region {
         let off = self.check_range(p)?;
         let root = self.root.get();
         if !root.is_null() && off >= self.off_of(root) {
-            // walk the tail log (at most LOG_CAP entries)
-            let mut at = self.off_of(root);
-            let mut e = self.log_start();
-            while e < self.log.get() {
-                // SAFETY: e is a written log entry.
-                let size = (unsafe { *e } & !NESTED) as usize;
-                if at == off {
-                    return Ok(size);
+            // walk the tail (at most LOG_CAP blocks)
+            let mut q = root;
+            while (q as usize) <= p as usize {
+                // SAFETY: `q` walks the tail's block starts from the root, below `p < top`.
+                let (next, e) = unsafe { self.tail_next(q) };
+                if core::ptr::eq(q, p) {
+                    return Ok((e & !NESTED) as usize);
                 }
-                if at > off {
-                    break;
-                }
-                at += tail_extent(size);
-                // SAFETY: stays within the written entries or one past.
-                e = unsafe { e.add(1) };
+                q = next;
             }
             return Err(Error::NotABlock);
         }
@@ -809,7 +877,6 @@ impl Region {
     fn rewind_unscrubbed(&self) {
         // The tail root started at the top: there is no padding before it.
         self.top.set(self.root.get());
-        self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
     }
 
@@ -824,8 +891,9 @@ impl Region {
     #[inline(never)]
     fn free_slow(&self, ptr: NonNull<u8>, cascade: bool) -> Result<(), Error> {
         // The newest tail block has no children (they would be newer): pop it.
-        let last = self.last();
-        if ptr.as_ptr() == last {
+        let in_tail = ptr.as_ptr() as usize >= self.root.get() as usize && ptr.as_ptr() < self.top.get();
+        if in_tail && !self.root.get().is_null() && ptr.as_ptr() == self.last() {
+            let last = ptr.as_ptr();
             if last == self.root.get() {
                 self.rewind();
                 return Ok(());
@@ -835,8 +903,11 @@ impl Region {
                 unsafe { last.write_bytes(0, self.top.get() as usize - last as usize) };
             }
             self.top.set(last);
-            // SAFETY: the log holds at least two entries (root and last differ).
-            self.log.set(unsafe { self.log.get().sub(1) });
+            // The hint stays valid unless it was the popped block (then the next `last` walks
+            // from the root).
+            if self.last.get() == last {
+                self.last.set(core::ptr::null_mut());
+            }
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
@@ -945,7 +1016,7 @@ impl Region {
             }
         }
         // The only block of the pending tail: a rewind.
-        if core::ptr::eq(p, self.root.get()) && self.log_len() == 1 {
+        if core::ptr::eq(p, self.root.get()) && self.tail_is_single() {
             if PLAIN {
                 // No scrubbing (caller), so no call: the task heap's export stays a leaf.
                 debug_assert!(!self.scrub.on_free, "try_free_leaf_plain on a region that scrubs");
@@ -976,8 +1047,10 @@ impl Region {
             return false;
         }
         self.top.set(p as *mut u8);
-        // SAFETY: the log holds at least two entries: the newest block is not the root.
-        self.log.set(unsafe { self.log.get().sub(1) });
+        // The hint stays valid unless it was the popped block (as in `free_slow`).
+        if core::ptr::eq(self.last.get(), p) {
+            self.last.set(core::ptr::null_mut());
+        }
         true
     }
 
@@ -1018,11 +1091,9 @@ impl Region {
             let off = self.off_of(ptr.as_ptr());
             let need = off + tail_extent(new_size);
             if need <= self.off_of(self.end.get()) || self.grow_arena(need).is_ok() {
-                // SAFETY: the log is not empty (last is non-null); its last entry is this block.
-                unsafe {
-                    let e = self.log.get().sub(1);
-                    *e = (*e & NESTED) | new_size as u32;
-                }
+                let e = self.entry(ptr.as_ptr());
+                // SAFETY: `ptr` is the newest tail block (non-null `last`): its entry is in the log.
+                unsafe { e.write((e.read() & NESTED) | new_size as u32) };
                 self.top.set(self.ptr_at(need));
                 return Ok(ptr);
             }
@@ -1089,12 +1160,12 @@ impl Region {
         // structure and its array, queried by the NapUtil function that frees them).
         let p = ptr.as_ptr();
         if p == self.root.get() {
-            // SAFETY: the root is not null (`ptr` is not): the log's entry 0 is written.
-            return Some((unsafe { *self.log_start() } & !NESTED) as usize);
+            // SAFETY: the root is not null (`ptr` is not): it is the first tail block.
+            return Some((unsafe { self.entry_of(p) } & !NESTED) as usize);
         }
         if !self.root.get().is_null() && p == self.last() {
-            // SAFETY: the log is not empty (the root is not null); its last entry is `last`.
-            return Some((unsafe { *self.log.get().sub(1) } & !NESTED) as usize);
+            // SAFETY: `last` is the newest tail block.
+            return Some((unsafe { self.entry_of(p) } & !NESTED) as usize);
         }
         self.peek_size(p).ok()
     }
@@ -1138,12 +1209,13 @@ impl Region {
     pub fn reset(&mut self) {
         // Nothing recorded since the last reset (a request that stayed one pending tail): only
         // the tail and the untracked arena are forgotten. With no record there is no free-list
-        // entry and no `big_align` entry either.
-        if self.table.get_mut().count == 0 && !self.scrub.on_reset && self.fast_end.get() == self.end.get() {
+        // entry and no `big_align` entry either. The table is as it was, so `fast_end` stays
+        // right as it is (if it sends roots to the slow path, that path restores it once it has
+        // made room).
+        if self.table.get_mut().count == 0 && !self.scrub.on_reset {
             debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
             self.note_high_water();
             self.top.set(self.base.as_ptr());
-            self.log.set(self.log_start());
             self.root.set(core::ptr::null_mut());
             self.untracked.reset();
             return;
@@ -1161,7 +1233,6 @@ impl Region {
             unsafe { self.base.as_ptr().write_bytes(0, top) };
         }
         self.top.set(self.base.as_ptr());
-        self.log.set(self.log_start());
         self.root.set(core::ptr::null_mut());
         self.table.get_mut().reset();
         if self.fast_end.get() != self.end.get() {
@@ -1188,7 +1259,7 @@ impl Region {
         let end = self.arena.committed().min(self.table().windows_cover());
         self.end.set(self.ptr_at(end));
         if !self.root.get().is_null() {
-            let cap = self.root.get().wrapping_add(LOG_CAP * GRANULE);
+            let cap = self.root.get().wrapping_add(LOG_WINDOW);
             let end = self.end.get();
             self.limit.set(if (cap as usize) < end as usize { cap } else { end });
         }
@@ -1224,13 +1295,15 @@ impl Region {
         self.note_high_water();
         let t = self.table();
         let (mut blocks, mut bytes) = (t.live_blocks, t.live_bytes);
-        let mut e = self.log_start();
-        while e < self.log.get() {
-            // SAFETY: e is a written log entry.
-            bytes += (unsafe { *e } & !NESTED) as usize;
-            blocks += 1;
-            // SAFETY: stays within the written entries or one past.
-            e = unsafe { e.add(1) };
+        let mut p = self.root.get();
+        if !p.is_null() {
+            while (p as usize) < self.top.get() as usize {
+                // SAFETY: `p` walks the tail's block starts from the root (`root` invariant).
+                let (next, e) = unsafe { self.tail_next(p) };
+                bytes += (e & !NESTED) as usize;
+                blocks += 1;
+                p = next;
+            }
         }
         let u = self.untracked.stats();
         Stats {
@@ -1329,6 +1402,55 @@ mod tests {
             assert!(!r.owns(blocks[7]));
         }
         assert_eq!(r.stats().free_slots, 0, "materialized blocks were rewound, not free-listed");
+    }
+
+    #[test]
+    fn the_tail_window_bounds_the_log_and_the_last_block_hint_follows_pops() {
+        // Children of the tail root fill its 4 KiB window; a child that would start past it
+        // ends the tail (it is materialized) and is recorded. Every block keeps its size.
+        let r = region();
+        let root = r.alloc(l(16)).unwrap();
+        let kids: Vec<_> = (0..300).map(|i| r.alloc_child(root, l(1 + i % 16)).unwrap()).collect();
+        assert_eq!(r.stats().live_blocks, 301);
+        for (i, &k) in kids.iter().enumerate() {
+            assert_eq!(r.size_of(k), Some(1 + i % 16), "child {i}");
+        }
+        assert_eq!(r.size_of(NonNull::new(kids[0].as_ptr().wrapping_add(8)).unwrap()), None);
+        // SAFETY: root is live; its children go with it.
+        unsafe { r.free(root).unwrap() };
+        assert_eq!(r.stats().live_blocks, 0);
+        assert!(kids.iter().all(|&k| !r.owns(k)));
+
+        // Nested children: `c` hangs under the newest block `b`, `e` under the newest `d` (found
+        // by walking from the hint past blocks the inline path added).
+        let a = r.alloc(l(16)).unwrap();
+        let b = r.alloc_child(a, l(40)).unwrap();
+        let c = r.alloc_child(b, l(24)).unwrap();
+        let d = r.alloc_child(a, l(16)).unwrap();
+        let d2 = r.alloc_child(a, l(48)).unwrap();
+        let e = r.alloc_child(d2, l(8)).unwrap();
+        assert_eq!(r.stats().live_blocks, 6);
+        // Popping the newest block, then hanging a child under the block that is newest now.
+        // SAFETY: e is live and has no children.
+        unsafe { r.free(e).unwrap() };
+        let f = r.alloc_child(d2, l(100)).unwrap();
+        // SAFETY: f is the newest block: a pop; then d2 is the newest and a pop too.
+        unsafe {
+            r.free(f).unwrap();
+            r.free(d2).unwrap();
+        }
+        let g = r.alloc_child(d, l(8)).unwrap(); // d is the newest block again
+        assert!(!r.owns(e) && !r.owns(f) && !r.owns(d2));
+        assert_eq!(r.stats().live_blocks, 5);
+        // SAFETY: b is live; it takes c with it, and d takes g.
+        unsafe {
+            r.free(b).unwrap();
+            assert!(!r.owns(c) && r.owns(d) && r.owns(g));
+            r.free(d).unwrap();
+        }
+        assert!(!r.owns(g) && r.owns(a));
+        assert_eq!(r.stats().live_blocks, 1);
+        assert_eq!(r.stats().live_bytes, 16);
     }
 
     #[test]

@@ -625,7 +625,7 @@ fn churn_10m_keeps_committed_memory_flat() {
 /// Side-table bytes per live block for the canonical request (WORKLOAD.md), when requests stay
 /// live long enough to be recorded: one 20-byte record per block, plus the window index (16 bytes
 /// per KiB of committed arena, committed in doubling steps like everything else). While a request
-/// is still the pending tail, its blocks cost one 4-byte entry each in a fixed 1 KiB log, and no
+/// is still the pending tail, its blocks cost one 4-byte entry each in a fixed 4 KiB log, and no
 /// table memory at all.
 ///
 /// Commits grow geometrically, so the figure is taken just before a growth step of the table
