@@ -17,7 +17,7 @@
 //! as much as 400 bump allocations on the machines we measured). [`PageArena::trim`] is the only
 //! way committed memory goes back to the OS, and it is never called on an allocation path.
 
-use crate::host::{CriticalLevel, Pages, Source};
+use crate::host::{self, CriticalLevel, Pages, Source};
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::Cell;
@@ -180,7 +180,8 @@ impl Default for ArenaBuilder {
             reserve: DEFAULT_RESERVE,
             chunk: DEFAULT_COMMIT_CHUNK,
             limit: usize::MAX,
-            source: Source::Os,
+            // As for regions: the installed host or the OS, under the process-wide budget.
+            source: host::default_source(),
             level: CriticalLevel::Task,
         }
     }
@@ -202,7 +203,8 @@ impl ArenaBuilder {
         self.limit = bytes;
         self
     }
-    /// Take pages from this source instead of the OS.
+    /// Take pages from this source (default: [`host::default_source`], the installed host or the
+    /// OS, charged to [`host::global_budget`]).
     pub fn source(mut self, source: Source) -> Self {
         self.source = source;
         self
@@ -251,7 +253,8 @@ pub struct PageArena {
 unsafe impl Send for PageArena {}
 
 impl PageArena {
-    /// An arena with the default reservation ([`DEFAULT_RESERVE`]) from the OS.
+    /// An arena with the default reservation ([`DEFAULT_RESERVE`]) from the default source: the
+    /// installed host, else the OS, charged to the process-wide [`host::global_budget`].
     pub fn new() -> Result<PageArena, Error> {
         ArenaBuilder::default().build()
     }

@@ -12,7 +12,7 @@
 //! * everything else materializes the tail and goes through the table.
 
 use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
-use crate::host::{CriticalLevel, Source};
+use crate::host::{self, CriticalLevel, Source};
 use crate::table::{self, Rec, Table, GRANULE, NONE, PARENT};
 use crate::Error;
 use core::alloc::Layout;
@@ -71,7 +71,9 @@ impl Default for RegionBuilder {
             reserve: DEFAULT_RESERVE,
             chunk: DEFAULT_COMMIT_CHUNK,
             limit: usize::MAX,
-            source: Source::Os,
+            // The installed host's pages (or the OS's), charged to the process-wide budget: the
+            // budget is over all regions and heaps, and a host owns every page napalloc uses.
+            source: host::default_source(),
             level: CriticalLevel::Task,
             scrub: Scrub::default(),
         }
@@ -94,7 +96,8 @@ impl RegionBuilder {
         self.limit = bytes;
         self
     }
-    /// Take pages from this source.
+    /// Take pages from this source (default: [`host::default_source`], the installed host or the
+    /// OS, charged to [`host::global_budget`]).
     pub fn source(mut self, source: Source) -> Self {
         self.source = source;
         self
@@ -286,7 +289,9 @@ fn tail_extent(size: usize) -> usize {
 }
 
 impl Region {
-    /// A region with the default reservation from the OS.
+    /// A region with the default reservation from the default source: the host installed with
+    /// [`host::set_default_host`] (or `NapallocSetHostMemoryManager`), else the OS, charged to
+    /// the process-wide [`host::global_budget`].
     pub fn new() -> Result<Region, Error> {
         RegionBuilder::default().build()
     }

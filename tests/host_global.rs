@@ -11,7 +11,7 @@ use napalloc::host::{
     MemoryAvailable,
 };
 use napalloc::hr;
-use napalloc::{CriticalLevel, Error, PageArena};
+use napalloc::{CriticalLevel, Error, PageArena, Region};
 use std::sync::Arc;
 
 #[test]
@@ -71,6 +71,24 @@ fn process_wide_host_and_budget() {
         page + host_arena.stats().committed,
         "both sources charge the global budget"
     );
+
+    // Region::new() and PageArena::new() default to the same source: the installed host, under
+    // the global budget.
+    {
+        let before = global_budget().committed();
+        let region = Region::new().unwrap();
+        let b = region.alloc(Layout::from_size_align(5_000, 16).unwrap()).unwrap();
+        assert!(fake.tracker.owns_committed(b.as_ptr(), 5_000), "Region::new() takes pages from the host");
+        let arena = PageArena::new().unwrap();
+        let a = arena.alloc_layout(Layout::from_size_align(3_000, 8).unwrap()).unwrap();
+        assert!(fake.tracker.owns_committed(a.as_ptr(), 3_000), "PageArena::new() takes pages from the host");
+        let charged = region.stats().committed + arena.stats().committed;
+        assert!(charged >= 8_000);
+        assert!(global_budget().committed() >= before + charged, "both are charged to the global budget");
+        drop(region);
+        drop(arena);
+        assert_eq!(global_budget().committed(), before, "dropping them gives their pages back");
+    }
 
     // The host's Low notification reaches the global budget's trimmer.
     let trims = Arc::new(AtomicUsize::new(0));
