@@ -59,7 +59,9 @@ use std::sync::{Mutex, OnceLock};
 
 const MAX_STEPS: usize = 300;
 /// Deepest nesting of scopes an input may reach (each level may need a heap of its own).
-const MAX_DEPTH: usize = 6;
+const MAX_DEPTH: usize = 8;
+/// Scope heaps made before the first input (see [`prepare`]).
+const PREPARED: usize = 6;
 /// Largest size the heap serves; anything above `u32::MAX` must fail.
 const SERVED_MAX: usize = u32::MAX as usize;
 const EDGES: &[usize] = &[0, 1, 16, 17, 4095, 4096, 65536, 1 << 20, u32::MAX as usize + 1, usize::MAX - 15, usize::MAX];
@@ -163,7 +165,7 @@ enum Op {
     Leave(ScopeRef),
     SetBudget(Limit, Limit),
     SetHost(Host),
-    /// The next `n` `VirtualAlloc` calls of fake host `host` fail with `hr`.
+    /// The next `n % 4` `VirtualAlloc` calls of fake host `host` (or of every fake) fail with `hr`.
     HostFails {
         host: u8,
         n: u8,
@@ -235,6 +237,38 @@ fn known_heaps() -> &'static Mutex<BTreeSet<usize>> {
     SET.get_or_init(|| Mutex::new(BTreeSet::new()))
 }
 
+/// Once per process: make the thread's own heap (over the OS), then scope heaps whose pages come
+/// from the OS or from one of the fakes, so that later inputs find both kinds among the idle
+/// scope heaps they enter (scope heaps are made once and reused; a host installed by an input
+/// only serves heaps made after it, which deeper nesting still makes now and then).
+fn prepare() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        // SAFETY: a block freed at once.
+        unsafe { CoTaskMemFree(CoTaskMemAlloc(1)) };
+        let sources: [Option<usize>; PREPARED] = [Some(0), None, Some(1), Some(FAKES), Some(2), None];
+        let mut entered = Vec::new();
+        for src in sources {
+            let p = src.map_or(std::ptr::null_mut(), |i| hosts()[i] as *mut IHostMemoryManager);
+            // SAFETY: NULL or a live fake host that is never released.
+            assert_eq!(unsafe { NapallocSetHostMemoryManager(p) }, S_OK);
+            let mut h: *mut NapallocScope = std::ptr::null_mut();
+            // SAFETY: `h` is writable.
+            assert_eq!(unsafe { NapallocScopeEnter(&mut h) }, S_OK);
+            assert!(known_heaps().lock().unwrap().insert(h as usize), "a new scope heap for each level");
+            if src.is_some() {
+                host_heaps().lock().unwrap().insert(h as usize);
+            }
+            entered.push(h);
+        }
+        while let Some(h) = entered.pop() {
+            assert_eq!(NapallocScopeLeave(h), S_OK);
+        }
+        // SAFETY: NULL restores the operating system.
+        assert_eq!(unsafe { NapallocSetHostMemoryManager(std::ptr::null_mut()) }, S_OK);
+    });
+}
+
 /// Consume the faults still armed in fake host `i`: its `VirtualAlloc` answers the first queued
 /// HRESULT before it looks at its arguments, and `E_INVALIDARG` for these arguments once none is.
 fn drain_faults(i: usize) {
@@ -298,6 +332,8 @@ struct Model {
     budget: bool,
     /// A host is installed now.
     host_on: bool,
+    /// Print the decoded program and what the model learns (`NAPALLOC_FUZZ_TRACE=1`).
+    trace: bool,
 }
 
 impl Model {
@@ -338,6 +374,9 @@ impl Model {
     }
 
     fn failed_alloc(&mut self, size: usize, owner: Owner, what: &str) {
+        if self.trace {
+            eprintln!("  {what}({size}) failed in {owner:?} (budget: {})", self.budget);
+        }
         assert!(size > SERVED_MAX || self.may_fail(owner), "{what}({size}) failed in {owner:?}");
         self.failed += 1;
     }
@@ -405,10 +444,11 @@ impl Model {
     fn scope_reset(&mut self, h: usize) {
         let gone: Vec<Id> = self.blocks.iter().filter(|(_, b)| b.owner == Owner::Scope(h)).map(|(id, _)| *id).collect();
         for id in gone {
-            let b = self.forget(id);
-            for c in &b.children {
-                assert!(!self.blocks.contains_key(c), "a child of a scope's block outlived the scope");
-            }
+            self.forget(id);
+        }
+        // An embedded block lives in its parent's heap: no tree spans two heaps.
+        for b in self.blocks.values() {
+            assert!(b.parent.is_none_or(|p| self.blocks.contains_key(&p)), "a child of a scope's block outlived it");
         }
         self.left.push(h);
         if self.left.len() > 16 {
@@ -586,6 +626,9 @@ impl Model {
                     assert!(h != 0 && !self.scopes.contains(&h), "NapallocScopeEnter handed out {h:#x}");
                     if known_heaps().lock().unwrap().insert(h) && self.host_on {
                         host_heaps().lock().unwrap().insert(h);
+                        if self.trace {
+                            eprintln!("  new scope heap {h:#x} under a host");
+                        }
                     }
                     self.scopes.push(h);
                 } else {
@@ -628,9 +671,12 @@ impl Model {
                 }
             }
             Op::HostFails { host: i, n, hr } => {
-                let h = host(i as usize % (FAKES + 1));
-                for _ in 0..(n % 4) {
-                    h.fail_next(hr.get());
+                // One fake, or (for the larger values of `i`) every one that serves heaps.
+                let which = i as usize % (2 * (FAKES + 1));
+                for k in (0..=FAKES).filter(|&k| which > FAKES || k == which) {
+                    for _ in 0..(n % 4) {
+                        host(k).fail_next(hr.get());
+                    }
                 }
             }
             Op::HeapMinimize => {
@@ -677,7 +723,7 @@ impl Model {
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
-    let _ = hosts();
+    prepare();
     let mut m = Model {
         blocks: HashMap::new(),
         by_addr: BTreeMap::new(),
@@ -693,6 +739,7 @@ fuzz_target!(|data: &[u8]| {
         left: Vec::new(),
         budget: false,
         host_on: false,
+        trace,
     };
     for _ in 0..MAX_STEPS {
         if u.is_empty() {
