@@ -94,10 +94,7 @@ hardening_canary_expect_failure() {
         shift
     done
     shift
-    set +e
-    out="$("${cmd[@]}" 2>&1)"
-    rc=$?
-    set -e
+    out="$("${cmd[@]}" 2>&1)" && rc=0 || rc=$?
     local ok=1
     [ "$rc" -ne 0 ] || ok=0
     for pattern in "c-canary.c: napalloc ran" "$@"; do
@@ -142,10 +139,10 @@ hardening_csan() {
 # valgrind's memcheck over every C client of tests/c_abi.rs (statically linked, so napalloc's
 # own code runs under memcheck too): any memcheck error, and any definitely or indirectly lost
 # block, fails the client and so the step. First the canary must fail under the same command,
-# with its two invalid reads (one in C, one inside napalloc) and both its leaks reported. Every client writes its own valgrind log
-# (target/hardening/valgrind/<pid>.log); the step requires at least one per C client, so a
-# harness that stopped honouring NAPALLOC_C_RUNNER cannot pass unchecked, and prints the logs
-# that are not empty.
+# with its two invalid reads (one in C, one inside napalloc) and both its leaks reported. Every
+# client writes its own valgrind log (target/hardening/valgrind/<pid>.log); the step requires at
+# least one per C client, so a harness that stopped honouring NAPALLOC_C_RUNNER cannot pass
+# unchecked, and prints the logs that are not empty.
 HARDENING_VALGRIND="valgrind -q --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --error-exitcode=86"
 
 hardening_valgrind() {
