@@ -1492,8 +1492,12 @@ fn claim_idle(h: &'static Heap) -> bool {
 /// Leave the innermost scope `h` of this thread: reset its region and put it in the cache.
 /// `Err(InvalidLayout)` (nothing changed) if `h` is not the thread's innermost scope.
 fn leave_raw(h: *const Heap) -> Result<(), Error> {
-    // Compared, not dereferenced, until it is known to be this thread's current heap.
-    let Some(h) = real(h).filter(|&h| ptr::eq(h, CUR.with(Cell::get)) && !ptr::eq(h, HOME.with(Cell::get))) else {
+    // Compared as a raw pointer, not made a reference, until it is known to be this thread's
+    // current heap: a handle from C may be any address, misaligned or unmapped.
+    if !ptr::eq(h, CUR.with(Cell::get)) || ptr::eq(h, HOME.with(Cell::get)) {
+        return Err(Error::InvalidLayout);
+    }
+    let Some(h) = real(h) else {
         return Err(Error::InvalidLayout);
     };
     let held = Held::acquire(h, true).ok_or(Error::InvalidLayout)?;

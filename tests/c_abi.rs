@@ -8,7 +8,8 @@
 //!   `NAPALLOC_C_TESTS=name1,name2` (file stems) to run only some of them, and
 //!   `NAPALLOC_C_RUNNER="valgrind --leak-check=full --error-exitcode=1"` (any command and its
 //!   arguments) to run every client under a checker, and `NAPALLOC_C_CFLAGS="-fsanitize=address"`
-//!   to compile every client with more flags.
+//!   to compile every client with more flags; `NAPALLOC_C_LIB_DIR=dir` links them with the
+//!   `libnapalloc.a` / `libnapalloc.so` in `dir` (say, a build with AddressSanitizer).
 //! * A client that calls a function of the fixed ABI that the library does not define yet (the
 //!   ABI lands in parts) is compiled but not linked or run: it is SKIPPED, and the skip is written
 //!   to the terminal (past the test harness's capture) with the missing names. Set
@@ -106,7 +107,13 @@ fn build() -> &'static Build {
         let exe = std::env::current_exe().expect("path of the test executable");
         let deps = exe.parent().expect("the test executable is in target/<profile>/deps").to_path_buf();
         let profile_dir = deps.parent().expect("target/<profile>").to_path_buf();
-        let lib_dir = if has_libs(&deps) {
+        // NAPALLOC_C_LIB_DIR links the clients with the libraries of another build instead, e.g.
+        // one instrumented with `-Zsanitizer=address` (see .ci/hardening.sh, step csan).
+        let lib_dir = if let Some(dir) = std::env::var_os("NAPALLOC_C_LIB_DIR") {
+            let dir = PathBuf::from(dir);
+            assert!(has_libs(&dir), "NAPALLOC_C_LIB_DIR={} lacks libnapalloc.a or libnapalloc.so", dir.display());
+            dir
+        } else if has_libs(&deps) {
             deps
         } else if has_libs(&profile_dir) {
             profile_dir.clone()

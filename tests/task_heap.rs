@@ -563,6 +563,27 @@ fn scopes_nest_and_leave_innermost_first() {
     assert_eq!(heap::did_alloc(in1), 0);
 }
 
+/// A scope handle from C may be any address: misaligned, unmapped, or a block's. Each is refused
+/// without being read (found by the `scope_host_abi` fuzz target: `NapallocScopeLeave(0x30)` made
+/// a reference of the handle first, which debug builds abort on as a misaligned dereference).
+#[test]
+fn a_scope_handle_may_be_any_address() {
+    let junk = [0x30usize, 1, 0x1000, usize::MAX & !0xF, usize::MAX];
+    for &h in &junk {
+        assert_eq!(NapallocScopeLeave(h as *mut NapallocScope), E_INVALIDARG, "{h:#x} with no scope");
+    }
+    let mut s: *mut NapallocScope = ptr::null_mut();
+    // SAFETY: a valid out pointer.
+    assert_eq!(unsafe { NapallocScopeEnter(&mut s) }, S_OK);
+    let b = filled(24, 3);
+    for &h in junk.iter().chain([b as usize, s as usize + 8].iter()) {
+        assert_eq!(NapallocScopeLeave(h as *mut NapallocScope), E_INVALIDARG, "{h:#x} in a scope");
+    }
+    assert_eq!(heap::did_alloc(b), 1, "nothing changed");
+    assert_eq!(NapallocScopeLeave(s), S_OK);
+    assert_eq!(heap::did_alloc(b), 0);
+}
+
 #[test]
 fn other_threads_free_into_a_scope() {
     let guard = heap::enter_scope().unwrap();

@@ -5,21 +5,53 @@
 //! limit (even under `vm.overcommit_memory = 2`) nor accessible until committed: a stray access
 //! beyond the committed part faults instead of silently creating pages. memmap2 owns the mapping
 //! (munmap on drop) and issues `MADV_DONTNEED`; it has no call for the protection of a sub-range,
-//! so `mprotect` comes from rustix.
+//! so `mprotect` comes from libc, as does the page size (`sysconf(_SC_PAGESIZE)`).
+//!
+//! Everything here goes through libc, none of it around it: a program linking napalloc must run
+//! under valgrind (memcheck, callgrind), which sees only what goes through libc and the kernel.
+//! rustix's raw Linux backend, used here before, found the page size by reading the vDSO's ELF
+//! header through the aux vector, and under valgrind that address is not mapped (rustix issue
+//! 1559): every C client died with SIGSEGV before its first allocation.
 //!
 //! # References
 //! * mmap(2), mprotect(2), madvise(2) (`MADV_DONTNEED`: "subsequent accesses of pages in the range
 //!   will succeed, but will result in ... zero-fill-on-demand pages for anonymous private mappings").
+//! * sysconf(3): `_SC_PAGESIZE`.
 
 use super::{debug_check_range, reservation_size, OsConfig};
 use crate::Error;
 use core::ptr::NonNull;
 use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
-use rustix::mm::{mprotect, MprotectFlags};
+
+/// The page size, from `sysconf(_SC_PAGESIZE)`. POSIX requires it to be a positive power of two;
+/// anything else (a failing `sysconf`) is a broken system, and the panic says so at once rather
+/// than letting every rounding above this layer go wrong.
+fn sysconf_page_size() -> usize {
+    // SAFETY: sysconf reads a system constant; it touches no memory of ours.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    match usize::try_from(page) {
+        Ok(page) if page.is_power_of_two() => page,
+        _ => panic!("sysconf(_SC_PAGESIZE) returned {page}, not a page size"),
+    }
+}
 
 pub(super) fn query_config() -> OsConfig {
-    let page = rustix::param::page_size();
+    let page = sysconf_page_size();
     OsConfig { page_size: page, granularity: page, has_virtual_reserve: true, backend: "mmap" }
+}
+
+/// `mprotect(2)` over `[addr, addr + len)`; `prot` is `PROT_NONE` or `PROT_READ | PROT_WRITE`.
+///
+/// # Safety
+/// The range lies inside a mapping owned by the caller, and if `prot` lowers the protection, no
+/// live reference points into it.
+unsafe fn protect(addr: *mut u8, len: usize, prot: libc::c_int) -> Result<(), Error> {
+    // SAFETY: the caller guarantees the range is its own mapping and, for a lowering, unreferenced.
+    if unsafe { libc::mprotect(addr.cast(), len, prot) } == 0 {
+        Ok(())
+    } else {
+        Err(os_err(std::io::Error::last_os_error()))
+    }
 }
 
 /// A reserved range of address space (see the module contract in `os/mod.rs`).
@@ -61,7 +93,7 @@ pub(super) fn memory_load() -> Option<(u32, usize)> {
 
 fn os_err(e: std::io::Error) -> Error {
     match e.raw_os_error() {
-        Some(code) if code == rustix::io::Errno::NOMEM.raw_os_error() => Error::OutOfMemory,
+        Some(libc::ENOMEM) => Error::OutOfMemory,
         Some(code) => Error::Os(code),
         None => Error::OutOfMemory,
     }
@@ -74,7 +106,7 @@ impl Reservation {
         let map = MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(os_err)?;
         let map = MmapRaw::from(map);
         // SAFETY: the mapping was just created, spans `len` bytes, and nothing refers into it.
-        unsafe { mprotect(map.as_mut_ptr().cast(), len, MprotectFlags::empty()) }.map_err(|e| os_err(e.into()))?;
+        unsafe { protect(map.as_mut_ptr(), len, libc::PROT_NONE) }?;
         Ok(Reservation { map })
     }
 
@@ -108,8 +140,7 @@ impl Reservation {
         }
         // SAFETY: the caller guarantees the range is inside our mapping; raising protection does
         // not invalidate any existing reference.
-        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::READ | MprotectFlags::WRITE) }
-            .map_err(|e| os_err(e.into()))
+        unsafe { protect(self.map.as_mut_ptr().add(offset), len, libc::PROT_READ | libc::PROT_WRITE) }
     }
 
     /// Return `[offset, offset + len)` to the OS; it reads as zero once committed again.
@@ -125,7 +156,6 @@ impl Reservation {
         // anonymous mapping drops the pages at once and they refault as zero.
         unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }.map_err(os_err)?;
         // SAFETY: as above; lowering protection of an unreferenced range is sound.
-        unsafe { mprotect(self.map.as_mut_ptr().add(offset).cast(), len, MprotectFlags::empty()) }
-            .map_err(|e| os_err(e.into()))
+        unsafe { protect(self.map.as_mut_ptr().add(offset), len, libc::PROT_NONE) }
     }
 }
