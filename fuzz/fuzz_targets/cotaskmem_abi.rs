@@ -26,10 +26,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
 use libfuzzer_sys::fuzz_target;
 use napalloc::ffi::{CoGetMalloc, CoTaskMemAlloc, CoTaskMemFree, CoTaskMemRealloc, NapallocHeapMinimize};
-use napalloc::heap;
 use napalloc::hr::{E_INVALIDARG, E_NOINTERFACE, S_OK};
 use napalloc::nap::types::{Guid, IMalloc, IMallocVtbl, IID_IMALLOC, IID_IUNKNOWN};
-use shared::{stats, Probe, Size, Target};
+use shared::{stats, Child, Probe, Realloc, Size, Target, SERVED_MAX};
 
 const MAX_STEPS: usize = 400;
 
@@ -54,9 +53,6 @@ const EDGES: &[usize] = &[
     usize::MAX - 15,
     usize::MAX,
 ];
-
-/// Largest size the heap is certain to refuse below: anything above `u32::MAX`.
-const SERVED_MAX: usize = u32::MAX as usize;
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Ptr {
@@ -200,15 +196,14 @@ impl Model {
                 let size = size.get(EDGES);
                 let (pp, target) = self.resolve(parent);
                 let Some(pp) = std::ptr::NonNull::new(pp) else { return };
-                let before = stats();
-                let res = heap::alloc_child(pp, size);
-                match (target, res) {
-                    (Target::Live(pid), Some(p)) => self.on_alloc(p.as_ptr(), size, Some(pid), "alloc_child"),
-                    (Target::Live(_), None) => self.failed_alloc(size, "alloc_child"),
-                    (_, Some(p)) => panic!("alloc_child under non-block {pp:p} returned {p:p}"),
-                    // A bad parent and a size no block has: reported as either, once.
-                    (_, None) if size > SERVED_MAX => self.h.on_refused_parent(&before, pp.as_ptr(), size),
-                    (_, None) => self.h.bad += 1,
+                match self.h.alloc_child_at(pp, target, size) {
+                    Child::New(p, pid) => self.on_alloc(p, size, Some(pid), "alloc_child"),
+                    Child::Failed(_) => self.failed_alloc(size, "alloc_child"),
+                    // A bad parent and a size no block has: reported as either, once; a bad parent
+                    // and a served size: a bad pointer.
+                    Child::Refused { as_failure } => {
+                        assert!(size > SERVED_MAX || !as_failure, "alloc_child({pp:p}, {size}) counted as a failure")
+                    }
                 }
             }
             Op::Free(via, p) => {
@@ -223,10 +218,7 @@ impl Model {
             }
             Op::FreeTree(p) => {
                 let (pp, target) = self.resolve(p);
-                // SAFETY: a live block is forgotten by the model; anything else is refused.
-                let freed = unsafe { heap::free_tree(pp) };
-                assert_eq!(freed, matches!(target, Target::Live(_)), "free_tree({pp:p}) of {target:?}");
-                self.h.on_free(target, true);
+                self.h.free_tree_at(pp, target);
             }
             Op::Realloc(via, p, size) => {
                 let size = size.get(EDGES);
@@ -237,26 +229,11 @@ impl Model {
                     // SAFETY: as above.
                     Via::IMalloc => unsafe { (self.vtbl().realloc)(self.malloc, pp.cast(), size) }.cast(),
                 };
-                match target {
-                    Target::Null if q.is_null() => self.failed_alloc(size, "realloc(NULL)"),
-                    Target::Null => self.on_alloc(q, size, None, "realloc(NULL)"),
-                    Target::Bad => {
-                        assert!(q.is_null(), "realloc of non-block {pp:p} returned {q:p}");
-                        self.h.bad += 1;
-                    }
-                    Target::Live(id) if size == 0 => {
-                        assert!(q.is_null(), "realloc(p, 0) returns NULL");
-                        self.h.free_one(id);
-                    }
-                    Target::Live(id) if q.is_null() => {
-                        self.failed_alloc(size, "realloc");
-                        let b = &self.h.blocks[&id];
-                        assert_eq!(self.get_size(b.ptr), (Some(b.size), 1), "a failed realloc keeps the block");
-                    }
-                    Target::Live(id) => {
-                        assert!(size <= SERVED_MAX, "realloc to {size} succeeded");
-                        self.h.on_realloc(id, q, size);
-                    }
+                match self.h.on_realloc(pp, target, size, q) {
+                    Realloc::New => self.on_alloc(q, size, None, "realloc(NULL)"),
+                    Realloc::Failed(None) => self.failed_alloc(size, "realloc(NULL)"),
+                    Realloc::Failed(Some(_)) => self.failed_alloc(size, "realloc"),
+                    Realloc::Done => {}
                 }
             }
             Op::SizeOf(p) => {

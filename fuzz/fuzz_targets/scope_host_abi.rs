@@ -57,7 +57,7 @@ use napalloc::heap;
 use napalloc::host::global_budget;
 use napalloc::hr::{self, E_INVALIDARG, E_OUTOFMEMORY, E_POINTER, HRESULT, S_OK};
 use napalloc::nap::types::{EMemoryCriticalLevel, IHostMemoryManager, NapallocScope};
-use shared::{stats, Id, Probe, Size, Target};
+use shared::{stats, Child, Id, Probe, Realloc, Size, Target, SERVED_MAX};
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
@@ -66,8 +66,6 @@ const MAX_STEPS: usize = 300;
 const MAX_DEPTH: usize = 8;
 /// Scope heaps made before the first input (see [`prepare`]).
 const PREPARED: usize = 6;
-/// Largest size the heap serves; anything above `u32::MAX` must fail.
-const SERVED_MAX: usize = u32::MAX as usize;
 const EDGES: &[usize] = &[0, 1, 16, 17, 4095, 4096, 65536, 1 << 20, u32::MAX as usize + 1, usize::MAX - 15, usize::MAX];
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -396,20 +394,17 @@ impl Model {
                 let size = size.get(EDGES);
                 let (pp, target) = self.resolve(parent);
                 let Some(pp) = std::ptr::NonNull::new(pp) else { return };
-                let before = stats();
-                let res = heap::alloc_child(pp, size);
-                match (target, res) {
-                    (Target::Live(pid), Some(p)) => {
+                match self.h.alloc_child_at(pp, target, size) {
+                    Child::New(p, pid) => {
                         let owner = self.h.blocks[&pid].extra;
-                        self.on_alloc(p.as_ptr(), size, owner, Some(pid));
+                        self.on_alloc(p, size, owner, Some(pid));
                     }
-                    (Target::Live(pid), None) => {
+                    Child::Failed(pid) => {
                         let owner = self.h.blocks[&pid].extra;
                         self.failed_alloc(size, owner, "alloc_child");
                     }
-                    (_, Some(p)) => panic!("alloc_child under non-block {pp:p} returned {p:p}"),
                     // A bad parent (and maybe a size no block has): reported once, as either.
-                    (_, None) => self.h.on_refused_parent(&before, pp.as_ptr(), size),
+                    Child::Refused { .. } => {}
                 }
             }
             Op::Free(p) => {
@@ -420,37 +415,21 @@ impl Model {
             }
             Op::FreeTree(p) => {
                 let (pp, target) = self.resolve(p);
-                // SAFETY: a live block is forgotten by the model; anything else is refused.
-                let freed = unsafe { heap::free_tree(pp) };
-                assert_eq!(freed, matches!(target, Target::Live(_)), "free_tree({pp:p}) of {target:?}");
-                self.h.on_free(target, true);
+                self.h.free_tree_at(pp, target);
             }
             Op::Realloc(p, size) => {
                 let size = size.get(EDGES);
                 let (pp, target) = self.resolve(p);
                 // SAFETY: if the block moves or is freed the model forgets the old pointer.
                 let q: *mut u8 = unsafe { CoTaskMemRealloc(pp.cast(), size) }.cast();
-                match target {
-                    Target::Null if q.is_null() => self.failed_alloc(size, self.current(), "realloc(NULL)"),
-                    Target::Null => self.on_alloc(q, size, self.current(), None),
-                    Target::Bad => {
-                        assert!(q.is_null(), "realloc of non-block {pp:p} returned {q:p}");
-                        self.h.bad += 1;
-                    }
-                    Target::Live(id) if size == 0 => {
-                        assert!(q.is_null(), "realloc(p, 0) returns NULL");
-                        self.h.free_one(id);
-                    }
-                    Target::Live(id) if q.is_null() => {
-                        let b = &self.h.blocks[&id];
-                        let (owner, ptr, old) = (b.extra, b.ptr, b.size);
+                match self.h.on_realloc(pp, target, size, q) {
+                    Realloc::New => self.on_alloc(q, size, self.current(), None),
+                    Realloc::Failed(None) => self.failed_alloc(size, self.current(), "realloc(NULL)"),
+                    Realloc::Failed(Some(id)) => {
+                        let owner = self.h.blocks[&id].extra;
                         self.failed_alloc(size, owner, "realloc");
-                        assert_eq!(heap::size_of(ptr), Some(old), "a failed realloc keeps the block");
                     }
-                    Target::Live(id) => {
-                        assert!(size <= SERVED_MAX, "realloc to {size} succeeded");
-                        self.h.on_realloc(id, q, size);
-                    }
+                    Realloc::Done => {}
                 }
             }
             Op::Enter { null_out } => {

@@ -13,6 +13,7 @@ use napalloc::hr::S_OK;
 use napalloc::nap::types::NapallocStats;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
+use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 // ---------------------------------------------------------------------------------------------
@@ -76,6 +77,9 @@ pub fn run_steps<'a, Op: Arbitrary<'a> + Debug>(u: &mut Unstructured<'a>, max_st
 // ---------------------------------------------------------------------------------------------
 // The task heap through its C ABI
 
+/// Largest size the task heap serves: anything above `u32::MAX` must fail.
+pub const SERVED_MAX: usize = u32::MAX as usize;
+
 /// A size: small ones, or one of the target's edges.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Size {
@@ -128,6 +132,28 @@ pub enum Target {
     Null,
     Live(Id),
     Bad,
+}
+
+/// What [`Heap::alloc_child_at`] leaves to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Child {
+    /// A new block under live block `parent`: the target takes it with [`Heap::on_alloc`].
+    New(*mut u8, Id),
+    /// The allocation under live block `parent` failed.
+    Failed(Id),
+    /// The parent is no block: refused, counted as a failed allocation or as a bad pointer.
+    Refused { as_failure: bool },
+}
+
+/// What [`Heap::on_realloc`] leaves to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Realloc {
+    /// `realloc(NULL, n)` returned a new block.
+    New,
+    /// The allocation failed: a new one (`None`), or the growth of live block `id`, which is kept.
+    Failed(Option<Id>),
+    /// The model has it all.
+    Done,
 }
 
 /// The blocks this input holds in the process-wide task heap, and the changes of the heap's
@@ -268,20 +294,70 @@ impl<X, P: Probe> Heap<X, P> {
         }
     }
 
-    /// `alloc_child` under a parent that is no block (`before`: the books before the call) was
-    /// refused: reported once, as a bad pointer or (for a size no block has) a failed allocation.
-    pub fn on_refused_parent(&mut self, before: &NapallocStats, pp: *mut u8, size: usize) {
-        let now = stats();
-        let bad = now.bad_pointer_reports - before.bad_pointer_reports;
-        let failed = now.failed_allocations - before.failed_allocations;
-        assert_eq!(bad + failed, 1, "alloc_child({pp:p}, {size}): {bad} bad, {failed} failed");
-        self.bad += bad;
-        self.failed += failed;
+    /// `heap::alloc_child(pp, size)` (what the NapUtil `Alloc*` functions do) under `target`: a
+    /// block under a live parent, or a failure the target judges; under anything else, refused and
+    /// reported once, as a bad pointer or as a failed allocation.
+    pub fn alloc_child_at(&mut self, pp: NonNull<u8>, target: Target, size: usize) -> Child {
+        let before = stats();
+        let res = napalloc::heap::alloc_child(pp, size);
+        match (target, res) {
+            (Target::Live(pid), Some(p)) => Child::New(p.as_ptr(), pid),
+            (Target::Live(pid), None) => Child::Failed(pid),
+            (_, Some(p)) => panic!("alloc_child under non-block {pp:p} returned {p:p}"),
+            (_, None) => {
+                let now = stats();
+                let bad = now.bad_pointer_reports - before.bad_pointer_reports;
+                let failed = now.failed_allocations - before.failed_allocations;
+                assert_eq!(bad + failed, 1, "alloc_child({pp:p}, {size}): {bad} bad, {failed} failed");
+                self.bad += bad;
+                self.failed += failed;
+                Child::Refused { as_failure: failed == 1 }
+            }
+        }
+    }
+
+    /// `free_tree(pp)` (what a NapUtil `Free*` does) of `target`: a live block is freed with its
+    /// embedded blocks, anything else is refused.
+    pub fn free_tree_at(&mut self, pp: *mut u8, target: Target) {
+        // SAFETY: a live block is forgotten by the model; anything else is refused.
+        let freed = unsafe { napalloc::heap::free_tree(pp) };
+        assert_eq!(freed, matches!(target, Target::Live(_)), "free_tree({pp:p}) of {target:?}");
+        self.on_free(target, true);
+    }
+
+    /// A realloc of `pp` (which is `target`) to `size` bytes returned `q`. SPEC §5: NULL
+    /// allocates, a bad pointer is refused, size 0 frees and returns NULL, a failed grow keeps
+    /// the block; what is left to the target is the new block or the failure.
+    pub fn on_realloc(&mut self, pp: *mut u8, target: Target, size: usize, q: *mut u8) -> Realloc {
+        match target {
+            Target::Null if q.is_null() => Realloc::Failed(None),
+            Target::Null => Realloc::New,
+            Target::Bad => {
+                assert!(q.is_null(), "realloc of non-block {pp:p} returned {q:p}");
+                self.bad += 1;
+                Realloc::Done
+            }
+            Target::Live(id) if size == 0 => {
+                assert!(q.is_null(), "realloc(p, 0) returns NULL");
+                self.free_one(id);
+                Realloc::Done
+            }
+            Target::Live(id) if q.is_null() => {
+                let b = &self.blocks[&id];
+                self.probe.expect(b.ptr, Some(b.size), "a failed realloc keeps the block");
+                Realloc::Failed(Some(id))
+            }
+            Target::Live(id) => {
+                assert!(size <= SERVED_MAX, "realloc to {size} succeeded");
+                self.on_moved(id, q, size);
+                Realloc::Done
+            }
+        }
     }
 
     /// A realloc of live block `id` to `size` bytes returned `q`: the contents are kept up to the
     /// smaller size, the block is `q` now, and the old address (if it moved) is no block.
-    pub fn on_realloc(&mut self, id: Id, q: *mut u8, size: usize) {
+    fn on_moved(&mut self, id: Id, q: *mut u8, size: usize) {
         assert_eq!(q as usize % ALIGN, 0);
         let b = self.blocks.get_mut(&id).unwrap();
         let (old_addr, old_size, tag) = (b.addr, b.size, b.tag);
