@@ -19,8 +19,9 @@ use std::sync::OnceLock;
 // ---------------------------------------------------------------------------------------------
 // The canary
 
-/// Byte `i` of the pattern of a block tagged `tag`. Neighbouring bytes differ, so does the same
-/// byte of blocks with different tags (up to 65536 of them).
+/// Byte `i` of the pattern of a block tagged `tag`: it depends on the offset and on the tag, so
+/// that a byte written with anything else (zeros, another offset's byte, another block's) is
+/// caught, as a rule, by [`verify`].
 #[inline]
 pub fn pattern(tag: u32, i: usize) -> u8 {
     (tag as u8) ^ (i as u8) ^ ((i >> 8) as u8).rotate_left(3) ^ ((i >> 16) as u8).rotate_left(5) ^ ((tag >> 8) as u8)
