@@ -19,16 +19,16 @@
 //! heap's counters since the input started, and every input frees what it allocated.
 #![no_main]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
 use libfuzzer_sys::fuzz_target;
-use napalloc::ffi::{
-    CoGetMalloc, CoTaskMemAlloc, CoTaskMemFree, CoTaskMemRealloc, NapallocGetStats, NapallocHeapMinimize,
-};
-use napalloc::heap::{self, ALIGN};
+use napalloc::ffi::{CoGetMalloc, CoTaskMemAlloc, CoTaskMemFree, CoTaskMemRealloc, NapallocHeapMinimize};
 use napalloc::hr::{E_INVALIDARG, E_NOINTERFACE, S_OK};
-use napalloc::nap::types::{Guid, IMalloc, NapallocStats, IID_IMALLOC, IID_IUNKNOWN};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use napalloc::nap::types::{Guid, IMalloc, IMallocVtbl, IID_IMALLOC, IID_IUNKNOWN};
+use shared::{stats, Child, Probe, Realloc, Size, Target, SERVED_MAX};
 
 const MAX_STEPS: usize = 400;
 
@@ -53,26 +53,6 @@ const EDGES: &[usize] = &[
     usize::MAX - 15,
     usize::MAX,
 ];
-
-/// Largest size the heap is certain to refuse below: anything above `u32::MAX`.
-const SERVED_MAX: usize = u32::MAX as usize;
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Size {
-    Tiny(u8),
-    Small(u16),
-    Edge(u8),
-}
-
-impl Size {
-    fn get(self) -> usize {
-        match self {
-            Size::Tiny(n) => n as usize,
-            Size::Small(n) => n as usize,
-            Size::Edge(k) => EDGES[k as usize % EDGES.len()],
-        }
-    }
-}
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Ptr {
@@ -124,54 +104,35 @@ enum Op {
     AddRefRelease,
 }
 
-type Id = u64;
+/// The process-wide `IMalloc` (from `CoGetMalloc(1, ..)`): `GetSize` and `DidAlloc` through its
+/// vtable answer what the model asks the heap.
+#[derive(Clone, Copy)]
+struct Malloc(*mut IMalloc);
 
-struct Block {
-    addr: usize,
-    size: usize,
-    parent: Option<Id>,
-    children: BTreeSet<Id>,
-    tag: u8,
-    ptr: *mut u8,
-}
+impl Malloc {
+    fn vtbl(self) -> &'static IMallocVtbl {
+        // SAFETY: `self.0` is the live process-wide IMalloc; its vtable is static.
+        unsafe { &*(*self.0).vtbl }
+    }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    Null,
-    Live(Id),
-    Bad,
-}
-
-fn pattern(tag: u8, i: usize) -> u8 {
-    tag ^ (i as u8) ^ ((i >> 8) as u8).rotate_left(3)
-}
-
-fn fill(p: *mut u8, from: usize, to: usize, tag: u8) {
-    for i in from..to {
-        // SAFETY: `p` is a live heap block of at least `to` bytes owned by this input.
-        unsafe { p.add(i).write(pattern(tag, i)) };
+    /// `GetSize` and `DidAlloc` of `p` through the vtable (`None` for `(SIZE_T)-1`).
+    fn get_size(self, p: *mut u8) -> (Option<usize>, i32) {
+        let v = self.vtbl();
+        // SAFETY: the IMalloc methods take any pointer and refuse what is not a live block.
+        let (size, did) = unsafe { ((v.get_size)(self.0, p.cast()), (v.did_alloc)(self.0, p.cast())) };
+        ((size != usize::MAX).then_some(size), did)
     }
 }
 
-fn verify(p: *const u8, size: usize, tag: u8, what: &str) {
-    for i in 0..size {
-        // SAFETY: `p` is a live heap block of `size` bytes owned by this input.
-        let got = unsafe { p.add(i).read() };
-        assert_eq!(got, pattern(tag, i), "{what} {p:p} (size {size}): byte {i} was overwritten");
+impl Probe for Malloc {
+    fn expect(&self, p: *mut u8, size: Option<usize>, what: &str) {
+        let did = if size.is_some() { 1 } else { 0 };
+        assert_eq!(self.get_size(p), (size, did), "{what} {p:p}: GetSize/DidAlloc");
     }
 }
 
 struct Model {
-    blocks: HashMap<Id, Block>,
-    by_addr: BTreeMap<usize, Id>,
-    freed: Vec<usize>,
-    next_id: Id,
-    next_tag: u8,
-    live_bytes: u64,
-    bad: u64,
-    failed: u64,
-    trims: u64,
-    base: NapallocStats,
+    h: shared::Heap<(), Malloc>,
     /// The process-wide `IMalloc`, from `CoGetMalloc(1, ..)`.
     malloc: *mut IMalloc,
     stack: usize,
@@ -179,110 +140,37 @@ struct Model {
 }
 
 impl Model {
-    fn nth_live(&self, n: u16) -> Option<(usize, Id)> {
-        if self.by_addr.is_empty() {
-            return None;
-        }
-        self.by_addr.iter().nth(n as usize % self.by_addr.len()).map(|(a, id)| (*a, *id))
-    }
-
     fn resolve(&self, p: Ptr) -> (*mut u8, Target) {
+        let h = &self.h;
         let addr = match p {
             Ptr::Null => 0,
-            Ptr::Live(n) => self.nth_live(n).map_or(self.stack, |(a, _)| a),
-            Ptr::Interior(n, k) => self.nth_live(n).map_or(self.heap + 1, |(a, _)| a + 1 + k as usize),
-            Ptr::Freed(n) if !self.freed.is_empty() => self.freed[n as usize % self.freed.len()],
-            Ptr::Freed(_) => self.heap,
+            Ptr::Live(n) => h.nth_live(n).unwrap_or(self.stack),
+            Ptr::Interior(n, k) => h.nth_live(n).map_or(self.heap + 1, |a| a + 1 + k as usize),
+            Ptr::Freed(n) => h.nth_freed(n).unwrap_or(self.heap),
             Ptr::Stack(k) => self.stack + k as usize,
             Ptr::Heap(k) => self.heap + k as usize,
             Ptr::Int(a) => a,
         };
-        if addr == 0 {
-            return (std::ptr::null_mut(), Target::Null);
-        }
-        match self.by_addr.get(&addr) {
-            Some(id) => (self.blocks[id].ptr, Target::Live(*id)),
-            // No provenance: the heap only compares such pointers.
-            None => (std::ptr::without_provenance_mut(addr), Target::Bad),
-        }
+        h.lookup(addr)
     }
 
-    fn on_alloc(&mut self, p: *mut u8, size: usize, parent: Option<Id>) {
-        let addr = p as usize;
-        assert_ne!(addr, 0);
-        assert_eq!(addr % ALIGN, 0, "block {p:p} is not {ALIGN}-aligned");
-        assert!(!self.by_addr.contains_key(&addr), "block {p:p} handed out twice");
-        if let Some((&a, id)) = self.by_addr.range(..addr).next_back() {
-            assert!(a + self.blocks[id].size.max(1) <= addr, "new block {p:p} overlaps {a:#x}");
-        }
-        if let Some((&a, _)) = self.by_addr.range(addr..).next() {
-            assert!(addr + size.max(1) <= a, "new block {p:p}+{size} overlaps {a:#x}");
-        }
-        assert_eq!(self.get_size(p), (Some(size), 1), "GetSize/DidAlloc of a new block");
-        self.next_tag = self.next_tag.wrapping_add(1);
-        let tag = self.next_tag;
-        fill(p, 0, size, tag);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.blocks.insert(id, Block { addr, size, parent, children: BTreeSet::new(), tag, ptr: p });
-        if let Some(pid) = parent {
-            self.blocks.get_mut(&pid).unwrap().children.insert(id);
-        }
-        self.by_addr.insert(addr, id);
-        self.live_bytes += size as u64;
-    }
-
-    fn forget(&mut self, id: Id) -> Block {
-        let b = self.blocks.remove(&id).unwrap();
-        self.by_addr.remove(&b.addr);
-        self.live_bytes -= b.size as u64;
-        if self.freed.len() < 64 {
-            self.freed.push(b.addr);
-        } else {
-            self.freed[(self.next_id as usize) % 64] = b.addr;
-        }
-        if let Some(pid) = b.parent {
-            if let Some(pb) = self.blocks.get_mut(&pid) {
-                pb.children.remove(&id);
-            }
-        }
-        b
-    }
-
-    fn free_one(&mut self, id: Id) {
-        let b = self.forget(id);
-        for c in &b.children {
-            self.blocks.get_mut(c).unwrap().parent = None;
-        }
-        assert_gone(self, b.addr);
-    }
-
-    fn free_tree(&mut self, id: Id) {
-        let mut stack = vec![id];
-        while let Some(i) = stack.pop() {
-            let b = self.forget(i);
-            assert_gone(self, b.addr);
-            stack.extend(b.children);
-        }
+    fn on_alloc(&mut self, p: *mut u8, size: usize, parent: Option<shared::Id>, what: &str) {
+        assert!(size <= SERVED_MAX, "{what}({size}) succeeded");
+        self.h.on_alloc(p, size, parent, ());
     }
 
     /// A failed allocation: only for sizes the heap never serves.
     fn failed_alloc(&mut self, size: usize, what: &str) {
         assert!(size > SERVED_MAX, "{what}({size}) failed");
-        self.failed += 1;
+        self.h.failed += 1;
     }
 
-    fn vtbl(&self) -> &napalloc::nap::types::IMallocVtbl {
-        // SAFETY: `malloc` is the live process-wide IMalloc; its vtable is static.
-        unsafe { &*(*self.malloc).vtbl }
+    fn vtbl(&self) -> &'static IMallocVtbl {
+        Malloc(self.malloc).vtbl()
     }
 
-    /// `GetSize` and `DidAlloc` of `p` through the vtable (`None` for `(SIZE_T)-1`).
     fn get_size(&self, p: *mut u8) -> (Option<usize>, i32) {
-        let v = self.vtbl();
-        // SAFETY: the IMalloc methods take any pointer and refuse what is not a live block.
-        let (size, did) = unsafe { ((v.get_size)(self.malloc, p.cast()), (v.did_alloc)(self.malloc, p.cast())) };
-        ((size != usize::MAX).then_some(size), did)
+        Malloc(self.malloc).get_size(p)
     }
 
     fn alloc(&self, via: Via, size: usize) -> *mut u8 {
@@ -296,38 +184,26 @@ impl Model {
     fn step(&mut self, op: Op) {
         match op {
             Op::Alloc(via, size) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let p = self.alloc(via, size);
                 if p.is_null() {
                     self.failed_alloc(size, "alloc");
                 } else {
-                    assert!(size <= SERVED_MAX, "alloc({size}) succeeded");
-                    self.on_alloc(p, size, None);
+                    self.on_alloc(p, size, None, "alloc");
                 }
             }
             Op::AllocChild(parent, size) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let (pp, target) = self.resolve(parent);
                 let Some(pp) = std::ptr::NonNull::new(pp) else { return };
-                let before = stats();
-                let res = heap::alloc_child(pp, size);
-                match (target, res) {
-                    (Target::Live(pid), Some(p)) => {
-                        assert!(size <= SERVED_MAX, "alloc_child({size}) succeeded");
-                        self.on_alloc(p.as_ptr(), size, Some(pid));
+                match self.h.alloc_child_at(pp, target, size) {
+                    Child::New(p, pid) => self.on_alloc(p, size, Some(pid), "alloc_child"),
+                    Child::Failed(_) => self.failed_alloc(size, "alloc_child"),
+                    // A bad parent and a size no block has: reported as either, once; a bad parent
+                    // and a served size: a bad pointer.
+                    Child::Refused { as_failure } => {
+                        assert!(size > SERVED_MAX || !as_failure, "alloc_child({pp:p}, {size}) counted as a failure")
                     }
-                    (Target::Live(_), None) => self.failed_alloc(size, "alloc_child"),
-                    (_, Some(p)) => panic!("alloc_child under non-block {pp:p} returned {p:p}"),
-                    (_, None) if size > SERVED_MAX => {
-                        // A bad parent and a size no block has: reported as either, once.
-                        let now = stats();
-                        let bad = now.bad_pointer_reports - before.bad_pointer_reports;
-                        let failed = now.failed_allocations - before.failed_allocations;
-                        assert_eq!(bad + failed, 1, "alloc_child({pp:p}, {size}): {bad} bad, {failed} failed");
-                        self.bad += bad;
-                        self.failed += failed;
-                    }
-                    (_, None) => self.bad += 1,
                 }
             }
             Op::Free(via, p) => {
@@ -338,25 +214,14 @@ impl Model {
                     // SAFETY: as above.
                     Via::IMalloc => unsafe { (self.vtbl().free)(self.malloc, pp.cast()) },
                 }
-                match target {
-                    Target::Null => {}
-                    Target::Bad => self.bad += 1,
-                    Target::Live(id) => self.free_one(id),
-                }
+                self.h.on_free(target, false);
             }
             Op::FreeTree(p) => {
                 let (pp, target) = self.resolve(p);
-                // SAFETY: a live block is forgotten by the model; anything else is refused.
-                let freed = unsafe { heap::free_tree(pp) };
-                assert_eq!(freed, matches!(target, Target::Live(_)), "free_tree({pp:p}) of {target:?}");
-                match target {
-                    Target::Null => {}
-                    Target::Bad => self.bad += 1,
-                    Target::Live(id) => self.free_tree(id),
-                }
+                self.h.free_tree_at(pp, target);
             }
             Op::Realloc(via, p, size) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let (pp, target) = self.resolve(p);
                 let q: *mut u8 = match via {
                     // SAFETY: if the block moves or is freed the model forgets the old pointer.
@@ -364,41 +229,11 @@ impl Model {
                     // SAFETY: as above.
                     Via::IMalloc => unsafe { (self.vtbl().realloc)(self.malloc, pp.cast(), size) }.cast(),
                 };
-                match target {
-                    Target::Null if q.is_null() => self.failed_alloc(size, "realloc(NULL)"),
-                    Target::Null => self.on_alloc(q, size, None),
-                    Target::Bad => {
-                        assert!(q.is_null(), "realloc of non-block {pp:p} returned {q:p}");
-                        self.bad += 1;
-                    }
-                    Target::Live(id) if size == 0 => {
-                        assert!(q.is_null(), "realloc(p, 0) returns NULL");
-                        self.free_one(id);
-                    }
-                    Target::Live(id) if q.is_null() => {
-                        self.failed_alloc(size, "realloc");
-                        let b = &self.blocks[&id];
-                        assert_eq!(self.get_size(b.ptr), (Some(b.size), 1), "a failed realloc keeps the block");
-                    }
-                    Target::Live(id) => {
-                        assert!(size <= SERVED_MAX, "realloc to {size} succeeded");
-                        assert_eq!(q as usize % ALIGN, 0);
-                        let b = self.blocks.get_mut(&id).unwrap();
-                        let (old_addr, old_size, tag) = (b.addr, b.size, b.tag);
-                        verify(q, old_size.min(size), tag, "realloc kept contents of");
-                        fill(q, old_size.min(size), size, tag);
-                        b.addr = q as usize;
-                        b.size = size;
-                        b.ptr = q;
-                        self.live_bytes = self.live_bytes - old_size as u64 + size as u64;
-                        self.by_addr.remove(&old_addr);
-                        if old_addr != q as usize {
-                            assert!(!self.by_addr.contains_key(&(q as usize)), "realloc returned a live block");
-                            assert_gone(self, old_addr);
-                        }
-                        self.by_addr.insert(q as usize, id);
-                        assert_eq!(self.get_size(q), (Some(size), 1));
-                    }
+                match self.h.on_realloc(pp, target, size, q) {
+                    Realloc::New => self.on_alloc(q, size, None, "realloc(NULL)"),
+                    Realloc::Failed(None) => self.failed_alloc(size, "realloc(NULL)"),
+                    Realloc::Failed(Some(_)) => self.failed_alloc(size, "realloc"),
+                    Realloc::Done => {}
                 }
             }
             Op::SizeOf(p) => {
@@ -408,13 +243,13 @@ impl Model {
                 match target {
                     Target::Null => assert_eq!(got, (None, -1), "GetSize/DidAlloc(NULL)"),
                     Target::Bad => assert_eq!(got, (None, 0), "GetSize/DidAlloc({pp:p})"),
-                    Target::Live(id) => assert_eq!(got, (Some(self.blocks[&id].size), 1)),
+                    Target::Live(id) => assert_eq!(got, (Some(self.h.blocks[&id].size), 1)),
                 }
                 // Whether size queries of bad pointers are counted is the heap's choice; at most
                 // once each.
                 let counted = stats().bad_pointer_reports - before;
                 assert!(counted <= 2 && (target == Target::Bad || counted == 0), "{counted} bad pointers counted");
-                self.bad += counted;
+                self.h.bad += counted;
             }
             Op::HeapMinimize(via) => {
                 match via {
@@ -422,7 +257,7 @@ impl Model {
                     // SAFETY: a live IMalloc.
                     Via::IMalloc => unsafe { (self.vtbl().heap_minimize)(self.malloc) },
                 }
-                self.trims += 1;
+                self.h.trims += 1;
             }
             Op::GetMalloc { context, null_out } => {
                 if null_out {
@@ -478,80 +313,31 @@ impl Model {
     }
 
     fn check(&self) {
-        let s = stats();
-        let b = &self.base;
-        assert_eq!(s.live_blocks - b.live_blocks, self.blocks.len() as u64, "live_blocks ({s:?})");
-        assert_eq!(s.live_bytes - b.live_bytes, self.live_bytes, "live_bytes ({s:?})");
-        assert_eq!(s.bad_pointer_reports - b.bad_pointer_reports, self.bad, "bad_pointer_reports ({s:?})");
-        assert_eq!(s.failed_allocations - b.failed_allocations, self.failed, "failed_allocations ({s:?})");
-        assert_eq!(s.trims - b.trims, self.trims, "trims ({s:?})");
-        for b in self.blocks.values() {
-            verify(b.ptr, b.size, b.tag, "live block");
-            assert_eq!(self.get_size(b.ptr), (Some(b.size), 1));
-        }
+        let s = self.h.check();
+        assert_eq!(s.trims - self.h.base.trims, self.h.trims, "trims ({s:?})");
     }
-}
-
-/// The heap's books through the C ABI.
-fn stats() -> NapallocStats {
-    let mut s = NapallocStats::default();
-    // SAFETY: `s` is writable.
-    assert_eq!(unsafe { NapallocGetStats(&mut s) }, S_OK);
-    s
-}
-
-fn assert_gone(m: &Model, addr: usize) {
-    let p = std::ptr::without_provenance_mut::<u8>(addr);
-    assert_eq!(m.get_size(p), (None, 0), "freed block {p:p} still allocated");
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
     let stack = [0u8; 256];
     let heap_buf = vec![0u8; 256];
     let mut malloc: *mut IMalloc = std::ptr::null_mut();
     // SAFETY: `malloc` is writable.
     assert_eq!(unsafe { CoGetMalloc(1, &mut malloc) }, S_OK);
     let mut m = Model {
-        blocks: HashMap::new(),
-        by_addr: BTreeMap::new(),
-        freed: Vec::new(),
-        next_id: 0,
-        next_tag: 0,
-        live_bytes: 0,
-        bad: 0,
-        failed: 0,
-        trims: 0,
-        base: stats(),
+        h: shared::Heap::new(Malloc(malloc)),
         malloc,
         stack: stack.as_ptr() as usize,
         heap: heap_buf.as_ptr() as usize,
     };
-    for _ in 0..MAX_STEPS {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(op) = Op::arbitrary(&mut u) else { break };
-        if trace {
-            eprintln!("{op:?}");
-        }
+    shared::run_steps(&mut u, MAX_STEPS, |op: Op| {
         m.step(op);
         m.check();
-    }
+    });
     // Give back what this input allocated: the heap's books return to where they started.
-    // Newest first (a deterministic order, so that a crash reproduces).
-    let mut roots: Vec<Id> = m.blocks.iter().filter(|(_, b)| b.parent.is_none()).map(|(id, _)| *id).collect();
-    roots.sort_unstable_by(|a, b| b.cmp(a));
-    for id in roots {
-        let p = m.blocks[&id].ptr;
-        // SAFETY: a live root of this input; the model forgets it and its subtree.
-        assert!(unsafe { heap::free_tree(p) });
-        m.free_tree(id);
-    }
+    m.h.free_all();
     m.check();
-    let s = stats();
-    assert_eq!((s.live_blocks, s.live_bytes), (m.base.live_blocks, m.base.live_bytes));
     // SAFETY: the reference CoGetMalloc gave this input.
     unsafe { (m.vtbl().release)(malloc) };
 });

@@ -17,16 +17,20 @@
 //!   unreadable pointer sits where a pointer member would be, and must be left alone.
 #![no_main]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use arbitrary::{Arbitrary, Unstructured};
 use core::ffi::c_void;
 use core::ptr::{self, addr_of_mut};
 use core::sync::atomic::{AtomicU32, Ordering};
 use libfuzzer_sys::fuzz_target;
-use napalloc::ffi::{CoTaskMemAlloc, CoTaskMemFree, NapallocGetStats};
+use napalloc::ffi::{CoTaskMemAlloc, CoTaskMemFree};
 use napalloc::hr::{E_INVALIDARG, S_OK};
 use napalloc::nap::ffi::*;
 use napalloc::nap::types::*;
 use napalloc::os::Reservation;
+use shared::stats;
 use std::sync::OnceLock;
 
 const MAX_STEPS: usize = 200;
@@ -111,13 +115,6 @@ fn unreadable() -> usize {
         std::mem::forget(r); // lives for the process
         a
     })
-}
-
-fn stats() -> NapallocStats {
-    let mut s = NapallocStats::default();
-    // SAFETY: `s` is writable.
-    assert_eq!(unsafe { NapallocGetStats(&mut s) }, S_OK);
-    s
 }
 
 fn alloc(size: usize) -> *mut u8 {
@@ -579,17 +576,7 @@ impl Ctx {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
     let stack = [0u8; 512];
     let ctx = Ctx { stack: stack.as_ptr() };
-    for _ in 0..MAX_STEPS {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(op) = Op::arbitrary(&mut u) else { break };
-        if trace {
-            eprintln!("{op:?}");
-        }
-        ctx.step(op);
-    }
+    shared::run_steps(&mut u, MAX_STEPS, |op: Op| ctx.step(op));
 });

@@ -27,6 +27,9 @@
 //! checks' back; the pool's figures must agree with its regions and with the budget.
 #![no_main]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use napalloc::host::{Budget, HostSource, PageSource, Source, FAILED_SOURCE_HRESULT};
@@ -34,6 +37,7 @@ use napalloc::hr::{self, HRESULT};
 use napalloc::os::{page_size, Reservation};
 use napalloc::pool::{ArenaPool, OnExhausted, PooledRegion};
 use napalloc::{CriticalLevel, Error, PageArena, Region};
+use shared::{fill, verify};
 use std::alloc::Layout;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
@@ -336,26 +340,6 @@ impl PageSource for Faulty {
 // ---------------------------------------------------------------------------------------------
 // The model
 
-#[inline]
-fn pattern(tag: u32, i: usize) -> u8 {
-    (tag as u8) ^ (i as u8) ^ ((i >> 8) as u8).rotate_left(3) ^ ((tag >> 8) as u8)
-}
-
-fn fill(p: NonNull<u8>, from: usize, to: usize, tag: u32) {
-    for i in from..to {
-        // SAFETY: `p` is a live block of at least `to` bytes owned by the model.
-        unsafe { p.as_ptr().add(i).write(pattern(tag, i)) };
-    }
-}
-
-fn verify(p: NonNull<u8>, size: usize, tag: u32, what: &str) {
-    for i in 0..size {
-        // SAFETY: `p` is a live block of `size` bytes owned by the model.
-        let got = unsafe { p.as_ptr().add(i).read() };
-        assert_eq!(got, pattern(tag, i), "{what} {p:p} (size {size}): byte {i} overwritten");
-    }
-}
-
 struct Blk {
     p: NonNull<u8>,
     size: usize,
@@ -457,7 +441,7 @@ impl World {
                 let layout = Layout::from_size_align(size, 1 << (align % 13)).unwrap();
                 match s.obj.alloc(layout) {
                     Ok(p) => {
-                        fill(p, 0, size, tag);
+                        fill(p.as_ptr(), 0, size, tag);
                         s.blocks.push(Blk { p, size, tag });
                     }
                     Err(e) => self.explain(before, e, "Region::alloc"),
@@ -484,8 +468,8 @@ impl World {
                 match unsafe { s.obj.realloc(b.p, size) } {
                     Ok(q) => {
                         let (old, tag) = (b.size, b.tag);
-                        verify(q, old.min(size), tag, "realloc kept");
-                        fill(q, old.min(size), size, tag);
+                        verify(q.as_ptr(), old.min(size), tag, "realloc kept");
+                        fill(q.as_ptr(), old.min(size), size, tag);
                         s.blocks[k] = Blk { p: q, size, tag };
                     }
                     Err(e) => self.explain(before, e, "Region::realloc"),
@@ -527,7 +511,7 @@ impl World {
                 let layout = Layout::from_size_align(size, 1 << (align % 13)).unwrap();
                 match s.obj.alloc_layout(layout) {
                     Ok(p) => {
-                        fill(p, 0, size, tag);
+                        fill(p.as_ptr(), 0, size, tag);
                         s.blocks.push(Blk { p, size, tag });
                     }
                     Err(e) => self.explain(before, e, "PageArena::alloc_layout"),
@@ -565,7 +549,7 @@ impl World {
             c = c - g.reported + stats.committed;
             assert_eq!(stats.live_blocks, g.blocks.len(), "pooled region: {stats:?}");
             for b in &g.blocks {
-                verify(b.p, b.size, b.tag, "pooled region block");
+                verify(b.p.as_ptr(), b.size, b.tag, "pooled region block");
             }
         }
         c
@@ -606,7 +590,7 @@ impl World {
                 let layout = Layout::from_size_align(size, 1 << (align % 13)).unwrap();
                 match g.region.alloc(layout) {
                     Ok(p) => {
-                        fill(p, 0, size, tag);
+                        fill(p.as_ptr(), 0, size, tag);
                         g.blocks.push(Blk { p, size, tag });
                     }
                     Err(e) => explain_pool(self, e, "PooledRegion::alloc"),
@@ -653,14 +637,14 @@ impl World {
             assert_eq!(stats.live_blocks, s.blocks.len(), "{stats:?}");
             assert_eq!(stats.live_bytes, s.blocks.iter().map(|b| b.size).sum::<usize>(), "{stats:?}");
             for b in &s.blocks {
-                verify(b.p, b.size, b.tag, "region block");
+                verify(b.p.as_ptr(), b.size, b.tag, "region block");
                 assert_eq!(s.obj.size_of(b.p), Some(b.size));
             }
         }
         for s in self.arenas.iter().flatten() {
             ours += s.obj.stats().committed;
             for b in &s.blocks {
-                verify(b.p, b.size, b.tag, "arena block");
+                verify(b.p.as_ptr(), b.size, b.tag, "arena block");
             }
         }
         ours += pool_committed;
@@ -682,7 +666,6 @@ impl World {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
     let faulty = Arc::new(Faulty::default());
     let host = HostSource::new(faulty.clone());
     let budget = Budget::unlimited();
@@ -698,7 +681,7 @@ fuzz_target!(|data: &[u8]| {
         last_committed: 0,
     };
     let Ok(setup) = PoolSetup::arbitrary(&mut u) else { return };
-    if trace {
+    if shared::trace() {
         eprintln!("{setup:?}");
     }
     let page = page_size();
@@ -716,18 +699,11 @@ fuzz_target!(|data: &[u8]| {
     let pool = pb.build().expect("a pool creates no region up front");
     pool.register_trimmer(&w.budget);
     let mut guards: Vec<Option<Guard<'_>>> = (0..GUARDS).map(|_| None).collect();
-    for _ in 0..MAX_STEPS {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(op) = Op::arbitrary(&mut u) else { break };
-        if trace {
-            eprintln!("{op:?}");
-        }
+    shared::run_steps(&mut u, MAX_STEPS, |op: Op| {
         w.pool_step(&pool, &mut guards, op);
         let pc = World::pool_committed(&pool, &guards);
         w.check(pc);
-    }
+    });
     // Drop everything, let the host recover: every reservation comes back, nothing stays charged.
     drop(guards);
     let s = pool.stats();

@@ -21,6 +21,9 @@
 //!   parent and children, that a cascading free takes exactly the subtree.
 #![no_main]
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use napalloc::{Error, Region, Scrub};
@@ -197,34 +200,19 @@ enum Target {
     Bad(Bad),
 }
 
-/// Byte `i` of the pattern of a block tagged `tag`.
-#[inline]
-fn pattern(tag: u32, i: usize) -> u8 {
-    (tag as u8) ^ (i as u8) ^ ((i >> 8) as u8).rotate_left(3) ^ ((i >> 16) as u8).rotate_left(5) ^ ((tag >> 8) as u8)
-}
-
+/// Fill `[from, to)` of the block at `addr` (`p`) with the pattern of `tag`.
 fn fill(addr: usize, from: usize, to: usize, tag: u32, p: *mut u8) {
     debug_assert_eq!(p as usize, addr);
-    for i in from..to {
-        // SAFETY: `p` is a live block (or untracked allocation) of at least `to` bytes that the
-        // region handed out; nothing else refers to it.
-        unsafe { p.add(i).write(pattern(tag, i)) };
-    }
+    shared::fill(p, from, to, tag);
 }
 
 /// Check the pattern of `[0, size)` at `p`: every byte, or a sample.
 fn verify(p: *const u8, size: usize, tag: u32, full: bool, what: &str) {
-    let check = |i: usize| {
-        // SAFETY: `p` is a live block of `size` bytes and `i < size`.
-        let got = unsafe { p.add(i).read() };
-        assert_eq!(got, pattern(tag, i), "{what} at {p:p} (size {size}, tag {tag}): byte {i} was overwritten");
-    };
     if full || size <= FULL_CHECK_MAX {
-        (0..size).for_each(check);
+        shared::verify(p, size, tag, what);
     } else {
-        (0..256).for_each(check);
-        (size - 256..size).for_each(check);
-        (256..size - 256).step_by(509).for_each(check);
+        let sample = (0..256).chain(size - 256..size).chain((256..size - 256).step_by(509));
+        shared::verify_at(p, size, tag, what, sample);
     }
 }
 
@@ -634,8 +622,7 @@ fn build(cfg: &Config) -> Option<(Region, usize)> {
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let Ok(cfg) = Config::arbitrary(&mut u) else { return };
-    let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
-    if trace {
+    if shared::trace() {
         eprintln!("{cfg:?}");
     }
     let Some((r, cap)) = build(&cfg) else { return };
@@ -645,17 +632,10 @@ fuzz_target!(|data: &[u8]| {
     let heap = vec![0u8; 256];
     let env = Env { stack: stack.as_ptr(), heap: heap.as_ptr(), other: other_block };
     let mut run = Runner { r, m: Model { cap, ..Model::default() }, ptrs: HashMap::new(), untracked_ptrs: Vec::new() };
-    for _ in 0..MAX_STEPS {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(op) = Op::arbitrary(&mut u) else { break };
-        if trace {
-            eprintln!("{op:?}");
-        }
+    shared::run_steps(&mut u, MAX_STEPS, |op: Op| {
         run.step(op, &env);
         run.check(false);
-    }
+    });
     run.check(true);
     // Free every root: the books must read zero.
     // Newest first (a deterministic order, so that a crash reproduces).

@@ -42,6 +42,9 @@
 #[allow(clippy::manual_is_multiple_of)]
 mod common;
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use arbitrary::{Arbitrary, Unstructured};
 use common::{FakeHost, FAKE_VTBL_MINIMAL, FAKE_VTBL_NO_FREE};
 use core::ffi::c_void;
@@ -50,11 +53,12 @@ use napalloc::ffi::{
     CoTaskMemAlloc, CoTaskMemFree, CoTaskMemRealloc, NapallocAllocCritical, NapallocGetStats, NapallocHeapMinimize,
     NapallocScopeEnter, NapallocScopeLeave, NapallocSetBudget, NapallocSetHostMemoryManager,
 };
-use napalloc::heap::{self, ALIGN};
+use napalloc::heap;
 use napalloc::host::global_budget;
 use napalloc::hr::{self, E_INVALIDARG, E_OUTOFMEMORY, E_POINTER, HRESULT, S_OK};
-use napalloc::nap::types::{EMemoryCriticalLevel, IHostMemoryManager, NapallocScope, NapallocStats};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use napalloc::nap::types::{EMemoryCriticalLevel, IHostMemoryManager, NapallocScope};
+use shared::{stats, Child, Id, Probe, Realloc, Size, Target, SERVED_MAX};
+use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
 const MAX_STEPS: usize = 300;
@@ -62,26 +66,7 @@ const MAX_STEPS: usize = 300;
 const MAX_DEPTH: usize = 8;
 /// Scope heaps made before the first input (see [`prepare`]).
 const PREPARED: usize = 6;
-/// Largest size the heap serves; anything above `u32::MAX` must fail.
-const SERVED_MAX: usize = u32::MAX as usize;
 const EDGES: &[usize] = &[0, 1, 16, 17, 4095, 4096, 65536, 1 << 20, u32::MAX as usize + 1, usize::MAX - 15, usize::MAX];
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Size {
-    Tiny(u8),
-    Small(u16),
-    Edge(u8),
-}
-
-impl Size {
-    fn get(self) -> usize {
-        match self {
-            Size::Tiny(n) => n as usize,
-            Size::Small(n) => n as usize,
-            Size::Edge(k) => EDGES[k as usize % EDGES.len()],
-        }
-    }
-}
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Ptr {
@@ -182,23 +167,13 @@ enum Owner {
     Scope(usize),
 }
 
-type Id = u64;
+/// The heap's own answer: `heap::size_of`.
+struct SizeOf;
 
-struct Block {
-    addr: usize,
-    size: usize,
-    owner: Owner,
-    parent: Option<Id>,
-    children: BTreeSet<Id>,
-    tag: u8,
-    ptr: *mut u8,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    Null,
-    Live(Id),
-    Bad,
+impl Probe for SizeOf {
+    fn expect(&self, p: *mut u8, size: Option<usize>, what: &str) {
+        assert_eq!(heap::size_of(p), size, "{what} {p:p}: size_of");
+    }
 }
 
 /// Fake hosts: created once, never released (heaps made under them keep their pages for the rest
@@ -287,43 +262,9 @@ fn drain_faults(i: usize) {
     panic!("fake host {i} kept failing");
 }
 
-fn pattern(tag: u8, i: usize) -> u8 {
-    tag ^ (i as u8) ^ ((i >> 8) as u8).rotate_left(3)
-}
-
-fn fill(p: *mut u8, from: usize, to: usize, tag: u8) {
-    for i in from..to {
-        // SAFETY: `p` is a live block of at least `to` bytes owned by this input.
-        unsafe { p.add(i).write(pattern(tag, i)) };
-    }
-}
-
-fn verify(p: *const u8, size: usize, tag: u8, what: &str) {
-    for i in 0..size {
-        // SAFETY: `p` is a live block of `size` bytes owned by this input.
-        let got = unsafe { p.add(i).read() };
-        assert_eq!(got, pattern(tag, i), "{what} {p:p} (size {size}): byte {i} was overwritten");
-    }
-}
-
-fn stats() -> NapallocStats {
-    let mut s = NapallocStats::default();
-    // SAFETY: `s` is writable.
-    assert_eq!(unsafe { NapallocGetStats(&mut s) }, S_OK);
-    s
-}
-
 struct Model {
-    blocks: HashMap<Id, Block>,
-    by_addr: BTreeMap<usize, Id>,
-    freed: Vec<usize>,
-    next_id: Id,
-    next_tag: u8,
-    live_bytes: u64,
-    bad: u64,
-    failed: u64,
-    trims: u64,
-    base: NapallocStats,
+    /// The blocks of this input; each is in the heap of its [`Owner`].
+    h: shared::Heap<Owner, SizeOf>,
     /// Active scopes of this thread, outermost first.
     scopes: Vec<usize>,
     /// Scopes this input left.
@@ -337,30 +278,16 @@ struct Model {
 }
 
 impl Model {
-    fn nth_live(&self, n: u16) -> Option<usize> {
-        if self.by_addr.is_empty() {
-            return None;
-        }
-        self.by_addr.keys().nth(n as usize % self.by_addr.len()).copied()
-    }
-
     fn resolve(&self, p: Ptr) -> (*mut u8, Target) {
+        let h = &self.h;
         let addr = match p {
             Ptr::Null => 0,
-            Ptr::Live(n) => self.nth_live(n).unwrap_or(0x1000),
-            Ptr::Interior(n, k) => self.nth_live(n).map_or(0x1010, |a| a + 1 + k as usize),
-            Ptr::Freed(n) if !self.freed.is_empty() => self.freed[n as usize % self.freed.len()],
-            Ptr::Freed(_) => 0x2000,
+            Ptr::Live(n) => h.nth_live(n).unwrap_or(0x1000),
+            Ptr::Interior(n, k) => h.nth_live(n).map_or(0x1010, |a| a + 1 + k as usize),
+            Ptr::Freed(n) => h.nth_freed(n).unwrap_or(0x2000),
             Ptr::Int(a) => a,
         };
-        if addr == 0 {
-            return (std::ptr::null_mut(), Target::Null);
-        }
-        match self.by_addr.get(&addr) {
-            Some(id) => (self.blocks[id].ptr, Target::Live(*id)),
-            // No provenance: the heap only compares such pointers.
-            None => (std::ptr::without_provenance_mut(addr), Target::Bad),
-        }
+        h.lookup(addr)
     }
 
     /// The heap new blocks of this thread go to.
@@ -378,77 +305,25 @@ impl Model {
             eprintln!("  {what}({size}) failed in {owner:?} (budget: {})", self.budget);
         }
         assert!(size > SERVED_MAX || self.may_fail(owner), "{what}({size}) failed in {owner:?}");
-        self.failed += 1;
+        self.h.failed += 1;
     }
 
     fn on_alloc(&mut self, p: *mut u8, size: usize, owner: Owner, parent: Option<Id>) {
-        let addr = p as usize;
         assert!(size <= SERVED_MAX, "alloc({size}) succeeded");
-        assert_eq!(addr % ALIGN, 0, "block {p:p} is not {ALIGN}-aligned");
-        assert!(!self.by_addr.contains_key(&addr), "block {p:p} handed out twice");
-        if let Some((&a, id)) = self.by_addr.range(..addr).next_back() {
-            assert!(a + self.blocks[id].size.max(1) <= addr, "new block {p:p} overlaps {a:#x}");
-        }
-        if let Some((&a, _)) = self.by_addr.range(addr..).next() {
-            assert!(addr + size.max(1) <= a, "new block {p:p}+{size} overlaps {a:#x}");
-        }
-        assert_eq!(heap::size_of(p), Some(size), "size of a new block");
-        self.next_tag = self.next_tag.wrapping_add(1);
-        let tag = self.next_tag;
-        fill(p, 0, size, tag);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.blocks.insert(id, Block { addr, size, owner, parent, children: BTreeSet::new(), tag, ptr: p });
-        if let Some(pid) = parent {
-            self.blocks.get_mut(&pid).unwrap().children.insert(id);
-        }
-        self.by_addr.insert(addr, id);
-        self.live_bytes += size as u64;
-    }
-
-    fn forget(&mut self, id: Id) -> Block {
-        let b = self.blocks.remove(&id).unwrap();
-        self.by_addr.remove(&b.addr);
-        self.live_bytes -= b.size as u64;
-        if self.freed.len() < 64 {
-            self.freed.push(b.addr);
-        } else {
-            self.freed[(self.next_id as usize) % 64] = b.addr;
-        }
-        if let Some(pid) = b.parent {
-            if let Some(pb) = self.blocks.get_mut(&pid) {
-                pb.children.remove(&id);
-            }
-        }
-        b
-    }
-
-    fn free_one(&mut self, id: Id) {
-        let b = self.forget(id);
-        for c in &b.children {
-            self.blocks.get_mut(c).unwrap().parent = None;
-        }
-        assert_eq!(heap::size_of(b.ptr), None, "freed block {:p} still allocated", b.ptr);
-    }
-
-    fn free_tree(&mut self, id: Id) {
-        let mut stack = vec![id];
-        while let Some(i) = stack.pop() {
-            let b = self.forget(i);
-            assert_eq!(heap::size_of(b.ptr), None, "freed block {:p} still allocated", b.ptr);
-            stack.extend(b.children);
-        }
+        self.h.on_alloc(p, size, parent, owner);
     }
 
     /// The scope `h` was left: every block of it is gone.
     fn scope_reset(&mut self, h: usize) {
-        let gone: Vec<Id> = self.blocks.iter().filter(|(_, b)| b.owner == Owner::Scope(h)).map(|(id, _)| *id).collect();
+        let blocks = &self.h.blocks;
+        let gone: Vec<Id> = blocks.iter().filter(|(_, b)| b.extra == Owner::Scope(h)).map(|(id, _)| *id).collect();
         for id in gone {
-            self.forget(id);
+            self.h.forget(id);
         }
         // An embedded block lives in its parent's heap: no tree spans two heaps.
-        for b in self.blocks.values() {
-            assert!(b.parent.is_none_or(|p| self.blocks.contains_key(&p)), "a child of a scope's block outlived it");
+        let blocks = &self.h.blocks;
+        for b in blocks.values() {
+            assert!(b.parent.is_none_or(|p| blocks.contains_key(&p)), "a child of a scope's block outlived it");
         }
         self.left.push(h);
         if self.left.len() > 16 {
@@ -488,7 +363,7 @@ impl Model {
         let mut process_level = false;
         match op {
             Op::Alloc(size) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let owner = self.current();
                 let p: *mut u8 = CoTaskMemAlloc(size).cast();
                 if p.is_null() {
@@ -498,7 +373,7 @@ impl Model {
                 }
             }
             Op::AllocCritical(size, level) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let owner = self.current();
                 let before = stats();
                 process_level = level == 2;
@@ -508,7 +383,7 @@ impl Model {
                     // Whether an undefined level is counted as a failure is the library's choice.
                     let counted = stats().failed_allocations - before.failed_allocations;
                     assert!(counted <= 1, "{counted} failures counted");
-                    self.failed += counted;
+                    self.h.failed += counted;
                 } else if p.is_null() {
                     self.failed_alloc(size, owner, "NapallocAllocCritical");
                 } else {
@@ -516,93 +391,45 @@ impl Model {
                 }
             }
             Op::AllocChild(parent, size) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let (pp, target) = self.resolve(parent);
                 let Some(pp) = std::ptr::NonNull::new(pp) else { return };
-                let before = stats();
-                let res = heap::alloc_child(pp, size);
-                match (target, res) {
-                    (Target::Live(pid), Some(p)) => {
-                        let owner = self.blocks[&pid].owner;
-                        self.on_alloc(p.as_ptr(), size, owner, Some(pid));
+                match self.h.alloc_child_at(pp, target, size) {
+                    Child::New(p, pid) => {
+                        let owner = self.h.blocks[&pid].extra;
+                        self.on_alloc(p, size, owner, Some(pid));
                     }
-                    (Target::Live(pid), None) => {
-                        let owner = self.blocks[&pid].owner;
+                    Child::Failed(pid) => {
+                        let owner = self.h.blocks[&pid].extra;
                         self.failed_alloc(size, owner, "alloc_child");
                     }
-                    (_, Some(p)) => panic!("alloc_child under non-block {pp:p} returned {p:p}"),
-                    (_, None) => {
-                        // A bad parent (and maybe a size no block has): reported once, as either.
-                        let now = stats();
-                        let bad = now.bad_pointer_reports - before.bad_pointer_reports;
-                        let failed = now.failed_allocations - before.failed_allocations;
-                        assert_eq!(bad + failed, 1, "alloc_child({pp:p}, {size}): {bad} bad, {failed} failed");
-                        self.bad += bad;
-                        self.failed += failed;
-                    }
+                    // A bad parent (and maybe a size no block has): reported once, as either.
+                    Child::Refused { .. } => {}
                 }
             }
             Op::Free(p) => {
                 let (pp, target) = self.resolve(p);
                 // SAFETY: a live block is forgotten by the model; anything else is refused.
                 unsafe { CoTaskMemFree(pp.cast()) };
-                match target {
-                    Target::Null => {}
-                    Target::Bad => self.bad += 1,
-                    Target::Live(id) => self.free_one(id),
-                }
+                self.h.on_free(target, false);
             }
             Op::FreeTree(p) => {
                 let (pp, target) = self.resolve(p);
-                // SAFETY: a live block is forgotten by the model; anything else is refused.
-                let freed = unsafe { heap::free_tree(pp) };
-                assert_eq!(freed, matches!(target, Target::Live(_)), "free_tree({pp:p}) of {target:?}");
-                match target {
-                    Target::Null => {}
-                    Target::Bad => self.bad += 1,
-                    Target::Live(id) => self.free_tree(id),
-                }
+                self.h.free_tree_at(pp, target);
             }
             Op::Realloc(p, size) => {
-                let size = size.get();
+                let size = size.get(EDGES);
                 let (pp, target) = self.resolve(p);
                 // SAFETY: if the block moves or is freed the model forgets the old pointer.
                 let q: *mut u8 = unsafe { CoTaskMemRealloc(pp.cast(), size) }.cast();
-                match target {
-                    Target::Null if q.is_null() => self.failed_alloc(size, self.current(), "realloc(NULL)"),
-                    Target::Null => self.on_alloc(q, size, self.current(), None),
-                    Target::Bad => {
-                        assert!(q.is_null(), "realloc of non-block {pp:p} returned {q:p}");
-                        self.bad += 1;
-                    }
-                    Target::Live(id) if size == 0 => {
-                        assert!(q.is_null(), "realloc(p, 0) returns NULL");
-                        self.free_one(id);
-                    }
-                    Target::Live(id) if q.is_null() => {
-                        let b = &self.blocks[&id];
-                        let (owner, ptr, old) = (b.owner, b.ptr, b.size);
+                match self.h.on_realloc(pp, target, size, q) {
+                    Realloc::New => self.on_alloc(q, size, self.current(), None),
+                    Realloc::Failed(None) => self.failed_alloc(size, self.current(), "realloc(NULL)"),
+                    Realloc::Failed(Some(id)) => {
+                        let owner = self.h.blocks[&id].extra;
                         self.failed_alloc(size, owner, "realloc");
-                        assert_eq!(heap::size_of(ptr), Some(old), "a failed realloc keeps the block");
                     }
-                    Target::Live(id) => {
-                        assert!(size <= SERVED_MAX, "realloc to {size} succeeded");
-                        assert_eq!(q as usize % ALIGN, 0);
-                        let b = self.blocks.get_mut(&id).unwrap();
-                        let (old_addr, old_size, tag) = (b.addr, b.size, b.tag);
-                        verify(q, old_size.min(size), tag, "realloc kept contents of");
-                        fill(q, old_size.min(size), size, tag);
-                        b.addr = q as usize;
-                        b.size = size;
-                        b.ptr = q;
-                        self.live_bytes = self.live_bytes - old_size as u64 + size as u64;
-                        self.by_addr.remove(&old_addr);
-                        if old_addr != q as usize {
-                            assert!(!self.by_addr.contains_key(&(q as usize)), "realloc returned a live block");
-                        }
-                        self.by_addr.insert(q as usize, id);
-                        assert_eq!(heap::size_of(q), Some(size));
-                    }
+                    Realloc::Done => {}
                 }
             }
             Op::Enter { null_out } => {
@@ -620,7 +447,7 @@ impl Model {
                 let r = unsafe { NapallocScopeEnter(&mut h) };
                 let counted = stats().failed_allocations - before.failed_allocations;
                 assert!(counted <= 1, "{counted} failures counted for one scope");
-                self.failed += counted;
+                self.h.failed += counted;
                 if r == S_OK {
                     let h = h as usize;
                     assert!(h != 0 && !self.scopes.contains(&h), "NapallocScopeEnter handed out {h:#x}");
@@ -641,7 +468,7 @@ impl Model {
                     ScopeRef::Innermost => self.scopes.last().copied().unwrap_or(0x30),
                     ScopeRef::Active(n) if !self.scopes.is_empty() => self.scopes[n as usize % self.scopes.len()],
                     ScopeRef::Left(n) if !self.left.is_empty() => self.left[n as usize % self.left.len()],
-                    ScopeRef::Block(n) => self.nth_live(n).unwrap_or(0x40),
+                    ScopeRef::Block(n) => self.h.nth_live(n).unwrap_or(0x40),
                     ScopeRef::Null => 0,
                     ScopeRef::Int(a) => a,
                     _ => 0x50,
@@ -681,7 +508,7 @@ impl Model {
             }
             Op::HeapMinimize => {
                 assert_eq!(NapallocHeapMinimize(), S_OK);
-                self.trims += 1;
+                self.h.trims += 1;
             }
             Op::StatsNull => {
                 // SAFETY: NULL is refused.
@@ -696,17 +523,8 @@ impl Model {
     }
 
     fn check(&self) {
-        let s = stats();
-        let b = &self.base;
-        assert_eq!(s.live_blocks - b.live_blocks, self.blocks.len() as u64, "live_blocks ({s:?})");
-        assert_eq!(s.live_bytes - b.live_bytes, self.live_bytes, "live_bytes ({s:?})");
-        assert_eq!(s.bad_pointer_reports - b.bad_pointer_reports, self.bad, "bad_pointer_reports ({s:?})");
-        assert_eq!(s.failed_allocations - b.failed_allocations, self.failed, "failed_allocations ({s:?})");
-        assert!(s.trims - b.trims >= self.trims, "trims ({s:?})");
-        for b in self.blocks.values() {
-            verify(b.ptr, b.size, b.tag, "live block");
-            assert_eq!(heap::size_of(b.ptr), Some(b.size));
-        }
+        let s = self.h.check();
+        assert!(s.trims - self.h.base.trims >= self.h.trims, "trims ({s:?})");
         for i in 0..hosts().len() {
             let h = host(i);
             let v = h.tracker.violations();
@@ -722,36 +540,19 @@ impl Model {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let trace = std::env::var_os("NAPALLOC_FUZZ_TRACE").is_some();
     prepare();
     let mut m = Model {
-        blocks: HashMap::new(),
-        by_addr: BTreeMap::new(),
-        freed: Vec::new(),
-        next_id: 0,
-        next_tag: 0,
-        live_bytes: 0,
-        bad: 0,
-        failed: 0,
-        trims: 0,
-        base: stats(),
+        h: shared::Heap::new(SizeOf),
         scopes: Vec::new(),
         left: Vec::new(),
         budget: false,
         host_on: false,
-        trace,
+        trace: shared::trace(),
     };
-    for _ in 0..MAX_STEPS {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(op) = Op::arbitrary(&mut u) else { break };
-        if trace {
-            eprintln!("{op:?}");
-        }
+    shared::run_steps(&mut u, MAX_STEPS, |op: Op| {
         m.step(op);
         m.check();
-    }
+    });
     // Back to where the input started: no budget, the OS, no pending host faults, no scope, and
     // every block of the thread's own heap freed (newest first, so that a crash reproduces).
     assert_eq!(NapallocSetBudget(0, 0), S_OK);
@@ -766,15 +567,6 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(NapallocScopeLeave(std::ptr::without_provenance_mut(h)), S_OK);
         m.scope_reset(h);
     }
-    let mut roots: Vec<Id> = m.blocks.iter().filter(|(_, b)| b.parent.is_none()).map(|(id, _)| *id).collect();
-    roots.sort_unstable_by(|a, b| b.cmp(a));
-    for id in roots {
-        let p = m.blocks[&id].ptr;
-        // SAFETY: a live root of this input; the model forgets it and its subtree.
-        assert!(unsafe { heap::free_tree(p) });
-        m.free_tree(id);
-    }
+    m.h.free_all();
     m.check();
-    let s = stats();
-    assert_eq!((s.live_blocks, s.live_bytes), (m.base.live_blocks, m.base.live_bytes));
 });
