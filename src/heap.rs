@@ -28,7 +28,7 @@
 //! handler) allocates from one shared heap, always under its lock.
 //!
 //! * **Remote free.** `free` of a block owned by another heap goes into the freeing thread's
-//!   `Outbox`, a batch of up to [`BATCH`] frees for one heap (snmalloc's remote cache). A full
+//!   `Outbox`, a batch of up to `BATCH` (32) frees for one heap (snmalloc's remote cache). A full
 //!   batch (or one cut short: see [`flush_remote_frees`]) is pushed on the owner's `remote`
 //!   queue (a lock-free `SegQueue`; the pointers are not touched, so a bad one cannot corrupt
 //!   anything), and `REMOTE` is set in its `attention` word unless it is set already. The owner's
