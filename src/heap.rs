@@ -1113,6 +1113,7 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     let done = fast!(|r, _| {
         let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) };
+        // SAFETY: forwarded caller guarantee for `b`; anything but a live block start is refused.
         Some((da, da && unsafe { r.try_free_leaf_plain(b) }))
     });
     let (da, db) = done.unwrap_or((false, false));

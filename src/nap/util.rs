@@ -498,10 +498,11 @@ pub unsafe fn free_connections(c: *mut Connections) {
 /// As [`free_connections`].
 pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
     // The structure and its slot array validated together (one lookup each).
-    // SAFETY (of the read in the closure): called only once `c` is known to be a live, 16-aligned
-    // block of at least size_of::<Connections>() bytes.
-    let (size, slots, slots_size) =
-        m.size_of_pair(c.cast(), size_of::<Connections>(), || unsafe { (*c).connections }.cast_const().cast());
+    let (size, slots, slots_size) = m.size_of_pair(c.cast(), size_of::<Connections>(), || {
+        // SAFETY: called only once `c` is known to be a live, 16-aligned block of at least
+        // size_of::<Connections>() bytes.
+        unsafe { (*c).connections }.cast_const().cast()
+    });
     if size.is_none_or(|s| s < size_of::<Connections>()) {
         if !c.is_null() {
             m.report_bad_pointer("FreeConnections", c.cast());
