@@ -907,12 +907,7 @@ impl Region {
                 // SAFETY: [last, top) is the block's committed slot.
                 unsafe { last.write_bytes(0, self.top.get() as usize - last as usize) };
             }
-            self.top.set(last);
-            // The hint stays valid unless it was the popped block (then the next `last` walks
-            // from the root).
-            if self.last.get() == last {
-                self.last.set(core::ptr::null_mut());
-            }
+            self.pop_newest(last);
             return Ok(());
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
@@ -1051,12 +1046,21 @@ impl Region {
         if self.scrub.on_free || root.is_null() || core::ptr::eq(p, root) || !core::ptr::eq(p, self.last()) {
             return false;
         }
-        self.top.set(p as *mut u8);
-        // The hint stays valid unless it was the popped block (as in `free_slow`).
-        if core::ptr::eq(self.last.get(), p) {
+        self.pop_newest(p as *mut u8);
+        true
+    }
+
+    /// Drop `last`, the newest block of a tail of two or more blocks, from the tail: the top
+    /// goes back to its start.
+    #[inline(always)]
+    fn pop_newest(&self, last: *mut u8) {
+        debug_assert!(last != self.root.get(), "the tail root is rewound, not popped");
+        self.top.set(last);
+        // The hint stays valid unless it was the popped block (then the next `last` walks from
+        // the root).
+        if self.last.get() == last {
             self.last.set(core::ptr::null_mut());
         }
-        true
     }
 
     /// Free materialized record `i` and its subtree.
