@@ -416,11 +416,8 @@ impl Budget {
             && DEFERRED.try_with(|q| q.borrow_mut().push((self.me.clone(), m))).is_ok();
         if deferred {
             let _ = DEFER_DEPTH.try_with(|d| d.set(d.get() | PENDING));
-        }
-        if !deferred {
-            if let Some(notify) = self.notify.get() {
-                notify(m);
-            }
+        } else if let Some(notify) = self.notify.get() {
+            notify(m);
         }
     }
 
