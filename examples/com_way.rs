@@ -9,7 +9,11 @@
 //! Modes: `floor` (the loop without allocation), `system` (Rust's System allocator: glibc
 //! malloc/free), `heap` (napalloc's `heap::alloc` / `heap::free`), `cotaskmem` (the C exports),
 //! `region` (a bare `Region`: `try_alloc` / `free_one`, without the task heap around it), and
-//! `heap-2t` / `system-2t` (two threads, N requests each, for timing the scaling).
+//! `heap-2t` / `system-2t` (two threads, N requests each, for timing the scaling), and
+//! `floor-pair` / `heap-pair` / `system-pair` (the producer/consumer pair of `benches/com.rs`:
+//! one thread allocates N requests, the other frees every block; under callgrind use
+//! `--separate-threads=yes` to see each side's instructions). A pair mode prints its requests
+//! per second.
 //! Each run first does 64 warm-up requests, so the N = 0 run has the same start-up and lazily
 //! created state: `(Ir(N) - Ir(0)) / N` is the cost of one request.
 
@@ -28,7 +32,9 @@ fn go<A: Com>(mut a: A, n: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
-        eprintln!("usage: com_way floor|system|heap|cotaskmem|region|heap-2t|system-2t N");
+        eprintln!(
+            "usage: com_way floor|system|heap|cotaskmem|region|heap-2t|system-2t|floor-pair|heap-pair|system-pair N"
+        );
         std::process::exit(2);
     };
     match mode.as_str() {
@@ -56,9 +62,16 @@ fn main() {
                 .collect();
             threads.into_iter().for_each(|t| t.join().unwrap());
         }
+        "floor-pair" => rate(n, pair_batched(Floor(Box::new([0; 4096])), n)),
+        "heap-pair" => rate(n, pair_batched(TaskHeap, n)),
+        "system-pair" => rate(n, pair_batched(Global(std::alloc::System), n)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
         }
     }
+}
+
+fn rate(n: u64, t: std::time::Duration) {
+    println!("{:.0} requests/s", n as f64 / t.as_secs_f64());
 }

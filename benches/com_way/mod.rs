@@ -192,3 +192,137 @@ pub fn request_free<A: Com>(a: &mut A, b: Batch) {
         a.free(p, 0);
     }
 }
+
+/// Requests per hand-off of [`pair_batched`]: a server hands a worker whole requests, or a batch
+/// of them, not one pointer at a time.
+pub const HANDOFF: usize = 32;
+/// Hand-offs in flight in [`pair_batched`] (so `SLOTS * HANDOFF` = 256 requests, as many as the
+/// per-request ring of [`pair_each`] holds).
+const SLOTS: usize = 8;
+
+/// `iters` requests on one thread: allocate a request, free it (the same-thread baseline).
+pub fn same_thread<A: Com + Send>(a: A, iters: u64) -> std::time::Duration {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let (mut a, mut x) = (a, SEED);
+            run(&mut a, &mut x, 64);
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                let b = request_alloc(&mut a, &mut x);
+                request_free(&mut a, b);
+            }
+            t.elapsed()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// `iters` requests by a producer/consumer pair, one request per slot of a bounded lock-free
+/// ring: the producer allocates every request and pushes its 18 pointers, the consumer pops and
+/// frees them (every free is remote). Each request costs the ring's own cache-line ping-pong
+/// (the slot, its stamp, the head and tail indices move between the cores every time), which is
+/// the harness's cost, not the allocator's: with no allocation at all ([`Floor`]) this shape
+/// reaches only about half of the one-thread rate. Kept to compare with [`pair_batched`].
+pub fn pair_each<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Duration {
+    use crossbeam_queue::ArrayQueue;
+    use crossbeam_utils::Backoff;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ring = ArrayQueue::<Batch>::new(SLOTS * HANDOFF);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut consumer = a.clone();
+        let (ring, done) = (&ring, &done);
+        let c = s.spawn(move || {
+            let backoff = Backoff::new();
+            loop {
+                match ring.pop() {
+                    Some(b) => {
+                        request_free(&mut consumer, b);
+                        backoff.reset();
+                    }
+                    None if done.load(Ordering::Acquire) && ring.is_empty() => break,
+                    None => backoff.snooze(),
+                }
+            }
+        });
+        let (mut producer, mut x) = (a, SEED);
+        run(&mut producer, &mut x, 64);
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            let mut b = request_alloc(&mut producer, &mut x);
+            let backoff = Backoff::new();
+            while let Err(back) = ring.push(b) {
+                b = back;
+                backoff.snooze();
+            }
+        }
+        done.store(true, Ordering::Release);
+        c.join().unwrap();
+        t.elapsed()
+    })
+}
+
+/// `iters` requests by a producer/consumer pair, [`HANDOFF`] requests per hand-off: the producer
+/// allocates requests into a reusable `Vec` and passes it over a ring; the consumer frees every
+/// block (each free is remote: it goes back to the producer's heap) and passes the emptied `Vec`
+/// back on a second ring. Every block is still allocated by one thread and freed by the other,
+/// each on its own; only the hand-off is amortized, as a server's is (it hands a worker a whole
+/// request or a batch of them, and a per-request ring slot would charge the allocator for the
+/// harness's cache-line ping-pong). The `Vec`s are allocated before timing and reused, so the
+/// harness allocates nothing while it is timed. Both sides back off (spin, then yield) rather
+/// than sleep when there is nothing to do, so the figure is not the cost of waking a thread.
+/// The time from the first allocation to the last free.
+pub fn pair_batched<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Duration {
+    use crossbeam_queue::ArrayQueue;
+    use crossbeam_utils::Backoff;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (full, empty) = (ArrayQueue::<Vec<Batch>>::new(SLOTS), ArrayQueue::<Vec<Batch>>::new(SLOTS));
+    for _ in 0..SLOTS {
+        let _ = empty.push(Vec::with_capacity(HANDOFF));
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut consumer = a.clone();
+        let (full, empty, done) = (&full, &empty, &done);
+        let c = s.spawn(move || {
+            let backoff = Backoff::new();
+            loop {
+                match full.pop() {
+                    Some(mut v) => {
+                        for b in v.drain(..) {
+                            request_free(&mut consumer, b);
+                        }
+                        // Never full: there are `SLOTS` vectors in all.
+                        let _ = empty.push(v);
+                        backoff.reset();
+                    }
+                    None if done.load(Ordering::Acquire) && full.is_empty() => break,
+                    None => backoff.snooze(),
+                }
+            }
+        });
+        let (mut producer, mut x) = (a, SEED);
+        run(&mut producer, &mut x, 64);
+        let t = std::time::Instant::now();
+        let mut left = iters;
+        while left > 0 {
+            let backoff = Backoff::new();
+            let mut v = loop {
+                match empty.pop() {
+                    Some(v) => break v,
+                    None => backoff.snooze(),
+                }
+            };
+            let n = left.min(HANDOFF as u64);
+            for _ in 0..n {
+                v.push(request_alloc(&mut producer, &mut x));
+            }
+            left -= n;
+            let _ = full.push(v);
+        }
+        done.store(true, Ordering::Release);
+        c.join().unwrap();
+        t.elapsed()
+    })
+}
