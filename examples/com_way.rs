@@ -13,7 +13,8 @@
 //! `floor-pair` / `heap-pair` / `system-pair` (the producer/consumer pair of `benches/com.rs`:
 //! one thread allocates N requests, the other frees every block; under callgrind use
 //! `--separate-threads=yes` to see each side's instructions). A pair mode prints its requests
-//! per second.
+//! per second, and so do `floor-same` / `heap-same` / `system-same` (the same requests on one
+//! thread, the baseline of the pair).
 //! Each run first does 64 warm-up requests, so the N = 0 run has the same start-up and lazily
 //! created state: `(Ir(N) - Ir(0)) / N` is the cost of one request.
 
@@ -33,7 +34,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
         eprintln!(
-            "usage: com_way floor|system|heap|cotaskmem|region|heap-2t|system-2t|floor-pair|heap-pair|system-pair N"
+            "usage: com_way floor|system|heap|cotaskmem|region|heap-2t|system-2t|floor-same|heap-same|system-same|floor-pair|heap-pair|system-pair N"
         );
         std::process::exit(2);
     };
@@ -62,6 +63,9 @@ fn main() {
                 .collect();
             threads.into_iter().for_each(|t| t.join().unwrap());
         }
+        "floor-same" => rate(n, same_thread(Floor(Box::new([0; 4096])), n)),
+        "heap-same" => rate(n, same_thread(TaskHeap, n)),
+        "system-same" => rate(n, same_thread(Global(std::alloc::System), n)),
         "floor-pair" => rate(n, pair_batched(Floor(Box::new([0; 4096])), n)),
         "heap-pair" => rate(n, pair_batched(TaskHeap, n)),
         "system-pair" => rate(n, pair_batched(Global(std::alloc::System), n)),

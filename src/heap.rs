@@ -131,7 +131,7 @@ use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use crossbeam_queue::{ArrayQueue, SegQueue};
+use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use std::sync::OnceLock;
 
@@ -211,39 +211,93 @@ impl RawLock {
     }
 }
 
-/// A free queued for a heap by another thread: the pointer (not dereferenced until the heap's
-/// region validates it) and whether the free cascades to embedded blocks (`free_tree`).
-struct RemoteFree {
-    ptr: *mut u8,
-    tree: bool,
-}
-
-// SAFETY: the pointer is only an address to validate against the receiving heap's side table;
-// nothing is read through it before that, and the block it names was given up by the sender.
-unsafe impl Send for RemoteFree {}
-
-/// Most frees one [`RemoteBatch`] carries.
+/// Most frees one [`RemoteBatch`] carries (at most 32: `trees` is a `u32`).
 const BATCH: usize = 32;
+const _: () = assert!(BATCH <= 32);
 
-/// Frees sent to a heap together, by one thread (see [`Outbox`]).
+/// Frees sent to a heap together, by one thread (see [`Outbox`]): a node of the heap's `remote`
+/// stack while it waits, of a `spare` list (a heap's or an outbox's) once it is empty again.
 ///
-/// Invariant: `items[..len]` are the frees; `gen` is the heap's `gen` when the first of them was
-/// queued. A batch whose `gen` is no longer the heap's is dropped unprocessed: the heap was reset
-/// since (a scope was left), and every block it named died with that reset.
+/// Invariant: `items[..len]` are the frees: pointers that are not dereferenced until the heap's
+/// region validates them (bit `i` of `trees`: `items[i]` is freed with its embedded blocks, as
+/// [`free_tree`] does); `gen` is the heap's `gen` when the first of them was queued. A batch
+/// whose `gen` is no longer the heap's is dropped unprocessed: the heap was reset since (a scope
+/// was left), and every block it named died with that reset. `next` links the node in the one
+/// list that holds it; a node not in a list belongs to the one thread that took it out. Nodes
+/// are boxed and never freed while in a heap's list (heaps are never freed either), only by an
+/// exiting thread's outbox from its own `spare` list.
 struct RemoteBatch {
+    next: *mut RemoteBatch,
     gen: u32,
     len: u32,
-    items: [RemoteFree; BATCH],
+    trees: u32,
+    items: [*mut u8; BATCH],
 }
 
-const NO_FREE: RemoteFree = RemoteFree { ptr: ptr::null_mut(), tree: false };
-
 impl RemoteBatch {
-    fn one(gen: u32, ptr: *mut u8, tree: bool) -> RemoteBatch {
-        let mut b = RemoteBatch { gen, len: 1, items: [NO_FREE; BATCH] };
-        b.items[0] = RemoteFree { ptr, tree };
-        b
+    /// A new, empty node, owned by the caller.
+    fn boxed() -> *mut RemoteBatch {
+        Box::into_raw(Box::new(RemoteBatch {
+            next: ptr::null_mut(),
+            gen: 0,
+            len: 0,
+            trees: 0,
+            items: [ptr::null_mut(); BATCH],
+        }))
     }
+}
+
+/// A lock-free stack of [`RemoteBatch`] nodes that is only ever pushed onto and taken whole
+/// (no single pop, so no ABA: a push's compare-exchange that succeeds links its node to the
+/// node that is the top at that moment, whatever happened to it in between).
+///
+/// Invariant: the pointer is null or the newest node of a `next`-linked, null-terminated list
+/// of nodes that nobody else holds. Pushes are `Release` and `take` is `Acquire` (every push is
+/// a read-modify-write, so the taker synchronizes with all of them): the taker sees each node's
+/// contents as its pusher wrote them.
+struct BatchStack(AtomicPtr<RemoteBatch>);
+
+impl BatchStack {
+    const fn new() -> BatchStack {
+        BatchStack(AtomicPtr::new(ptr::null_mut()))
+    }
+
+    /// Push the list `first ..= last` (linked by `next`, the caller's own) as the newest nodes.
+    ///
+    /// # Safety
+    /// `first` to `last` is a list of nodes the caller owns; it gives them up.
+    unsafe fn push(&self, first: *mut RemoteBatch, last: *mut RemoteBatch) {
+        let mut top = self.0.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `last` is the caller's until the exchange below publishes it.
+            unsafe { (*last).next = top };
+            match self.0.compare_exchange_weak(top, first, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => top = now,
+            }
+        }
+    }
+
+    /// Take every node (newest first; null if none): the caller owns them from now on.
+    fn take(&self) -> *mut RemoteBatch {
+        if self.0.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut(); // no read-modify-write of a line another core may write
+        }
+        self.0.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+}
+
+/// A node for one free of `p` of `h` (a batch of one), owned by the caller.
+fn one_free(h: &'static Heap, p: *mut u8, tree: bool) -> *mut RemoteBatch {
+    let node = OUTBOX.try_with(|o| o.node(h)).unwrap_or_else(|_| RemoteBatch::boxed());
+    // SAFETY: the node is ours (taken out of every list) until it is sent.
+    unsafe {
+        (*node).gen = h.gen.load(Ordering::Relaxed);
+        (*node).len = 1;
+        (*node).trees = tree as u32;
+        (*node).items[0] = p;
+    }
+    node
 }
 
 /// One task heap: a region and the protocol around it (see the module doc).
@@ -265,8 +319,11 @@ struct Heap {
     /// Read by the owner on every operation; bits are set and cleared with RMWs: `HELD` by the
     /// lock holder, `REMOTE` by remote freers (set) and drainers (cleared), `FENCED` at creation.
     attention: CachePadded<AtomicU32>,
-    /// Pending remote frees, in batches.
-    remote: SegQueue<RemoteBatch>,
+    /// Pending remote frees, in batches: pushed by any thread, taken by whoever holds the region.
+    remote: BatchStack,
+    /// Empty batch nodes, pushed back by whoever drained them and taken whole by freeing threads
+    /// for their next batches (so that sending a batch allocates nothing in steady state).
+    spare: BatchStack,
     /// Incremented (by the `lock` holder) each time a scope heap is reset on leaving, before its
     /// queue is emptied: batches stamped with an older value are dropped unprocessed.
     gen: AtomicU32,
@@ -321,7 +378,8 @@ static NO_HEAP: Heap = Heap {
     len: 0,
     outer: Cell::new(ptr::null()),
     attention: CachePadded::new(AtomicU32::new(NOT_A_HEAP)),
-    remote: SegQueue::new(),
+    remote: BatchStack::new(),
+    spare: BatchStack::new(),
     gen: AtomicU32::new(0),
     lock: CachePadded::new(RawLock::new()),
     state: AtomicU8::new(SHARED),
@@ -393,7 +451,8 @@ fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
         len,
         outer: Cell::new(ptr::null()),
         attention: CachePadded::new(AtomicU32::new(if fenced { FENCED } else { 0 })),
-        remote: SegQueue::new(),
+        remote: BatchStack::new(),
+        spare: BatchStack::new(),
         gen: AtomicU32::new(0),
         lock: CachePadded::new(RawLock::new()),
         state: AtomicU8::new(state),
@@ -439,7 +498,14 @@ thread_local! {
     static EXIT: ExitHandler = const { ExitHandler };
     /// Frees of other heaps' blocks, waiting to be sent as one batch; its destructor sends them.
     static OUTBOX: Outbox = const {
-        Outbox { heap: Cell::new(ptr::null()), gen: Cell::new(0), len: Cell::new(0), items: UnsafeCell::new([NO_FREE; BATCH]) }
+        Outbox {
+            heap: Cell::new(ptr::null()),
+            gen: Cell::new(0),
+            len: Cell::new(0),
+            trees: Cell::new(0),
+            items: UnsafeCell::new([ptr::null_mut(); BATCH]),
+            spare: Cell::new(ptr::null_mut()),
+        }
     };
 }
 
@@ -513,6 +579,8 @@ fn cur_heap() -> Result<&'static Heap, bool> {
         EXITED.with(|e| e.set(true));
         return Err(true);
     }
+    // A heap adopted below must not be the outbox's hint (see `Outbox`).
+    flush_outbox();
     // Creating a region may call a host page source, which may call us back.
     IN_SLOW.with(|s| s.set(true));
     let h = adopt().or_else(|| new_heap(OWNED, false));
@@ -618,28 +686,56 @@ impl Held {
         // Pairs with the fence in `remote_free`: a push whose pusher still saw REMOTE set is
         // visible to the pops below.
         fence(Ordering::SeqCst);
+        let mut newest = h.remote.take();
+        if newest.is_null() {
+            return;
+        }
+        // Oldest batch first, as the frees were made (a block freed alone before its parent's
+        // tree is then freed alone, not reported as a double free).
+        let (last, mut first) = (newest, ptr::null_mut::<RemoteBatch>());
+        while !newest.is_null() {
+            // SAFETY: `take` made every node of the list ours.
+            let next = unsafe { (*newest).next };
+            // SAFETY: as above.
+            unsafe { (*newest).next = first };
+            first = newest;
+            newest = next;
+        }
         let r = self.region();
         let gen = h.gen.load(Ordering::Relaxed);
-        while let Some(batch) = h.remote.pop() {
-            if batch.gen != gen {
-                continue; // for blocks of a scope that was left since: gone with its reset
-            }
-            for &RemoteFree { ptr, tree } in &batch.items[..batch.len as usize] {
-                let Some(p) = NonNull::new(ptr) else { continue };
-                // SAFETY: the freeing thread gave the block up; a bad pointer is refused (and
-                // reported by the region) without being touched.
-                let res = unsafe {
-                    if tree {
-                        r.free(p)
-                    } else {
-                        r.free_one(p)
+        let mut node = first;
+        while !node.is_null() {
+            // SAFETY: ours (see above) until it is pushed on `spare` below; nothing else refers
+            // to it meanwhile (a nested free while a bad pointer is logged queues a new node).
+            let b = unsafe { &*node };
+            // A batch of an older `gen` names blocks of a scope that was left since: gone with
+            // its reset.
+            if b.gen == gen {
+                for (i, &ptr) in b.items[..b.len as usize].iter().enumerate() {
+                    let Some(p) = NonNull::new(ptr) else { continue };
+                    // SAFETY: the freeing thread gave the block up; anything but a live block
+                    // start is refused untouched; task-heap regions never scrub and only hold
+                    // 16-aligned blocks. A leaf's tree is the leaf.
+                    if unsafe { r.try_free_leaf_plain(ptr) } {
+                        continue;
                     }
-                };
-                if res.is_err() {
-                    BAD.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: as above; a bad pointer is refused (and reported by the region).
+                    let res = unsafe {
+                        if b.trees >> i & 1 != 0 {
+                            r.free(p)
+                        } else {
+                            r.free_one(p)
+                        }
+                    };
+                    if res.is_err() {
+                        BAD.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
+            node = b.next;
         }
+        // SAFETY: `first ..= last` is the list we took, ours; empty nodes for the next batches.
+        unsafe { h.spare.push(first, last) };
     }
 
     /// Reset and decommit an abandoned heap that holds no block (an abandoned scope heap then
@@ -709,12 +805,14 @@ fn remote_free(h: &'static Heap, p: *mut u8, tree: bool) {
     if h.state.load(Ordering::SeqCst) == OWNED && OUTBOX.try_with(|o| o.add(h, p, tree)).is_ok() {
         return;
     }
-    send(h, RemoteBatch::one(h.gen.load(Ordering::Relaxed), p, tree));
+    send(h, one_free(h, p, tree));
 }
 
-/// Queue `batch` on `h` and raise `REMOTE`; process it at once if nobody owns `h`.
-fn send(h: &'static Heap, batch: RemoteBatch) {
-    h.remote.push(batch);
+/// Queue `batch` (a node the caller owns and gives up) on `h` and raise `REMOTE`; process it at
+/// once if nobody owns `h`.
+fn send(h: &'static Heap, batch: *mut RemoteBatch) {
+    // SAFETY: a node of the caller's, given up here.
+    unsafe { h.remote.push(batch, batch) };
     // Set REMOTE only if it is clear: a freer that keeps freeing into the same heap then only
     // reads its `attention` line. Nothing is stranded: the fence orders our push before our load,
     // and a drainer clears REMOTE (SeqCst) and fences before it pops; so either our load sees the
@@ -729,8 +827,8 @@ fn send(h: &'static Heap, batch: RemoteBatch) {
 }
 
 /// A thread's frees of blocks of other threads' heaps, gathered into one batch per heap before
-/// they are sent (snmalloc's remote cache): a producer/consumer pair then pays one queue push,
-/// one fence and one read of the owner's `attention` per [`BATCH`] frees instead of per free.
+/// they are sent (snmalloc's remote cache): a producer/consumer pair then pays one push, one
+/// fence and one read of the owner's `attention` per [`BATCH`] frees instead of per free.
 ///
 /// A batch is sent when it is full, when the thread frees into another heap, before the thread
 /// asks for anything that should see its frees (`stats`, `thread_stats`, `heap_minimize`, a
@@ -738,13 +836,24 @@ fn send(h: &'static Heap, batch: RemoteBatch) {
 /// when the thread exits. So at most `BATCH - 1` blocks per freeing thread wait while that
 /// thread does nothing else with the allocator.
 ///
-/// Invariant: `items[..len]` are frees of blocks of `heap`, stamped `gen` (the heap's `gen` when
-/// the first was added); `len == 0` when `heap` is null. Touched only by its thread.
+/// After a full batch is sent the outbox keeps its heap (with `len == 0`) as a hint: the next
+/// free of a block of that heap ([`Outbox::add_to_last`], tried first by the free slow path)
+/// needs no search of the registry. The hint is never one of the thread's own heaps: only
+/// blocks of heaps another thread owns are added, a heap this thread takes over by adoption
+/// comes only after the outbox is flushed ([`cur_heap`]), and one it takes over as a scope was
+/// reset since (its `gen` moved on, which `add_to_last` checks).
+///
+/// Invariant: `items[..len]` are frees of blocks of `heap` (bit `i` of `trees`: `items[i]`
+/// cascades), stamped `gen` (the heap's `gen` when the first was added); `len == 0` when
+/// `heap` is null. `spare` is a `next`-linked list of empty nodes that belong to this thread.
+/// Touched only by its thread.
 struct Outbox {
     heap: Cell<*const Heap>,
     gen: Cell<u32>,
     len: Cell<usize>,
-    items: UnsafeCell<[RemoteFree; BATCH]>,
+    trees: Cell<u32>,
+    items: UnsafeCell<[*mut u8; BATCH]>,
+    spare: Cell<*mut RemoteBatch>,
 }
 
 impl Outbox {
@@ -756,33 +865,88 @@ impl Outbox {
             self.heap.set(h);
             self.gen.set(gen);
         }
+        self.push(p, tree);
+    }
+
+    /// [`add`](Self::add) if `p` lies in the heap of the last batch (the hint, see above), that
+    /// heap still has the batch's `gen` and another thread owns it; `false` (nothing done)
+    /// otherwise.
+    #[inline]
+    fn add_to_last(&self, p: *mut u8, tree: bool) -> bool {
+        let Some(h) = real(self.heap.get()) else { return false };
+        if !h.contains(p) || h.gen.load(Ordering::Relaxed) != self.gen.get() || h.state.load(Ordering::SeqCst) != OWNED
+        {
+            return false;
+        }
+        self.push(p, tree);
+        true
+    }
+
+    #[inline]
+    fn push(&self, p: *mut u8, tree: bool) {
         let n = self.len.get();
         // SAFETY: only this thread touches its outbox, and no reference to `items` outlives this
         // statement; n < BATCH (a full batch is sent at once, below).
-        unsafe { (*self.items.get())[n] = RemoteFree { ptr: p, tree } };
+        unsafe { (*self.items.get())[n] = p };
+        self.trees.set(self.trees.get() | (tree as u32) << n);
         self.len.set(n + 1);
         if n + 1 == BATCH {
-            self.flush();
+            self.send();
         }
     }
 
-    /// Send the pending batch, if any.
+    /// Send the pending batch, if any, and forget the heap.
     fn flush(&self) {
+        self.send();
+        self.heap.set(ptr::null());
+    }
+
+    /// Send the pending batch, if any (the heap stays as the hint).
+    fn send(&self) {
         let n = self.len.replace(0);
-        let h = self.heap.replace(ptr::null());
-        let Some(h) = real(h) else { return };
+        let trees = self.trees.replace(0);
+        let Some(h) = real(self.heap.get()) else { return };
         if n == 0 {
             return;
         }
-        // SAFETY: only this thread touches its outbox; the copy ends the borrow at once.
-        let items = unsafe { ptr::read(self.items.get()) };
-        send(h, RemoteBatch { gen: self.gen.get(), len: n as u32, items });
+        let node = self.node(h);
+        // SAFETY: the node is ours until it is sent; only this thread touches its outbox, and
+        // the borrow of `items` ends with the copy.
+        unsafe {
+            (*node).gen = self.gen.get();
+            (*node).len = n as u32;
+            (*node).trees = trees;
+            ptr::copy_nonoverlapping((*self.items.get()).as_ptr(), (*node).items.as_mut_ptr(), n);
+        }
+        send(h, node);
+    }
+
+    /// An empty node for a batch to `h`, owned by the caller: one of this thread's spares, else
+    /// the spares `h`'s drainer gave back (all of them; the rest become this thread's), else a
+    /// new one.
+    fn node(&self, h: &'static Heap) -> *mut RemoteBatch {
+        let mut node = self.spare.get();
+        if node.is_null() {
+            node = h.spare.take();
+            if node.is_null() {
+                return RemoteBatch::boxed();
+            }
+        }
+        // SAFETY: a node of this thread's spare list (or of the list just taken): ours.
+        self.spare.set(unsafe { (*node).next });
+        node
     }
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
         self.flush();
+        let mut node = self.spare.replace(ptr::null_mut());
+        while !node.is_null() {
+            // SAFETY: this thread's spare nodes are boxed and in no other list: ours to free.
+            let b = unsafe { Box::from_raw(node) };
+            node = b.next;
+        }
     }
 }
 
@@ -1206,6 +1370,10 @@ pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
     let Some(nn) = NonNull::new(p) else {
         return false;
     };
+    // Another block of the heap this thread last freed into (see `Outbox`): no registry search.
+    if OUTBOX.try_with(|o| o.add_to_last(p, tree)).unwrap_or(false) {
+        return true;
+    }
     let what = if tree { "free_tree" } else { "CoTaskMemFree" };
     if let Some(h) = own_heap_of(p) {
         // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
@@ -1230,7 +1398,11 @@ pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
             }
             None => {
                 // Re-entered while this thread holds a heap: do it later, as a remote free.
-                h.remote.push(RemoteBatch::one(h.gen.load(Ordering::Relaxed), p, tree));
+                // SAFETY: a node of ours, given up.
+                unsafe {
+                    let node = one_free(h, p, tree);
+                    h.remote.push(node, node);
+                }
                 h.attention.fetch_or(REMOTE, Ordering::SeqCst);
                 true
             }
@@ -1531,7 +1703,16 @@ fn retire(h: &'static Heap, held: Held) {
     // Frees queued for the scope's blocks are moot now: every block is gone. Batches still in
     // other threads' outboxes carry the old generation and are dropped when they arrive.
     h.gen.fetch_add(1, Ordering::Relaxed);
-    while h.remote.pop().is_some() {}
+    let first = h.remote.take();
+    if !first.is_null() {
+        let mut last = first;
+        // SAFETY: `take` made every node of the list ours.
+        while let Some(next) = NonNull::new(unsafe { (*last).next }) {
+            last = next.as_ptr();
+        }
+        // SAFETY: the list we took: ours, given back as spares.
+        unsafe { h.spare.push(first, last) };
+    }
     h.attention.fetch_and(!REMOTE, Ordering::SeqCst);
     h.outer.set(ptr::null());
     h.state.store(IDLE, Ordering::SeqCst);
