@@ -88,14 +88,18 @@ mod bench {
         g.bench_function("floor/same-thread", |b| {
             b.iter_custom(|n| sample("floor/same-thread", n, |n| same_thread(floor(), n)))
         });
-        g.bench_function("floor/pair", |b| b.iter_custom(|n| sample("floor/pair", n, |n| pair_batched(floor(), n))));
+        g.bench_function("floor/pair", |b| {
+            b.iter_custom(|n| sample("floor/pair", n, |n| pair_batched(floor(), n, HANDOFF)))
+        });
         g.bench_function("floor/pair-each", |b| {
             b.iter_custom(|n| sample("floor/pair-each", n, |n| pair_each(floor(), n)))
         });
         g.bench_function("heap/same-thread", |b| {
             b.iter_custom(|n| sample("heap/same-thread", n, |n| same_thread(TaskHeap, n)))
         });
-        g.bench_function("heap/pair", |b| b.iter_custom(|n| sample("heap/pair", n, |n| pair_batched(TaskHeap, n))));
+        g.bench_function("heap/pair", |b| {
+            b.iter_custom(|n| sample("heap/pair", n, |n| pair_batched(TaskHeap, n, HANDOFF)))
+        });
         g.bench_function("heap/pair-each", |b| {
             b.iter_custom(|n| sample("heap/pair-each", n, |n| pair_each(TaskHeap, n)))
         });
@@ -103,7 +107,9 @@ mod bench {
         g.bench_function("system/same-thread", |b| {
             b.iter_custom(|n| sample("system/same-thread", n, |n| same_thread(system(), n)))
         });
-        g.bench_function("system/pair", |b| b.iter_custom(|n| sample("system/pair", n, |n| pair_batched(system(), n))));
+        g.bench_function("system/pair", |b| {
+            b.iter_custom(|n| sample("system/pair", n, |n| pair_batched(system(), n, HANDOFF)))
+        });
         g.bench_function("system/pair-each", |b| {
             b.iter_custom(|n| sample("system/pair-each", n, |n| pair_each(system(), n)))
         });

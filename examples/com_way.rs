@@ -13,7 +13,8 @@
 //! `floor-pair` / `heap-pair` / `system-pair` (the producer/consumer pair of `benches/com.rs`:
 //! one thread allocates N requests, the other frees every block; under callgrind use
 //! `--separate-threads=yes` to see each side's instructions). A pair mode prints its requests
-//! per second, and so do `floor-same` / `heap-same` / `system-same` (the same requests on one
+//! per second (an optional third argument sets its requests per hand-off, 32 by default),
+//! and so do `floor-same` / `heap-same` / `system-same` (the same requests on one
 //! thread, the baseline of the pair).
 //! Each run first does 64 warm-up requests, so the N = 0 run has the same start-up and lazily
 //! created state: `(Ir(N) - Ir(0)) / N` is the cost of one request.
@@ -38,6 +39,8 @@ fn main() {
         );
         std::process::exit(2);
     };
+    // Requests per hand-off of a pair mode: the third argument, else the bench's.
+    let k = args.get(3).and_then(|k| k.parse::<usize>().ok()).unwrap_or(HANDOFF);
     match mode.as_str() {
         "floor" => go(Floor(Box::new([0; 4096])), n),
         "system" => go(Global(std::alloc::System), n),
@@ -66,9 +69,9 @@ fn main() {
         "floor-same" => rate(n, same_thread(Floor(Box::new([0; 4096])), n)),
         "heap-same" => rate(n, same_thread(TaskHeap, n)),
         "system-same" => rate(n, same_thread(Global(std::alloc::System), n)),
-        "floor-pair" => rate(n, pair_batched(Floor(Box::new([0; 4096])), n)),
-        "heap-pair" => rate(n, pair_batched(TaskHeap, n)),
-        "system-pair" => rate(n, pair_batched(Global(std::alloc::System), n)),
+        "floor-pair" => rate(n, pair_batched(Floor(Box::new([0; 4096])), n, k)),
+        "heap-pair" => rate(n, pair_batched(TaskHeap, n, k)),
+        "system-pair" => rate(n, pair_batched(Global(std::alloc::System), n, k)),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);

@@ -301,14 +301,21 @@ fn one_free(h: &'static Heap, p: *mut u8, tree: bool) -> *mut RemoteBatch {
 }
 
 /// One task heap: a region and the protocol around it (see the module doc).
+///
+/// What the owner writes on every operation (`busy`, the region with its inline side-table
+/// fields) and what other threads touch on every remote free (`base`, `len`, `gen`, `state`:
+/// read; `remote`, `spare`: pushed and taken per batch) are on separate cache lines (the
+/// `CachePadded` fields): a thread freeing another's blocks must not pull the owner's lines
+/// away on every free (measured: the owner's `busy` shared a line with `gen` and `state`, and
+/// the pair's every free cost the owner a coherence miss on its next operation).
 struct Heap {
     /// Written only by the owning thread: `true` while it is inside a fast operation on
     /// `region` (set before it reads `attention`, cleared with `Release` after the operation).
     /// Read by a lock holder of an `OWNED` heap, who waits for `false` after setting `HELD`.
-    busy: AtomicBool,
+    busy: CachePadded<AtomicBool>,
     /// Touched only as the protocol allows (see the module doc). Initialized in every heap but
     /// [`NO_HEAP`], whose region is never touched (its `attention` is never 0).
-    region: UnsafeCell<MaybeUninit<Region>>,
+    region: CachePadded<UnsafeCell<MaybeUninit<Region>>>,
     /// Start of the region's tracked arena. Immutable after creation.
     base: usize,
     /// Length of the region's tracked arena. Immutable after creation.
@@ -320,10 +327,10 @@ struct Heap {
     /// lock holder, `REMOTE` by remote freers (set) and drainers (cleared), `FENCED` at creation.
     attention: CachePadded<AtomicU32>,
     /// Pending remote frees, in batches: pushed by any thread, taken by whoever holds the region.
-    remote: BatchStack,
+    remote: CachePadded<BatchStack>,
     /// Empty batch nodes, pushed back by whoever drained them and taken whole by freeing threads
     /// for their next batches (so that sending a batch allocates nothing in steady state).
-    spare: BatchStack,
+    spare: CachePadded<BatchStack>,
     /// Incremented (by the `lock` holder) each time a scope heap is reset on leaving, before its
     /// queue is emptied: batches stamped with an older value are dropped unprocessed.
     gen: AtomicU32,
@@ -372,14 +379,14 @@ impl Heap {
 /// Not registered; its region is uninitialized and never touched; the fast path's stores to its
 /// `busy` flag are harmless (nobody reads it).
 static NO_HEAP: Heap = Heap {
-    busy: AtomicBool::new(false),
-    region: UnsafeCell::new(MaybeUninit::uninit()),
+    busy: CachePadded::new(AtomicBool::new(false)),
+    region: CachePadded::new(UnsafeCell::new(MaybeUninit::uninit())),
     base: 0,
     len: 0,
     outer: Cell::new(ptr::null()),
     attention: CachePadded::new(AtomicU32::new(NOT_A_HEAP)),
-    remote: BatchStack::new(),
-    spare: BatchStack::new(),
+    remote: CachePadded::new(BatchStack::new()),
+    spare: CachePadded::new(BatchStack::new()),
     gen: AtomicU32::new(0),
     lock: CachePadded::new(RawLock::new()),
     state: AtomicU8::new(SHARED),
@@ -445,14 +452,14 @@ fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
     let region = Region::builder().source(crate::host::default_source()).build().ok()?;
     let (base, len) = region.arena_range();
     let heap = Box::new(Heap {
-        busy: AtomicBool::new(false),
-        region: UnsafeCell::new(MaybeUninit::new(region)),
+        busy: CachePadded::new(AtomicBool::new(false)),
+        region: CachePadded::new(UnsafeCell::new(MaybeUninit::new(region))),
         base: base as usize,
         len,
         outer: Cell::new(ptr::null()),
         attention: CachePadded::new(AtomicU32::new(if fenced { FENCED } else { 0 })),
-        remote: BatchStack::new(),
-        spare: BatchStack::new(),
+        remote: CachePadded::new(BatchStack::new()),
+        spare: CachePadded::new(BatchStack::new()),
         gen: AtomicU32::new(0),
         lock: CachePadded::new(RawLock::new()),
         state: AtomicU8::new(state),

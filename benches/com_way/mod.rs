@@ -193,12 +193,12 @@ pub fn request_free<A: Com>(a: &mut A, b: Batch) {
     }
 }
 
-/// Requests per hand-off of [`pair_batched`]: a server hands a worker whole requests, or a batch
-/// of them, not one pointer at a time.
+/// Requests per hand-off of [`pair_batched`] in `benches/com.rs`: a server hands a worker whole
+/// requests, or a batch of them, not one pointer at a time.
 pub const HANDOFF: usize = 32;
-/// Hand-offs in flight in [`pair_batched`] (so `SLOTS * HANDOFF` = 256 requests, as many as the
-/// per-request ring of [`pair_each`] holds).
-const SLOTS: usize = 8;
+/// Requests in flight at most in [`pair_batched`] and [`pair_each`] (as many as the per-request
+/// ring of [`pair_each`] holds).
+const IN_FLIGHT: usize = 256;
 
 /// `iters` requests on one thread: allocate a request, free it (the same-thread baseline).
 pub fn same_thread<A: Com + Send>(a: A, iters: u64) -> std::time::Duration {
@@ -228,7 +228,7 @@ pub fn pair_each<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Duration
     use crossbeam_queue::ArrayQueue;
     use crossbeam_utils::Backoff;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let ring = ArrayQueue::<Batch>::new(SLOTS * HANDOFF);
+    let ring = ArrayQueue::<Batch>::new(IN_FLIGHT);
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let mut consumer = a.clone();
@@ -263,7 +263,7 @@ pub fn pair_each<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Duration
     })
 }
 
-/// `iters` requests by a producer/consumer pair, [`HANDOFF`] requests per hand-off: the producer
+/// `iters` requests by a producer/consumer pair, `handoff` requests per hand-off: the producer
 /// allocates requests into a reusable `Vec` and passes it over a ring; the consumer frees every
 /// block (each free is remote: it goes back to the producer's heap) and passes the emptied `Vec`
 /// back on a second ring. Every block is still allocated by one thread and freed by the other,
@@ -273,13 +273,16 @@ pub fn pair_each<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Duration
 /// harness allocates nothing while it is timed. Both sides back off (spin, then yield) rather
 /// than sleep when there is nothing to do, so the figure is not the cost of waking a thread.
 /// The time from the first allocation to the last free.
-pub fn pair_batched<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Duration {
+/// At most [`IN_FLIGHT`] requests are in flight (rounded up to whole hand-offs, at least two).
+pub fn pair_batched<A: Com + Send + Clone>(a: A, iters: u64, handoff: usize) -> std::time::Duration {
     use crossbeam_queue::ArrayQueue;
     use crossbeam_utils::Backoff;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let (full, empty) = (ArrayQueue::<Vec<Batch>>::new(SLOTS), ArrayQueue::<Vec<Batch>>::new(SLOTS));
-    for _ in 0..SLOTS {
-        let _ = empty.push(Vec::with_capacity(HANDOFF));
+    let handoff = handoff.max(1);
+    let slots = IN_FLIGHT.div_ceil(handoff).max(2);
+    let (full, empty) = (ArrayQueue::<Vec<Batch>>::new(slots), ArrayQueue::<Vec<Batch>>::new(slots));
+    for _ in 0..slots {
+        let _ = empty.push(Vec::with_capacity(handoff));
     }
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -293,7 +296,7 @@ pub fn pair_batched<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Durat
                         for b in v.drain(..) {
                             request_free(&mut consumer, b);
                         }
-                        // Never full: there are `SLOTS` vectors in all.
+                        // Never full: there are `slots` vectors in all.
                         let _ = empty.push(v);
                         backoff.reset();
                     }
@@ -314,11 +317,12 @@ pub fn pair_batched<A: Com + Send + Clone>(a: A, iters: u64) -> std::time::Durat
                     None => backoff.snooze(),
                 }
             };
-            let n = left.min(HANDOFF as u64);
+            let n = left.min(handoff as u64);
             for _ in 0..n {
                 v.push(request_alloc(&mut producer, &mut x));
             }
             left -= n;
+            // Never full: there are `slots` vectors in all.
             let _ = full.push(v);
         }
         done.store(true, Ordering::Release);
