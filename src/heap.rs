@@ -28,18 +28,23 @@
 //! handler) allocates from one shared heap, always under its lock.
 //!
 //! * **Remote free.** `free` of a block owned by another heap goes into the freeing thread's
-//!   `Outbox`, a batch of up to `BATCH` (32) frees for one heap (snmalloc's remote cache). A full
-//!   batch (or one cut short: see [`flush_remote_frees`]) is pushed on the owner's `remote`
-//!   queue (a lock-free `SegQueue`; the pointers are not touched, so a bad one cannot corrupt
-//!   anything), and `REMOTE` is set in its `attention` word unless it is set already. The owner's
-//!   fast free path ignores `REMOTE`; its fast allocation path then only reuses dead slots, and
-//!   on a miss takes the slow path, which drains every queued batch, validating each pointer as
-//!   if it had been freed locally; queries (`size_of`, `did_alloc`) drain first too. So a
-//!   producer/consumer pair costs one queue push, one fence and one drain per batch rather than
-//!   per free, the `attention` line is written once per batch instead of bouncing between cores,
-//!   and freed memory is reused while it is still in cache. Measured (`benches/com.rs`,
-//!   `cross_thread`): a pair whose consumer frees every block went from 2.3 µs to 0.59 µs per
-//!   request against 0.23 µs for one thread doing both.
+//!   `Outbox`, a batch of up to `BATCH` (32) frees for one heap (snmalloc's remote cache); the
+//!   outbox remembers the heap of its last batch, so the next free into that heap needs no
+//!   search of the registry. A full batch (or one cut short: see [`flush_remote_frees`]) is
+//!   copied into a node and pushed on the owner's `remote` stack (lock-free, push-only and taken
+//!   whole; the pointers are not touched, so a bad one cannot corrupt anything), and `REMOTE` is
+//!   set in its `attention` word unless it is set already. The owner's fast free path ignores
+//!   `REMOTE`; its fast allocation path then only reuses dead slots, and on a miss takes the
+//!   slow path, which takes every queued batch at once and frees them oldest first straight
+//!   into the free lists, validating each pointer as if it had been freed locally (a leaf by
+//!   the region's inline free); queries (`size_of`, `did_alloc`) drain first too. The emptied
+//!   nodes go on the heap's `spare` stack, where freeing threads take them for their next
+//!   batches, so a batch allocates and copies nothing but its 32 pointers in steady state. So a
+//!   producer/consumer pair costs one push, one fence and one drain per batch rather than per
+//!   free, the `attention` line is written once per batch instead of bouncing between cores, the
+//!   fields a remote freer reads are on lines the owner does not write, and freed memory is
+//!   reused while it is still in cache. Measured in `benches/com.rs` (`cross_thread`, see the
+//!   README for the figures).
 //!
 //!   The price: until its batch is delivered, a block freed by another thread still counts as
 //!   live for its owner, and a double free across threads (the owner frees a block another
@@ -97,7 +102,8 @@
 //! | `attention & NOT_A_HEAP` | `NO_HEAP` only, for good | the thread has no heap yet |
 //! | `lock` | any thread (spin, then yield); every operation `SeqCst` | serializes everything but the owner's fast path |
 //! | `state` | the `lock` holder | `OWNED` by a thread (its heap or an active scope); `ABANDONED` (its thread exited; adoptable); `IDLE` (a reset scope heap, free to claim); `SHARED` (the fallback heap, owned by nobody) |
-//! | `remote` | pushed by anyone; popped by whoever holds the region (the owner in its slow path, or a lock holder) | pending frees: a pointer and whether the free cascades |
+//! | `remote` | pushed by anyone; taken whole by whoever holds the region (the owner in its slow path, or a lock holder) | pending frees, in batches: pointers and whether each free cascades |
+//! | `spare` | pushed by whoever drained `remote`; taken whole by freeing threads | empty batch nodes |
 //!
 //! The invariant: **the region is touched by exactly one thread at a time**: by the owner while
 //! its `busy` is true and it read no bit but `REMOTE` in `attention` after setting it, or by the holder of `lock`
