@@ -1052,10 +1052,18 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
     // A new tail of the two blocks first (nothing pending, no dead slot of the class waiting),
     // then the general fast path; with remote frees pending, no new tail (as `try_alloc_in`).
-    let fast = fast!(|r, remote| match (!remote).then(|| r.try_alloc_pair(size, child)).flatten() {
+    match fast!(|r, remote| (!remote).then(|| r.try_alloc_pair(size, child)).flatten()) {
         Some((p, q)) => Some((p, Some(q))),
-        None => try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))),
-    });
+        None => alloc_with_child_slow(size, child),
+    }
+}
+
+/// [`alloc_with_child`] past its first fast path: a dead slot or a new tail for the parent, a
+/// child of it from memory at hand, else each block through its own slow path.
+#[cold]
+#[inline(never)]
+fn alloc_with_child_slow(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
+    let fast = fast!(|r, remote| try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))));
     let (p, c) = match fast {
         Some(pc) => pc,
         None => (alloc(size)?, None),

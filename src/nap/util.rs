@@ -551,6 +551,17 @@ pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Con
             }
         }
     }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_connections_general(m, c) }
+}
+
+/// [`free_connections_in`] past its fast path: any structure, checked block by block.
+///
+/// # Safety
+/// As [`free_connections`].
+#[cold]
+#[inline(never)]
+unsafe fn free_connections_general<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
     // The structure and its slot array validated together (one lookup each).
     let (size, slots, slots_size) = m.size_of_pair(c.cast(), size_of::<Connections>(), || {
         // SAFETY: called only once `c` is known to be a live, 16-aligned block of at least
