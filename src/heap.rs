@@ -1227,6 +1227,19 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// None))` if only the child failed (the caller frees `p`).
 #[inline]
 pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
+    // A new tail of the two blocks first (nothing pending, no dead slot of the class waiting),
+    // then the general fast path; with remote frees pending, no new tail (as `try_alloc_in`).
+    match fast!(|r, remote| (!remote).then(|| r.try_alloc_pair(size, child)).flatten()) {
+        Some((p, q)) => Some((p, Some(q))),
+        None => alloc_with_child_slow(size, child),
+    }
+}
+
+/// [`alloc_with_child`] past its first fast path: a dead slot or a new tail for the parent, a
+/// child of it from memory at hand, else each block through its own slow path.
+#[cold]
+#[inline(never)]
+fn alloc_with_child_slow(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
     let fast = fast!(|r, remote| try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))));
     let (p, c) = match fast {
         Some(pc) => pc,
@@ -1303,6 +1316,25 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
             free_tree(b);
         }
     }
+}
+
+/// [`Region::tail_pair`] in the current heap: `p` a structure and, if any, the one block after
+/// it, the two newest blocks of the thread's heap (`None`: not known without a lookup).
+#[inline]
+pub(crate) fn tail_pair(p: *const u8) -> Option<(usize, *mut u8, usize)> {
+    fast!(|r, _| r.tail_pair(p))
+}
+
+/// [`Region::try_free_tail_pair`] in the current heap: `false` (nothing done) if `p` and `q`
+/// are not (any longer) the pending tail.
+///
+/// # Safety
+/// As [`free_tree`] for `p`, and nothing uses `q` afterwards.
+#[inline]
+pub(crate) unsafe fn try_free_tail_pair(p: *const u8, q: *const u8) -> bool {
+    // SAFETY: forwarded caller guarantee; anything but that tail is refused untouched. Task-heap
+    // regions never scrub.
+    fast!(|r, _| unsafe { r.try_free_tail_pair(p, q) }.then_some(())).is_some()
 }
 
 /// [`free`] of an embedded block by a NapUtil `Free*` function: such a block is often the

@@ -282,6 +282,16 @@ impl core::fmt::Debug for Region {
     }
 }
 
+/// Bytes a tail block of `size` (at most `FAST_MAX`) bytes spans: [`tail_extent`] without the
+/// size classes of larger blocks.
+#[inline(always)]
+fn small_extent(size: u32) -> usize {
+    debug_assert!(size as usize <= FAST_MAX);
+    let e = (size.max(1) as usize + (GRANULE - 1)) & !(GRANULE - 1);
+    debug_assert_eq!(e, tail_extent(size as usize));
+    e
+}
+
 /// Bytes a tail block of `size` bytes spans.
 #[inline(always)]
 fn tail_extent(size: usize) -> usize {
@@ -492,6 +502,39 @@ impl Region {
         self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
         // SAFETY: top lies inside the reservation, derived from its base: non-null.
         Some(unsafe { NonNull::new_unchecked(top) })
+    }
+
+    /// A root block of `size` bytes and a block of `child` bytes recorded as its embedded
+    /// pointer, as a new pending tail of two blocks (what `AllocConnections` builds), from memory
+    /// at hand. `None` (and nothing changed but, perhaps, a pending tail recorded) when either
+    /// size is 0 or past the fast path, when a dead slot of the root's size class waits for reuse
+    /// (the general path takes it, so that memory stays bounded), or when the committed arena has
+    /// no room for a tail window.
+    ///
+    /// Like [`try_alloc`](Self::try_alloc) it never calls out.
+    #[inline(always)]
+    pub fn try_alloc_pair(&self, size: usize, child: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        if size.wrapping_sub(1) >= FAST_MAX || child.wrapping_sub(1) >= FAST_MAX {
+            return None;
+        }
+        if self.table().heads[(size - 1) / GRANULE] != NONE {
+            return None;
+        }
+        self.materialize_no_callout();
+        let top = self.top.get();
+        let limit = top.wrapping_add(LOG_WINDOW);
+        if limit as usize > self.fast_end.get() as usize {
+            return None;
+        }
+        let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+        self.start_tail(top, ext, size, NONE, limit);
+        let q = top.wrapping_add(ext);
+        // SAFETY: `q` is 16-aligned and below `top + 2 * FAST_MAX < limit <= root + LOG_WINDOW`:
+        // its entry lies inside the log.
+        unsafe { self.entry(q).write(child as u32) };
+        self.top.set(q.wrapping_add((child + (GRANULE - 1)) & !(GRANULE - 1)));
+        // SAFETY: both lie inside the reservation, derived from its base: non-null.
+        Some(unsafe { (NonNull::new_unchecked(top), NonNull::new_unchecked(q)) })
     }
 
     /// Make the dead slot at the head of `class`'s free list a live block of `size` bytes under
@@ -1048,6 +1091,56 @@ impl Region {
         }
         self.pop_newest(p as *mut u8);
         true
+    }
+
+    /// The pending tail seen as one structure and at most one block after it (what
+    /// `AllocConnections` builds: a structure and its slot array): if `p` is the tail root, the
+    /// root is not itself an embedded pointer of a recorded block, and the tail holds at most one
+    /// more block, `Some((size_of(p), q, size_of(q)))` with `q` that block (null and 0 if there is
+    /// none). `None` for anything else (the caller then asks [`size_of`](Self::size_of)).
+    ///
+    /// Every block of a tail is a descendant of its root, so such a `q` is `p`'s only embedded
+    /// block and `[p, top)` is `p`'s whole tree. It reads nothing but the region and the log.
+    #[inline(always)]
+    pub fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize)> {
+        let root = self.root.get();
+        if root.is_null() || !core::ptr::eq(p, root) {
+            return None;
+        }
+        // Sizes past the fast path (whose extents need more than a round-up) are left to the
+        // general query; so is a root that is an embedded pointer itself (`NESTED` set: its entry
+        // is then above `FAST_MAX` as well).
+        // SAFETY: `root` is the first tail block.
+        let e0 = unsafe { self.entry_of(root) };
+        if e0 > FAST_MAX as u32 {
+            return None;
+        }
+        let q = root.wrapping_add(small_extent(e0));
+        let top = self.top.get();
+        if q == top {
+            return Some((e0 as usize, core::ptr::null_mut(), 0));
+        }
+        // SAFETY: `q` is below the top, so it is the second tail block.
+        let e1 = unsafe { self.entry_of(q) } & !NESTED;
+        (e1 <= FAST_MAX as u32 && q.wrapping_add(small_extent(e1)) == top).then_some((e0 as usize, q, e1 as usize))
+    }
+
+    /// Free `p` with its whole tree if that is the pending tail described by
+    /// [`tail_pair`](Self::tail_pair) with its second block `q` (or with no second block, for a
+    /// null `q`): a rewind. `false` (and nothing changed) for anything else, and in a region that
+    /// scrubs freed memory. It never calls out.
+    ///
+    /// # Safety
+    /// If `p` is a live block, nothing uses it or `q` afterwards.
+    #[inline(always)]
+    pub unsafe fn try_free_tail_pair(&self, p: *const u8, q: *const u8) -> bool {
+        match self.tail_pair(p) {
+            Some((_, second, _)) if core::ptr::eq(second, q) && !self.scrub.on_free => {
+                self.rewind_unscrubbed();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drop `last`, the newest block of a tail of two or more blocks, from the tail: the top

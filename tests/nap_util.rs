@@ -275,3 +275,86 @@ fn handles_may_be_freed_on_another_thread() -> Result<(), NapError> {
     assert_eq!(live(), live0);
     Ok(())
 }
+
+/// A COM object whose `Release` runs a task-heap action of the test's choosing while
+/// `FreeConnections` is between validating the structure and freeing it.
+#[repr(C)]
+struct Meddler {
+    base: ComObject,
+    action: fn(*mut raw::Connections),
+    target: *mut raw::Connections,
+    releases: AtomicU32,
+}
+
+unsafe extern "system" fn meddler_add_ref(_this: *mut ComObject) -> u32 {
+    2
+}
+
+unsafe extern "system" fn meddler_release(this: *mut ComObject) -> u32 {
+    // SAFETY: `this` is a live Meddler (on the test's stack).
+    let m = unsafe { &*this.cast::<Meddler>() };
+    if m.releases.fetch_add(1, Ordering::Relaxed) == 0 {
+        (m.action)(m.target);
+    }
+    1
+}
+
+static MEDDLER_VTBL: IUnknownVtbl =
+    IUnknownVtbl { query_interface: None, add_ref: Some(meddler_add_ref), release: Some(meddler_release) };
+
+/// `FreeConnections` of a fresh structure whose first `Release` runs `action(structure)`;
+/// returns the number of `Release` calls.
+fn free_meddled(action: fn(*mut raw::Connections)) -> u32 {
+    let mut c = ptr::null_mut();
+    // SAFETY: valid out pointer.
+    assert_eq!(unsafe { AllocConnections(&mut c, 4) }, S_OK);
+    let mut m = Meddler { base: ComObject { vtbl: &MEDDLER_VTBL }, action, target: c, releases: AtomicU32::new(0) };
+    let o: *mut ComObject = (&mut m as *mut Meddler).cast();
+    // SAFETY: `c` is live with 4 slots; the object outlives the call.
+    unsafe {
+        (*c).connections.write(o);
+        (*c).connections.add(2).write(o);
+        FreeConnections(c);
+    }
+    m.releases.load(Ordering::Relaxed)
+}
+
+#[test]
+fn free_connections_survives_a_release_that_uses_the_heap_meanwhile() {
+    let _g = serial();
+    static KEPT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    let (live0, bad0) = (live(), bad());
+    // 1. Release allocates: the structure and its array are no longer the newest blocks, so
+    //    they are freed each on its own, exactly once.
+    let n = free_meddled(|_| {
+        let p = heap::alloc(40).expect("a block");
+        KEPT.lock().unwrap().push(p.as_ptr() as usize);
+    });
+    assert_eq!(n, 2);
+    assert_eq!((live(), bad()), (live0 + 1, bad0), "only the block Release made is left");
+    for p in KEPT.lock().unwrap().drain(..) {
+        // SAFETY: live, unused.
+        assert!(unsafe { heap::free(p as *mut u8) });
+    }
+    // 2. Release allocates and frees a whole Connections of its own (the heap's tail moves and
+    //    comes back to where it was).
+    let n = free_meddled(|_| {
+        let mut other = ptr::null_mut();
+        // SAFETY: valid out pointer; `other` is live and its slots are NULL.
+        unsafe {
+            assert_eq!(AllocConnections(&mut other, 8), S_OK);
+            FreeConnections(other);
+        }
+    });
+    assert_eq!(n, 2);
+    assert_eq!((live(), bad()), (live0, bad0));
+    // 3. Release frees the structure itself (a caller's double free): nothing is freed twice,
+    //    nothing crashes, and the second free is refused and reported.
+    let n = free_meddled(|c| {
+        // SAFETY: `c` is live here; the outer FreeConnections frees it again (the bug tested).
+        unsafe { FreeConnections(c) };
+    });
+    assert!(n >= 2, "both slots released at least once ({n})");
+    assert_eq!(live(), live0, "structure and array freed once");
+    assert!(bad() > bad0, "the second free of the structure is reported");
+}

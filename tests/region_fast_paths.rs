@@ -98,3 +98,92 @@ fn the_newest_tail_block_is_freed_inline_and_only_it() {
     }
     assert_eq!((blocks(&r), r.stats().live_bytes), (0, 0));
 }
+
+#[test]
+fn a_tail_pair_is_built_validated_and_freed_by_compares_and_only_when_it_is_one() {
+    let r = Region::new().unwrap();
+    // Commit the arena first (a fresh region has nothing at hand for the no-callout paths).
+    let warm = r.alloc(l(16)).unwrap();
+    // SAFETY: live, unused.
+    unsafe { r.free(warm).unwrap() };
+    let (s, a) = r.try_alloc_pair(16, 64).expect("a pair from memory at hand");
+    assert_eq!(a.as_ptr() as usize, s.as_ptr() as usize + 16, "the array right after its structure");
+    assert_eq!((r.size_of(s), r.size_of(a), blocks(&r)), (Some(16), Some(64), 2));
+    assert_eq!(r.tail_pair(s.as_ptr()), Some((16, a.as_ptr(), 64)));
+    // Only the root names the pair; the array, an interior pointer and a foreign one do not.
+    assert_eq!(r.tail_pair(a.as_ptr()), None);
+    assert_eq!(r.tail_pair(s.as_ptr().wrapping_add(16 * 2)), None);
+    assert_eq!(r.tail_pair(&0u8), None);
+    // The wrong second block is refused, nothing changed.
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_pair(s.as_ptr(), s.as_ptr()) });
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_pair(a.as_ptr(), a.as_ptr()) });
+    assert_eq!(blocks(&r), 2);
+    // A third block: no longer a pair.
+    let b = r.alloc_child(s, l(32)).unwrap();
+    assert_eq!(r.tail_pair(s.as_ptr()), None);
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_pair(s.as_ptr(), a.as_ptr()) });
+    // SAFETY: live.
+    unsafe { r.free(b).unwrap() };
+    assert_eq!(r.tail_pair(s.as_ptr()), Some((16, a.as_ptr(), 64)), "a pair again once the third went");
+    // SAFETY: the pair, freed once with the structure's whole tree.
+    assert!(unsafe { r.try_free_tail_pair(s.as_ptr(), a.as_ptr()) });
+    assert_eq!((r.owns(s), r.owns(a), blocks(&r)), (false, false, 0));
+    // SAFETY: freed already: refused.
+    assert!(!unsafe { r.try_free_tail_pair(s.as_ptr(), a.as_ptr()) });
+    // SAFETY: freed already: refused and reported.
+    assert!(unsafe { r.free(s) }.is_err());
+    // A lone root is a pair without its second block.
+    let one = r.alloc(l(48)).unwrap();
+    assert_eq!(r.tail_pair(one.as_ptr()), Some((48, core::ptr::null_mut(), 0)));
+    // SAFETY: live; its whole tree is the one block.
+    assert!(unsafe { r.try_free_tail_pair(one.as_ptr(), core::ptr::null()) });
+    assert_eq!(blocks(&r), 0);
+}
+
+#[test]
+fn a_tail_pair_is_not_claimed_for_a_nested_root_big_blocks_or_with_a_dead_slot_waiting() {
+    let r = Region::new().unwrap();
+    // Sizes past the fast path, or zero, are not built here.
+    assert!(r.try_alloc_pair(0, 64).is_none());
+    assert!(r.try_alloc_pair(16, 4096).is_none());
+    // A dead slot of the root's class waiting: the general path reuses it instead.
+    let x = r.alloc(l(16)).unwrap();
+    let y = r.alloc(l(16)).unwrap(); // ends x's tail: x is recorded
+                                     // SAFETY: live, unused.
+    unsafe { r.free(x).unwrap() }; // a dead 16-byte slot
+    assert!(r.stats().free_slots >= 1);
+    assert!(r.try_alloc_pair(16, 64).is_none(), "the dead slot goes first");
+    assert_eq!(blocks(&r), 1, "nothing allocated by the refusal");
+    // A tail whose root is itself an embedded pointer of a recorded block is not a free-standing
+    // pair (freeing it must unlink it from its parent): `p` is recorded once `q` starts a tail;
+    // `kid`, a child of `p` (neither the tail root nor its newest block), then roots the next
+    // tail, and `grandkid` joins it.
+    let p = r.alloc(l(32)).unwrap();
+    let q = r.alloc(l(32)).unwrap();
+    let kid = r.alloc_child(p, l(64)).unwrap();
+    let grandkid = r.alloc_child(kid, l(48)).unwrap();
+    assert_eq!(kid.as_ptr() as usize, q.as_ptr() as usize + 32, "kid starts the next tail");
+    assert_eq!(grandkid.as_ptr() as usize, kid.as_ptr() as usize + 64, "grandkid joins it");
+    assert_eq!(r.tail_pair(kid.as_ptr()), None);
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_pair(kid.as_ptr(), grandkid.as_ptr()) });
+    assert_eq!((r.size_of(kid), r.size_of(grandkid)), (Some(64), Some(48)));
+    // SAFETY: live; frees kid and grandkid with p.
+    unsafe { r.free(p).unwrap() };
+    assert_eq!((r.owns(kid), r.owns(grandkid), r.owns(q)), (false, false, true));
+    // SAFETY: live.
+    unsafe { r.free(q).unwrap() };
+    // A tail whose first block is large is left to the general query.
+    let big = r.alloc(l(2000)).unwrap();
+    assert_eq!(r.tail_pair(big.as_ptr()), None);
+    assert_eq!(r.size_of(big), Some(2000));
+    // SAFETY: live; frees kid and grandkid with y.
+    unsafe {
+        r.free(y).unwrap();
+        r.free(big).unwrap();
+    }
+    assert_eq!(blocks(&r), 0);
+}

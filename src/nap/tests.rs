@@ -102,6 +102,14 @@ impl TaskMem for TestMem {
     fn report_bad_pointer(&self, _what: &str, _p: *const u8) {
         self.reported.set(self.reported.get() + 1);
     }
+    // The pending-tail shortcut of `FreeConnections`, as the task heap takes it.
+    fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize)> {
+        self.region.tail_pair(p)
+    }
+    unsafe fn try_free_tail_pair(&self, p: *const u8, q: *const u8) -> bool {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.region.try_free_tail_pair(p, q) }
+    }
 }
 
 /// A C-style COM object counting its references and its `Release` calls.

@@ -116,6 +116,22 @@ pub(crate) trait TaskMem {
             self.free_tree(b);
         }
     }
+    /// If `p` and at most one block `q` after it are everything this memory allocated since `p`
+    /// (a structure and its array, freed before anything newer was made: a pending tail),
+    /// `Some((size_of(p), q, size_of(q)))` (`q` null and 0 if there is no such block); `None`
+    /// when that is not known cheaply (the caller then asks [`size_of`](Self::size_of)). `q`'s
+    /// contents and `p`'s are not read.
+    fn tail_pair(&self, _p: *const u8) -> Option<(usize, *mut u8, usize)> {
+        None
+    }
+    /// Free `p` and `q` at once if they still are what [`tail_pair`](Self::tail_pair) found;
+    /// `false` (and nothing changed) otherwise.
+    ///
+    /// # Safety
+    /// As `free_tree` for `p`, and nothing uses `q` afterwards.
+    unsafe fn try_free_tail_pair(&self, _p: *const u8, _q: *const u8) -> bool {
+        false
+    }
 }
 
 /// The process-wide task heap ([`crate::heap`]).
@@ -165,6 +181,15 @@ impl TaskMem for TaskHeap {
     unsafe fn free_then_tree(&self, a: *mut u8, b: *mut u8) {
         // SAFETY: forwarded caller guarantee.
         unsafe { heap::free_then_tree(a, b) }
+    }
+    #[inline]
+    fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize)> {
+        heap::tail_pair(p)
+    }
+    #[inline]
+    unsafe fn try_free_tail_pair(&self, p: *const u8, q: *const u8) -> bool {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { heap::try_free_tail_pair(p, q) }
     }
 }
 
@@ -497,6 +522,46 @@ pub unsafe fn free_connections(c: *mut Connections) {
 /// # Safety
 /// As [`free_connections`].
 pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
+    // The common case first: the structure and its array are the two newest blocks of the
+    // thread's heap (built by AllocConnections, filled, freed), validated and freed by two
+    // compares each, without a lookup.
+    if let Some((size, q, q_size)) = m.tail_pair(c.cast()) {
+        if size >= size_of::<Connections>() {
+            // SAFETY: `c` is a live, 16-aligned block of at least size_of::<Connections>() bytes.
+            let (count, slots) = unsafe { ((*c).count, (*c).connections) };
+            if !q.is_null() && slots.cast::<u8>() == q {
+                let n = usize::from(count);
+                let n = if n * size_of::<*mut ComObject>() <= q_size {
+                    n
+                } else {
+                    clamp_count(m, "FreeConnections: count beyond the slot array", slots, n, Some(q_size))
+                };
+                // SAFETY: `slots` is the live block `q` of at least `n` slots; each non-NULL
+                // slot is a live COM object whose reference the caller gives up.
+                unsafe { release_slots(slots, n) };
+                // A `Release` may have used the heap: the pair is freed at once only if it is
+                // still the tail; otherwise as any structure (each pointer checked again).
+                // SAFETY: the caller gives up the array and the structure.
+                unsafe {
+                    if !m.try_free_tail_pair(c.cast(), q) {
+                        m.free_then_tree(q, c.cast());
+                    }
+                }
+                return;
+            }
+        }
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_connections_general(m, c) }
+}
+
+/// [`free_connections_in`] past its fast path: any structure, checked block by block.
+///
+/// # Safety
+/// As [`free_connections`].
+#[cold]
+#[inline(never)]
+unsafe fn free_connections_general<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
     // The structure and its slot array validated together (one lookup each).
     let (size, slots, slots_size) = m.size_of_pair(c.cast(), size_of::<Connections>(), || {
         // SAFETY: called only once `c` is known to be a live, 16-aligned block of at least
@@ -519,19 +584,31 @@ pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Con
     } else {
         clamp_count(m, "FreeConnections: count beyond the slot array", slots, usize::from(count), slots_size)
     };
-    for i in 0..n {
-        // SAFETY: i < n, and the slot array is a live block of at least n slots.
-        let obj: *mut ComObject = unsafe { slots.add(i).read() };
-        if !obj.is_null() {
-            // SAFETY: a non-NULL slot is a live COM object whose reference the caller gives up.
-            unsafe { ComObject::release(obj) };
-        }
-    }
+    // SAFETY: the slot array is a live block of at least n slots, whose non-NULL slots are live
+    // COM objects whose references the caller gives up.
+    unsafe { release_slots(slots, n) };
     // SAFETY: the caller gives up the array and the structure (a slot array that is the
     // structure itself is freed once, as the structure).
     unsafe {
         let a = if slots.cast::<Connections>() == c { ptr::null_mut() } else { slots.cast() };
         m.free_then_tree(a, c.cast());
+    }
+}
+
+/// `Release` every non-NULL slot of `slots[..n]`.
+///
+/// # Safety
+/// `slots` is valid for reads of `n` pointers, and each non-NULL one is a live COM object whose
+/// reference the caller gives up.
+#[inline(always)]
+unsafe fn release_slots(slots: *mut *mut INapEnforcementClientConnection, n: usize) {
+    for i in 0..n {
+        // SAFETY: i < n (caller).
+        let obj: *mut ComObject = unsafe { slots.add(i).read() };
+        if !obj.is_null() {
+            // SAFETY: a non-NULL slot is a live COM object whose reference the caller gives up.
+            unsafe { ComObject::release(obj) };
+        }
     }
 }
 
