@@ -620,19 +620,19 @@ impl Region {
     #[inline]
     pub fn alloc_with_cursor(&mut self, layout: Layout) -> Result<ChildCursor<'_>, Error> {
         let size = layout.size();
-        let top = self.top.get();
-        let limit = top.wrapping_add(LOG_WINDOW);
-        let (parent, (top, limit, log_k)) = if layout.align() <= GRANULE
-            && size.wrapping_sub(1) < FAST_MAX
-            && self.root.get().is_null()
-            && limit as usize <= self.fast_end.get() as usize
-        {
-            // As `alloc`'s new tail (with no tail pending), without the dead-slot check.
-            let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-            self.start_tail(top, ext, size, NONE, limit);
-            // SAFETY: top lies inside the reservation, derived from its base: non-null.
-            (unsafe { NonNull::new_unchecked(top) }, (top.wrapping_add(ext), limit, self.log_k.get()))
-        } else {
+        let (parent, (top, limit, log_k)) = 'inline: {
+            if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX && self.root.get().is_null() {
+                let top = self.top.get();
+                let limit = top.wrapping_add(LOG_WINDOW);
+                if limit as usize <= self.fast_end.get() as usize {
+                    // As `alloc`'s new tail (with no tail pending), without the dead-slot check.
+                    let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+                    self.start_tail(top, ext, size, NONE, limit);
+                    // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                    let p = unsafe { NonNull::new_unchecked(top) };
+                    break 'inline (p, (top.wrapping_add(ext), limit, self.log_k.get()));
+                }
+            }
             self.alloc_with_cursor_slow(layout)?
         };
         Ok(ChildCursor { top, limit, log_k, parent, region: self })
