@@ -33,6 +33,7 @@ mod imp {
         Cursor,
         TrackedFree,
         TrackedReset,
+        TrackedCursor,
         Com,
         ComScope,
     }
@@ -47,6 +48,7 @@ mod imp {
         (Which::Cursor, "napalloc-cursor"),
         (Which::TrackedFree, "napalloc-tracked-free"),
         (Which::TrackedReset, "napalloc-tracked-reset"),
+        (Which::TrackedCursor, "napalloc-tracked-cursor"),
         (Which::Com, "napalloc-com"),
         (Which::ComScope, "napalloc-com-scope"),
     ];
@@ -80,6 +82,15 @@ mod imp {
             }
             Which::TrackedFree => go(TrackedFree(region()), t, n, start),
             Which::TrackedReset => go(TrackedReset(region()), t, n, start),
+            Which::TrackedCursor => {
+                let mut m = TrackedCursor(region());
+                let mut rng = Rng::for_thread(t);
+                run_child_cursor(&mut m, &mut rng, 64);
+                start.wait();
+                let t0 = Instant::now();
+                run_child_cursor(&mut m, &mut rng, n);
+                t0.elapsed()
+            }
             Which::Com => go(Com, t, n, start),
             Which::ComScope => go(ComScope(None), t, n, start),
         }

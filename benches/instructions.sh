@@ -24,7 +24,7 @@ RUST_BIN=target/release/examples/canonical
 C_BIN=$OUT/canonical-c
 gcc -O2 -o "$C_BIN" benches/c/canonical.c
 
-RUST_MODES=(floor hand-bump bumpalo system mimalloc untracked cursor tracked-free tracked-reset com com-scope)
+RUST_MODES=(floor hand-bump bumpalo system mimalloc untracked cursor tracked-free tracked-reset tracked-cursor com com-scope)
 C_MODES=(floor glibc bump)
 
 # Total instructions of one run.
@@ -82,4 +82,5 @@ row rust/untracked "napalloc untracked + reset"
 row rust/cursor "napalloc PageArena cursor + reset"
 row rust/tracked-free "napalloc tracked children + free(header)"
 row rust/tracked-reset "napalloc tracked children + reset"
+row rust/tracked-cursor "napalloc tracked children via child cursor + reset"
 row rust/com "napalloc COM way (heap::alloc/free each block)"

@@ -27,6 +27,7 @@ ORDER = [
     "napalloc-cursor",
     "napalloc-tracked-free",
     "napalloc-tracked-reset",
+    "napalloc-tracked-cursor",
     "napalloc-com",
 ]
 

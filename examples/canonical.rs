@@ -26,6 +26,7 @@ const MODES: &[&str] = &[
     "cursor",
     "tracked-free",
     "tracked-reset",
+    "tracked-cursor",
     "com",
     "com-scope",
 ];
@@ -65,6 +66,13 @@ fn main() {
         }
         "tracked-free" => go(TrackedFree(region()), n),
         "tracked-reset" => go(TrackedReset(region()), n),
+        "tracked-cursor" => {
+            let mut t = TrackedCursor(region());
+            let mut rng = Rng::for_thread(0);
+            run_child_cursor(&mut t, &mut rng, WARMUP);
+            run_child_cursor(&mut t, &mut rng, n);
+            std::hint::black_box(rng.0);
+        }
         "com" => go(Com, n),
         "com-scope" => go(ComScope(None), n),
         other => {

@@ -325,6 +325,12 @@ impl PageArena {
         self.pos.set(0);
     }
 
+    /// True if nothing was allocated since the last reset (`reset` would change nothing).
+    #[inline(always)]
+    pub(crate) fn is_unused(&self) -> bool {
+        self.pos.get() == 0
+    }
+
     /// A bump cursor that keeps the arena's position in locals (registers) until it is dropped:
     /// the fastest way to make many allocations in a row. The arena is borrowed meanwhile.
     ///

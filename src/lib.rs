@@ -41,7 +41,7 @@ pub mod region;
 mod table;
 
 pub use pool::{ArenaPool, OnExhausted, PoolConfig, PoolStats, PooledRegion};
-pub use region::{Region, RegionBuilder, Scrub, Stats};
+pub use region::{ChildCursor, Region, RegionBuilder, Scrub, Stats};
 
 /// The README's Rust examples run as doctests.
 #[cfg(doctest)]

@@ -134,7 +134,7 @@ impl RegionBuilder {
             log_k,
             last: Cell::new(core::ptr::null_mut()),
             root_prev: Cell::new(NONE),
-            high_water: Cell::new(0),
+            high_water: Cell::new(arena.base().as_ptr()),
             table: UnsafeCell::new(table),
             base: arena.base(),
             reserved: arena.reserved(),
@@ -144,6 +144,7 @@ impl RegionBuilder {
             bad_pointers: Cell::new(0),
             big_align: UnsafeCell::new(HashMap::new()),
             slow_free: Cell::new(self.scrub.on_free),
+            reset_gate: if self.scrub.on_reset { u32::MAX } else { 0 },
             scrub: self.scrub,
             _not_sync: PhantomData,
         })
@@ -155,12 +156,17 @@ impl RegionBuilder {
 const LOG_CAP: usize = 256;
 /// Bytes of the tail window, and of the log's storage (one entry slot per granule).
 const LOG_WINDOW: usize = LOG_CAP * GRANULE;
+/// Bytes of the log's storage: an entry slot per granule of the window, and one more past it (at
+/// byte `LOG_WINDOW`) that belongs to no tail block: a [`ChildCursor`] writes an entry before it
+/// knows whether the block fits, at the top, which may be the window's end (or into that slot
+/// when it has no tail to bump into).
+const LOG_BYTES: usize = LOG_WINDOW + GRANULE;
 /// Log entry flag: the block's parent is the block logged just before it (else the tail root).
 const NESTED: u32 = 1 << 31;
 /// Largest size a log entry holds (larger blocks are recorded at once).
 const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 
-/// The storage of the tail log, held through a raw pointer: `LOG_WINDOW` bytes, laid out like the
+/// The storage of the tail log, held through a raw pointer: `LOG_BYTES` bytes, laid out like the
 /// tail window itself (the entry of the tail block at byte `k` of the window is the `u32` at byte
 /// `k` of the log; the bytes between entries are unused). Indexing by offset rather than by
 /// count spares the fast path a log cursor: the entry's address is the block's address plus one
@@ -174,10 +180,10 @@ struct LogBuf(NonNull<u32>);
 
 impl LogBuf {
     fn new() -> LogBuf {
-        LogBuf(NonNull::from(Box::leak(Box::new([0u32; LOG_WINDOW / 4]))).cast())
+        LogBuf(NonNull::from(Box::leak(Box::new([0u32; LOG_BYTES / 4]))).cast())
     }
 
-    /// The first byte; writable, valid for `LOG_WINDOW` bytes (4-aligned) until the `LogBuf` is
+    /// The first byte; writable, valid for `LOG_BYTES` bytes (4-aligned) until the `LogBuf` is
     /// dropped.
     #[inline(always)]
     fn start(&self) -> *mut u8 {
@@ -187,9 +193,9 @@ impl LogBuf {
 
 impl Drop for LogBuf {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from `Box::leak` of a `[u32; LOG_WINDOW / 4]` in `new` and is
+        // SAFETY: the pointer came from `Box::leak` of a `[u32; LOG_BYTES / 4]` in `new` and is
         // freed once, here; the region that held pointers into it is being dropped.
-        drop(unsafe { Box::from_raw(self.0.as_ptr().cast::<[u32; LOG_WINDOW / 4]>()) });
+        drop(unsafe { Box::from_raw(self.0.as_ptr().cast::<[u32; LOG_BYTES / 4]>()) });
     }
 }
 
@@ -251,14 +257,15 @@ pub struct Region {
     /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
     /// slow path for a tail root that is a child of a recorded block).
     root_prev: Cell<u32>,
-    /// Largest arena offset of `top` seen at a slow-path event, a reset or a stats call.
-    high_water: Cell<usize>,
+    /// Largest `top` seen at a slow-path event, a reset or a stats call (a pointer, so that
+    /// noting it is one compare with `top`).
+    high_water: Cell<*mut u8>,
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
     base: NonNull<u8>,
     /// `arena.reserved()`, cached for pointer checks.
     reserved: usize,
-    /// The log's storage (`LOG_WINDOW` bytes).
+    /// The log's storage (`LOG_BYTES` bytes).
     log_buf: LogBuf,
     arena: Span,
     untracked: PageArena,
@@ -268,6 +275,9 @@ pub struct Region {
     /// True while a freed block needs more than a free-list push: scrubbing is on, or some
     /// block has an entry in `big_align`. Recomputed whenever either changes.
     slow_free: Cell<bool>,
+    /// The record count below which `reset` takes its inline path: 0, or `u32::MAX` (more than
+    /// any count, `MAX_RECS < u32::MAX`) when resets scrub, so that one compare decides.
+    reset_gate: u32,
     scrub: Scrub,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -586,6 +596,136 @@ impl Region {
         self.alloc_slow(Some(parent), layout)
     }
 
+    /// A bump cursor for tracked children of `parent` that keeps the tail's bump state in locals
+    /// (registers) until it is dropped: the fastest way to hang many blocks under one block. Every
+    /// block it hands out is a tracked child of `parent`, exactly as from
+    /// [`alloc_child`](Self::alloc_child): `size_of`, `owns`, `free`, `realloc`, `reset` and the
+    /// stats treat it the same. The region is borrowed meanwhile, so nothing else allocates.
+    ///
+    /// While `parent` is the root of the pending tail (the block allocated last with
+    /// [`alloc`](Self::alloc), as a request's header is), a child is a bump and one store to the
+    /// tail log; anything else (another parent, a block past the tail window or the committed
+    /// arena, alignment above 16, more than 1 KiB) takes `alloc_child`'s path.
+    ///
+    /// Fails with [`Error::NotABlock`] / [`Error::ForeignPointer`] if `parent` is not a live block.
+    /// A cursor that is leaked (`mem::forget`) never writes its state back: the blocks it handed
+    /// out are then not allocated (as if freed), and the region hands their memory out again.
+    ///
+    /// ```
+    /// use core::alloc::Layout;
+    /// let mut r = napalloc::Region::new().unwrap();
+    /// let h = r.alloc(Layout::new::<[u64; 2]>()).unwrap();
+    /// {
+    ///     let mut c = r.child_cursor(h).unwrap();
+    ///     for _ in 0..16 {
+    ///         c.alloc(Layout::new::<[u64; 4]>()).unwrap();
+    ///     }
+    /// } // the bump state is written back here
+    /// assert_eq!(r.stats().live_blocks, 17);
+    /// // SAFETY: nothing uses the blocks afterwards.
+    /// unsafe { r.free(h).unwrap() }; // frees the 16 children too
+    /// assert_eq!(r.stats().live_blocks, 0);
+    /// ```
+    #[inline]
+    pub fn child_cursor(&mut self, parent: NonNull<u8>) -> Result<ChildCursor<'_>, Error> {
+        // The top may lie past `limit` (a slow-path child that ends past the window): then
+        // nothing fits inline anyway, and the top's entry may lie outside the log.
+        let (top, limit, log_k) =
+            if parent.as_ptr() == self.root.get() && self.top.get() as usize <= self.limit.get() as usize {
+                (self.top.get(), self.limit.get(), self.log_k.get())
+            } else {
+                self.child_cursor_other(parent)?
+            };
+        // One construction for both paths: the cursor's region is `self`, not a copy of it
+        // read back from a slow path's result.
+        Ok(ChildCursor { top, limit, log_k, parent, region: self })
+    }
+
+    /// Allocate a tracked root block (as [`alloc`](Self::alloc)) and return a
+    /// [`child_cursor`](Self::child_cursor) for its children: a request's header and everything
+    /// hanging off it. [`ChildCursor::parent`] is the new block.
+    ///
+    /// Unlike `alloc`, the block does not take a dead slot of its size class: it starts a new
+    /// pending tail whenever the committed arena has room, so that its children are bumped
+    /// inline (dead slots are left to `alloc` and `alloc_child`).
+    ///
+    /// ```
+    /// use core::alloc::Layout;
+    /// let mut r = napalloc::Region::new().unwrap();
+    /// {
+    ///     let mut c = r.alloc_with_cursor(Layout::new::<[u64; 2]>()).unwrap();
+    ///     let slots = c.alloc(Layout::new::<[usize; 8]>()).unwrap();
+    ///     assert_ne!(slots, c.parent());
+    /// }
+    /// assert_eq!(r.stats().live_blocks, 2);
+    /// r.reset();
+    /// ```
+    #[inline]
+    pub fn alloc_with_cursor(&mut self, layout: Layout) -> Result<ChildCursor<'_>, Error> {
+        let size = layout.size();
+        let (parent, (top, limit, log_k)) = 'inline: {
+            if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX && self.root.get().is_null() {
+                let top = self.top.get();
+                let limit = top.wrapping_add(LOG_WINDOW);
+                if limit as usize <= self.fast_end.get() as usize {
+                    // As `alloc`'s new tail (with no tail pending), without the dead-slot check.
+                    let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
+                    self.start_tail(top, ext, size, NONE, limit);
+                    // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                    let p = unsafe { NonNull::new_unchecked(top) };
+                    break 'inline (p, (top.wrapping_add(ext), limit, self.log_k.get()));
+                }
+            }
+            self.alloc_with_cursor_slow(layout)?
+        };
+        Ok(ChildCursor { top, limit, log_k, parent, region: self })
+    }
+
+    /// [`alloc_with_cursor`](Self::alloc_with_cursor) past the inline case: a pending tail to
+    /// record first, a size or alignment for `alloc`'s slow path, or no room.
+    #[cold]
+    #[inline(never)]
+    fn alloc_with_cursor_slow(&self, layout: Layout) -> Result<(NonNull<u8>, CursorState), Error> {
+        let size = layout.size();
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX {
+            self.materialize();
+            let top = self.top.get();
+            let limit = top.wrapping_add(LOG_WINDOW);
+            if limit as usize <= self.fast_end.get() as usize {
+                self.start_tail(top, (size + (GRANULE - 1)) & !(GRANULE - 1), size, NONE, limit);
+                // SAFETY: top lies inside the reservation, derived from its base: non-null.
+                let p = unsafe { NonNull::new_unchecked(top) };
+                return Ok((p, self.cursor_state(p)));
+            }
+        }
+        let p = self.alloc_slow(None, layout)?;
+        Ok((p, self.cursor_state(p)))
+    }
+
+    /// [`child_cursor`](Self::child_cursor) for a parent that is not the tail root (or a tail
+    /// whose top is past `limit`): checks the parent, and returns the state of a cursor whose
+    /// every allocation takes `alloc_child`'s path until its parent is the tail root with room
+    /// again.
+    #[cold]
+    #[inline(never)]
+    fn child_cursor_other(&self, parent: NonNull<u8>) -> Result<CursorState, Error> {
+        self.peek_size(parent.as_ptr())?;
+        Ok(self.cursor_state(parent))
+    }
+
+    /// The state a [`ChildCursor`] of `parent` continues with (see its invariant): the tail's
+    /// when `parent` is the tail root and the top is not past `limit`, else the top, a null
+    /// limit and the log's spare slot.
+    fn cursor_state(&self, parent: NonNull<u8>) -> CursorState {
+        let top = self.top.get();
+        if parent.as_ptr() == self.root.get() && top as usize <= self.limit.get() as usize {
+            (top, self.limit.get(), self.log_k.get())
+        } else {
+            let spare = self.log_buf.start().wrapping_add(LOG_WINDOW);
+            (top, core::ptr::null_mut(), spare.wrapping_sub(top as usize))
+        }
+    }
+
     /// The part of [`alloc_child`](Self::alloc_child) (size 1 to 1024, alignment 16) that needs
     /// nothing but memory already at hand: a child of the tail root bumped under `limit`, or a
     /// dead slot of the size class linked under a recorded `parent`. `None` (and nothing changed
@@ -830,8 +970,8 @@ impl Region {
 
     #[inline]
     fn note_high_water(&self) {
-        let top = self.top_off();
-        if top > self.high_water.get() {
+        let top = self.top.get();
+        if top as usize > self.high_water.get() as usize {
             self.high_water.set(top);
         }
     }
@@ -1313,13 +1453,16 @@ impl Region {
         // the tail and the untracked arena are forgotten. With no record there is no free-list
         // entry and no `big_align` entry either. The table is as it was, so `fast_end` stays
         // right as it is (if it sends roots to the slow path, that path restores it once it has
-        // made room).
-        if self.table.get_mut().count == 0 && !self.scrub.on_reset {
+        // made room). A region that scrubs on reset never takes this path (`reset_gate`).
+        if self.table.get_mut().count == self.reset_gate {
             debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
             self.note_high_water();
             self.top.set(self.base.as_ptr());
             self.root.set(core::ptr::null_mut());
-            self.untracked.reset();
+            // An untracked arena that was not used since its last reset has nothing to forget.
+            if !self.untracked.is_unused() {
+                self.untracked.reset();
+            }
             return;
         }
         self.reset_slow();
@@ -1413,11 +1556,101 @@ impl Region {
             live_bytes: bytes,
             committed: self.arena.committed() + t.committed() + u.committed,
             reserved: self.arena.reserved() + t.reserved() + u.reserved,
-            high_water: self.high_water.get(),
+            high_water: self.off_of(self.high_water.get()),
             table_committed: t.committed(),
             free_slots: t.count as usize - t.live_blocks,
             bad_pointers: self.bad_pointers.get(),
         }
+    }
+}
+
+/// A [`ChildCursor`]'s `top`, `limit` and `log_k`.
+type CursorState = (*mut u8, *mut u8, *mut u8);
+
+/// A bump cursor for tracked children of one block (see [`Region::child_cursor`]). While its
+/// parent is the tail root, the tail's bump state lives in the cursor, not in the region, so the
+/// compiler can keep it in registers across user writes; it is written back when the cursor is
+/// dropped.
+#[derive(Debug)]
+pub struct ChildCursor<'a> {
+    /// The tail's top while `limit` is not null (the region's `top` is stale until the drop);
+    /// otherwise a copy of the region's `top`.
+    top: *mut u8,
+    /// Not null: `parent` is the tail root and `limit` is the region's `limit`, with
+    /// `top <= limit <= min(end, root + LOG_WINDOW)` (`alloc_child`'s inline bound).
+    /// Null: every allocation takes `alloc_child`'s path (a non-null `new <= null` never holds).
+    limit: *mut u8,
+    /// With the log's provenance, such that `log_k + top` is a 4-aligned `u32` inside the log's
+    /// storage: the region's `log_k` while `limit` is not null (the entry of tail block `p` is
+    /// at `log_k + p`, and `top - root <= LOG_WINDOW`), else pointing `top` at the spare slot
+    /// past the window (which belongs to no block).
+    log_k: *mut u8,
+    /// A live block of the region (it cannot be freed while the region is borrowed).
+    parent: NonNull<u8>,
+    region: &'a mut Region,
+}
+
+impl ChildCursor<'_> {
+    /// Allocate a tracked block of `layout` as a child of the cursor's parent (as
+    /// [`Region::alloc_child`] does; alignment is at least 16).
+    #[inline(always)]
+    pub fn alloc(&mut self, layout: Layout) -> Result<NonNull<u8>, Error> {
+        let size = layout.size();
+        let top = self.top;
+        // The entry goes in first, before the block is known to fit: the slot at `top` belongs
+        // to no block (tail blocks lie below the top), so a block that does not fit leaves only
+        // a stray entry past the tail, which is never read; one that fits has its entry.
+        // SAFETY: `log_k + top` is a 4-aligned `u32` inside the log's storage (invariant).
+        unsafe { self.log_k.wrapping_add(top as usize).cast::<u32>().write(size as u32) };
+        // `top` is 16-aligned, so rounding `top + size` up to 16 adds the block's extent. `Layout`
+        // bounds the size by `isize::MAX`, so the rounding cannot wrap; the sum is only used once
+        // the size is known to be at most `FAST_MAX`.
+        let new = top.wrapping_add(size + (GRANULE - 1));
+        let new = new.wrapping_sub(new as usize & (GRANULE - 1));
+        if layout.align() <= GRANULE && size.wrapping_sub(1) < FAST_MAX && new as usize <= self.limit as usize {
+            // `limit` is not null (`new` is not), so the parent is the tail root and the block,
+            // logged at its offset, is its child: `top < new <= limit` keeps the invariant.
+            self.top = new;
+            // SAFETY: top lies inside the reservation, derived from its base: non-null.
+            return Ok(unsafe { NonNull::new_unchecked(top) });
+        }
+        // The cursor's fields go by value, so its address never escapes and the fast path can
+        // keep them in registers.
+        let (r, top, limit, log_k) = child_cursor_slow(self.region, self.parent, self.top, layout);
+        self.top = top;
+        self.limit = limit;
+        self.log_k = log_k;
+        r
+    }
+
+    /// The block whose children this cursor allocates.
+    #[inline(always)]
+    pub fn parent(&self) -> NonNull<u8> {
+        self.parent
+    }
+}
+
+/// The slow path of [`ChildCursor::alloc`]: write the top back, allocate through
+/// `alloc_child`, and return the state to continue with (inline again if the parent is still, or
+/// now, the tail root with room).
+#[cold]
+#[inline(never)]
+fn child_cursor_slow(
+    region: &Region,
+    parent: NonNull<u8>,
+    top: *mut u8,
+    layout: Layout,
+) -> (Result<NonNull<u8>, Error>, *mut u8, *mut u8, *mut u8) {
+    region.top.set(top);
+    let r = region.alloc_child(parent, layout);
+    let (top, limit, log_k) = region.cursor_state(parent);
+    (r, top, limit, log_k)
+}
+
+impl Drop for ChildCursor<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.region.top.set(self.top);
     }
 }
 
@@ -1504,6 +1737,88 @@ mod tests {
             assert!(!r.owns(blocks[7]));
         }
         assert_eq!(r.stats().free_slots, 0, "materialized blocks were rewound, not free-listed");
+    }
+
+    #[test]
+    fn child_cursor_children_are_tracked_children() {
+        let mut r = region();
+        // A request through a cursor: the root, then children past the tail window (the
+        // cursor's slow path) and of every kind the fast path refuses.
+        let (h, kids) = {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            let mut kids = vec![];
+            for i in 0..300 {
+                let size = [1, 16, 17, 0, 200, 1024, 1025, 3000][i % 8];
+                let layout = if i % 50 == 49 { Layout::from_size_align(24, 64).unwrap() } else { l(size) };
+                let p = c.alloc(layout).unwrap();
+                assert_eq!(p.as_ptr() as usize % layout.align().max(16), 0);
+                kids.push((p, layout.size()));
+            }
+            (c.parent(), kids)
+        };
+        let s = r.stats();
+        assert_eq!(s.live_blocks, 301);
+        assert_eq!(s.live_bytes, 16 + kids.iter().map(|k| k.1).sum::<usize>());
+        assert_eq!(r.size_of(h), Some(16));
+        for &(k, size) in &kids {
+            assert_eq!(r.size_of(k), Some(size));
+        }
+        // Freed alone, reallocated, then the rest with their parent.
+        // SAFETY: each block is live and not used after its free or move.
+        unsafe {
+            r.free(kids[3].0).unwrap();
+            assert!(!r.owns(kids[3].0));
+            let moved = r.realloc(kids[5].0, 5000).unwrap();
+            assert_eq!(r.size_of(moved), Some(5000));
+            r.free(h).unwrap();
+            assert!(!r.owns(moved));
+        }
+        assert!(kids.iter().all(|k| !r.owns(k.0)));
+        assert_eq!(r.stats().live_blocks, 0);
+
+        // A cursor of the tail root, then of a recorded block (every child by the slow path),
+        // then of a bad parent; reset frees everything.
+        let a = r.alloc(l(40)).unwrap();
+        let b = {
+            let mut c = r.child_cursor(a).unwrap();
+            c.alloc(l(8)).unwrap();
+            c.alloc(l(100)).unwrap()
+        };
+        let _other = r.alloc(l(16)).unwrap(); // records a's tail
+        {
+            let mut c = r.child_cursor(a).unwrap();
+            assert_eq!(c.parent(), a);
+            c.alloc(l(30)).unwrap();
+            c.alloc(l(30)).unwrap();
+        }
+        assert_eq!(r.stats().live_blocks, 6);
+        // SAFETY: a is live; it takes its four children with it.
+        unsafe { r.free(a).unwrap() };
+        assert!(!r.owns(b));
+        assert_eq!(r.stats().live_blocks, 1);
+        let interior = NonNull::new(_other.as_ptr().wrapping_add(16)).unwrap();
+        assert_eq!(r.child_cursor(interior).err(), Some(Error::NotABlock));
+        let mut x = 0u64;
+        assert_eq!(r.child_cursor(NonNull::from(&mut x).cast()).err(), Some(Error::ForeignPointer));
+        {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            for _ in 0..10 {
+                c.alloc(l(48)).unwrap();
+            }
+        }
+        assert_eq!(r.stats().live_blocks, 12);
+        r.reset();
+        assert_eq!(r.stats().live_blocks, 0);
+        // A leaked cursor's blocks are not allocated: the books stay exact.
+        let h = {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            c.alloc(l(16)).unwrap();
+            let h = c.parent();
+            core::mem::forget(c);
+            h
+        };
+        assert!(r.owns(h));
+        assert_eq!(r.stats().live_blocks, 1);
     }
 
     #[test]

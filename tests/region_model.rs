@@ -87,6 +87,13 @@ enum Op {
         n: usize,
         size: usize,
     },
+    /// Children through a `ChildCursor`: of a new root of `root` bytes (`alloc_with_cursor`), or
+    /// of `parent` (`child_cursor`); each child `(size, align_shift)`.
+    Cursor {
+        parent: Option<Target>,
+        root: usize,
+        kids: Vec<(usize, u32)>,
+    },
 }
 
 /// What a target resolves to against the model.
@@ -322,6 +329,61 @@ impl Model {
                     Resolved::Bad(pp, want) => assert_eq!(self.r.alloc_child(pp, layout), Err(want)),
                 }
             }
+            Op::Cursor { parent, root, kids } => {
+                let layouts: Vec<(usize, usize, Option<Layout>)> = kids
+                    .iter()
+                    .map(|&(size, shift)| (size, 1usize << shift, Layout::from_size_align(size, 1 << shift).ok()))
+                    .collect();
+                let pid = match parent {
+                    None => None,
+                    Some(t) => match self.resolve(t) {
+                        Resolved::Live(pid, pp) => Some((pid, pp)),
+                        Resolved::Bad(pp, want) => {
+                            assert_eq!(self.r.child_cursor(pp).err(), Some(want), "child_cursor of a bad parent");
+                            return;
+                        }
+                    },
+                };
+                // The cursor borrows the region: the blocks join the model once it is dropped.
+                let mut got = vec![];
+                let (pid, pp) = {
+                    let mut c = match pid {
+                        Some((_, pp)) => self.r.child_cursor(pp).unwrap(),
+                        None => {
+                            let Ok(rl) = Layout::from_size_align(*root, 16) else { return };
+                            match self.r.alloc_with_cursor(rl) {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    assert!(*root + 16 > MUST_FIT, "alloc_with_cursor({root}) failed: {e:?}");
+                                    assert!(e.is_out_of_memory(), "alloc_with_cursor({root}): {e:?}");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    for &(size, align, layout) in &layouts {
+                        let Some(layout) = layout else { continue };
+                        match c.alloc(layout) {
+                            Ok(p) => got.push((p, size, align)),
+                            Err(e) => {
+                                assert!(size + align > MUST_FIT, "cursor alloc({size}, {align}) failed: {e:?}");
+                                assert!(e.is_out_of_memory(), "cursor alloc({size}, {align}): {e:?}");
+                            }
+                        }
+                    }
+                    (pid.map(|(id, _)| id), c.parent())
+                };
+                let pid = match pid {
+                    Some(id) => id,
+                    None => {
+                        self.add(pp, *root, 16, None);
+                        self.next_id - 1
+                    }
+                };
+                for (p, size, align) in got {
+                    self.add(p, size, align, Some(pid));
+                }
+            }
             &Op::Untracked(size) => {
                 let p = self.r.alloc_untracked(Layout::from_size_align(size, 8).unwrap()).unwrap();
                 self.untracked.push(p);
@@ -401,6 +463,15 @@ fn op() -> impl Strategy<Value = Op> {
         3 => target().prop_map(Op::Query),
         1 => (0..200usize).prop_map(Op::Untracked),
         1 => (target(), 1..=if cfg!(miri) { 270usize } else { 300 }, 0..=if cfg!(miri) { 8usize } else { 48 }).prop_map(|(parent, n, size)| Op::Burst { parent, n, size }),
+        3 => (
+            prop_oneof![1 => Just(None), 1 => target().prop_map(Some)],
+            prop_oneof![4 => 0..=64usize, 1 => size()],
+            proptest::collection::vec(
+                (prop_oneof![8 => 0..=300usize, 1 => size()], prop_oneof![8 => 0..=4u32, 1 => 5..=12u32]),
+                0..if cfg!(miri) { 24 } else { 300 },
+            ),
+        )
+            .prop_map(|(parent, root, kids)| Op::Cursor { parent, root, kids }),
     ]
 }
 

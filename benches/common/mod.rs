@@ -267,6 +267,32 @@ impl Mode for TrackedReset {
     }
 }
 
+/// napalloc (3b): tracked blocks, children of the header, allocated through a
+/// [`napalloc::ChildCursor`] (the tail's bump state stays in registers); `reset` releases the
+/// request. Every block is a tracked child, as with `alloc_child`.
+pub struct TrackedCursor(pub napalloc::Region);
+/// One request through a child cursor (the cursor borrows the region, so it has its own loop).
+#[inline(never)]
+pub fn run_child_cursor(t: &mut TrackedCursor, rng: &mut Rng, n: u64) {
+    for _ in 0..n {
+        let r = &mut t.0;
+        {
+            let mut c = r.alloc_with_cursor(HEADER).unwrap();
+            black_box(c.parent());
+            let arr = black_box(c.alloc(ARRAY).unwrap().as_ptr()).cast::<*mut u8>();
+            for i in 0..BLOCKS {
+                let b = black_box(c.alloc(block_layout(block_size(rng.next()))).unwrap().as_ptr());
+                // SAFETY: fresh blocks of at least 16 bytes; `arr` has 8 slots.
+                unsafe {
+                    b.write(i as u8);
+                    arr.add(i & 7).write(b);
+                }
+            }
+        }
+        r.reset();
+    }
+}
+
 /// napalloc (4): the COM way through the task heap: `CoTaskMemAlloc` / `CoTaskMemFree` per block.
 /// The COM way inside a request scope: every block from `heap::alloc` (as `CoTaskMemAlloc` inside
 /// `NapallocScopeEnter`/`Leave`), and the whole request released by leaving the scope (one reset).
