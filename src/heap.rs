@@ -124,7 +124,7 @@ use crate::host::CriticalLevel;
 use crate::nap::types::NapallocScope;
 use crate::os::barrier;
 use crate::region::Region;
-use crate::small::{Kind, Small};
+use crate::small::{Kind, Small, SMALL_MAX};
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
@@ -903,10 +903,7 @@ impl Held {
 /// the `busy`/`attention` handshake is what keeps them out while the owner is inside. It costs
 /// two plain stores and one load of a line the owner keeps in its cache.
 macro_rules! fast {
-    (|$r:ident, $remote:pat_param| $body:expr) => {
-        fast!(|$r, _, $remote| $body)
-    };
-    (|$r:ident, $s:pat_param, $remote:pat_param| $body:expr) => {{
+    (|$r:pat_param, $s:pat_param, $remote:pat_param| $body:expr) => {{
         // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
         let h = unsafe { &*CUR.with(Cell::get) };
         h.busy.store(true, Ordering::Relaxed);
@@ -927,6 +924,9 @@ macro_rules! fast {
         h.busy.store(false, Ordering::Release);
         out
     }};
+    (|$r:ident, $remote:pat_param| $body:expr) => {
+        fast!(|$r, _, $remote| $body)
+    };
 }
 
 /// The fast path with a full fence, for a heap marked `FENCED` and nothing else.
@@ -979,20 +979,41 @@ pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
     fast!(|r, s, remote| try_alloc_any(r, s, size, remote))
 }
 
-/// The first half of [`alloc_fast`]: a block of the small arena, or a dead slot of the region's
-/// size class, or `None`. Calls nothing at all, so a function that inlines it and hands every
-/// miss on to another function (the `CoTaskMemAlloc` export) needs no stack frame.
+/// The first part of [`alloc_fast`]: a block of the small arena, or `None`. Calls nothing at
+/// all and needs few registers, so a function that inlines it and hands every miss on to
+/// another function (the `CoTaskMemAlloc` export, [`alloc`]) needs no stack frame.
+///
+/// The constant bound (not `Small::serves`) lets the compiler drop the class index's bounds
+/// check; a disabled small arena (scope heaps) misses here, and [`alloc_fast`] tries the region.
 #[inline(always)]
-pub(crate) fn alloc_reuse_fast(size: usize) -> Option<NonNull<u8>> {
-    fast!(|r, s, remote| if s.serves(size) { s.try_alloc(size, remote) } else { r.try_reuse(size) })
+pub(crate) fn alloc_small_fast(size: usize) -> Option<NonNull<u8>> {
+    if size > SMALL_MAX {
+        return None;
+    }
+    fast!(|_, s, remote| s.try_alloc(size, remote))
+}
+
+/// The first part of [`free_fast`]: free a plain live block of the small arena, or return
+/// `false` (nothing done). Calls nothing at all (see [`alloc_small_fast`]).
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub(crate) unsafe fn free_small_fast(p: *mut u8) -> bool {
+    fast!(|_, s, _| s.try_free(p).then_some(())).is_some()
 }
 
 /// A fast allocation in the heap: small requests from the small arena, the others from the
 /// region ([`try_alloc_in`]).
 #[inline(always)]
 fn try_alloc_any(r: &Region, s: &Small, size: usize, remote: bool) -> Option<NonNull<u8>> {
-    if s.serves(size) {
-        s.try_alloc(size, remote)
+    if size <= SMALL_MAX {
+        match s.try_alloc(size, remote) {
+            Some(p) => Some(p),
+            // An enabled arena that needs pages takes the slow path (which commits them).
+            None if s.serves(size) => None,
+            None => try_alloc_in(r, size, remote),
+        }
     } else {
         try_alloc_in(r, size, remote)
     }
@@ -1148,6 +1169,15 @@ fn task_layout(size: usize) -> Result<Layout, Error> {
 /// `CoTaskMemAlloc`: a 16-aligned block of `size` bytes, or `None`.
 #[inline]
 pub fn alloc(size: usize) -> Option<NonNull<u8>> {
+    if let Some(p) = alloc_small_fast(size) {
+        return Some(p);
+    }
+    alloc_rest(size)
+}
+
+/// [`alloc`] past the small arena's fast path: the region's fast path, then the slow path.
+#[inline(never)]
+fn alloc_rest(size: usize) -> Option<NonNull<u8>> {
     if let Some(p) = alloc_fast(size) {
         return Some(p);
     }
@@ -1380,11 +1410,26 @@ fn alloc_child_slow(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 #[inline]
 pub unsafe fn free(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee.
+    if unsafe { free_small_fast(p) } {
+        return true;
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_rest(p, false) }
+}
+
+/// [`free`] (or [`free_tree`]) past the small arena's fast path: the region's fast path, then
+/// the slow path.
+///
+/// # Safety
+/// As [`free`].
+#[inline(never)]
+unsafe fn free_rest(p: *mut u8, tree: bool) -> bool {
+    // SAFETY: forwarded caller guarantee.
     if unsafe { free_fast(p) } {
         return true;
     }
     // SAFETY: forwarded caller guarantee.
-    unsafe { free_slow(p, false) }
+    unsafe { free_slow(p, tree) }
 }
 
 /// Free `p` and every block recorded as its embedded pointer, recursively.
@@ -1395,11 +1440,11 @@ pub unsafe fn free(p: *mut u8) -> bool {
 pub unsafe fn free_tree(p: *mut u8) -> bool {
     // A block without children is its whole tree.
     // SAFETY: forwarded caller guarantee.
-    if unsafe { free_fast(p) } {
+    if unsafe { free_small_fast(p) } {
         return true;
     }
     // SAFETY: forwarded caller guarantee.
-    unsafe { free_slow(p, true) }
+    unsafe { free_rest(p, true) }
 }
 
 /// [`free`] (or, with `tree`, [`free_tree`]) past its fast path (for callers that tried

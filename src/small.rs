@@ -26,18 +26,24 @@
 //!   committed, or disabled); granules `[0, limit)` of `data` and their map entries are
 //!   committed; nothing at or past `limit` is touched.
 //! * A map entry `e` of a granule `g < bump` is one of
-//!   - `0`: not a block start (the interior of a block, or granule 0);
-//!   - `size + 1` (`1..=SMALL_MAX + 1`), possibly with [`PROXY`]: the start of a live block of
-//!     `size` bytes (`GetSize` is exact), occupying `granules(size)` granules. With `PROXY`, the
-//!     block has a proxy in the heap's region that carries its recorded children (`proxies`);
-//!   - [`FREE`]` | next`: the start of a free block on the list of its class; `next` is the
-//!     granule of the next free block of that class, 0 at the end.
+//!   - `0`: not a block start (the interior of a block, or granule 0), or a free block at the
+//!     end of its list (both are refused alike: neither is a live block);
+//!   - [`LIVE`]` | size`, possibly with [`PROXY`]: the start of a live block of `size` bytes
+//!     (`GetSize` is exact), occupying `granules(size)` granules. With `PROXY`, the block has a
+//!     proxy in the heap's region that carries its recorded children (`proxies`);
+//!   - `next` (no tag, `next < 2^30`): the start of a free block on the list of its class;
+//!     `next` is the granule of the next free block of that class (0 at the end).
+//!
+//!   A pop therefore moves a map entry to the list head unchanged, and a push the head to the
+//!   map entry; one subtraction of `LIVE` turns an entry into a size that is `<= SMALL_MAX`
+//!   exactly for a plain live block.
 //!
 //!   Entries of granules `>= bump` are 0.
 //! * `heads[c]` is the first free block of class `c` (blocks of `granules(size)` = `max(c, 1)`
 //!   granules, where `c = ceil(size / 16)`; class 0 holds zero-size blocks, one granule each, so
 //!   each is unique and non-NULL), or 0. Lists are LIFO.
-//! * `live_blocks` / `live_bytes` count the live blocks and their requested sizes.
+//! * `live_blocks` / `live_bytes` count the live blocks and their requested sizes (kept apart in
+//!   the struct, so that each update stays one `add` to memory).
 //! * `proxies` holds `(granule, proxy)` exactly for the live blocks whose entry has `PROXY`.
 //!
 //! Nothing is ever stored in a block's own memory, so an overrun of a user block can corrupt
@@ -73,8 +79,8 @@ const GRANULE: usize = 16;
 const SHIFT: u32 = GRANULE.trailing_zeros();
 /// Size classes: class `c` holds blocks of `max(c, 1)` granules.
 const CLASSES: usize = SMALL_MAX / GRANULE + 1;
-/// Map entry tag: a free block; the low bits are the next free block's granule.
-const FREE: u32 = 1 << 31;
+/// Map entry tag: a live block; the low bits are its size.
+const LIVE: u32 = 1 << 31;
 /// Map entry tag: a live block with a proxy in the region (recorded children).
 const PROXY: u32 = 1 << 30;
 /// Bytes reserved for the data of one small arena (address space only until committed).
@@ -97,7 +103,11 @@ const fn granules(class: usize) -> usize {
 }
 
 /// The small-block allocator of one heap (see the module doc for its invariants).
+///
+/// `repr(C)`: the field order is kept, so `live_blocks` and `live_bytes` stay apart and the
+/// compiler updates each with one `add` instead of combining them into vector instructions.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Small {
     /// The data reservation; `None` when disabled (scope and shared heaps, a failed reserve).
     data: Option<Span>,
@@ -116,8 +126,8 @@ pub(crate) struct Small {
     limit: Cell<usize>,
     /// The next granule never handed out.
     bump: Cell<usize>,
-    heads: [Cell<u32>; CLASSES],
     live_blocks: Cell<usize>,
+    heads: [Cell<u32>; CLASSES],
     live_bytes: Cell<usize>,
     /// `(granule, proxy)` of every live block with `PROXY` (few: touched only in slow paths).
     proxies: Vec<(u32, NonNull<u8>)>,
@@ -150,8 +160,8 @@ impl Small {
             lim: 0,
             limit: Cell::new(0),
             bump: Cell::new(0),
-            heads: [const { Cell::new(0) }; CLASSES],
             live_blocks: Cell::new(0),
+            heads: [const { Cell::new(0) }; CLASSES],
             live_bytes: Cell::new(0),
             proxies: Vec::new(),
         }
@@ -230,8 +240,8 @@ impl Small {
         let g = head.get() as usize;
         if g != 0 {
             // A listed block: `g < bump` (heads invariant).
-            head.set(self.entry(g) & !FREE);
-            self.set_entry(g, size as u32 + 1);
+            head.set(self.entry(g));
+            self.set_entry(g, LIVE | size as u32);
         } else if remote {
             return None;
         } else {
@@ -251,7 +261,7 @@ impl Small {
         }
         self.bump.set(end);
         // Entries of the block's other granules are 0 already (never handed out before).
-        self.set_entry(g, size as u32 + 1);
+        self.set_entry(g, LIVE | size as u32);
         self.live_blocks.set(self.live_blocks.get() + 1);
         self.live_bytes.set(self.live_bytes.get() + size);
         Some(self.block(g))
@@ -262,13 +272,15 @@ impl Small {
     #[inline(always)]
     pub(crate) fn try_free(&self, p: *const u8) -> bool {
         let Some(g) = self.granule(p) else { return false };
-        let size = self.entry(g).wrapping_sub(1) as usize;
-        // 0 (not a block start), FREE and PROXY entries all land above SMALL_MAX.
-        if size > SMALL_MAX {
+        // 0 (not a block start), free and `PROXY` entries all land above SMALL_MAX. (In `u32`:
+        // one `add` on x86-64.)
+        let size = self.entry(g).wrapping_sub(LIVE);
+        if size > SMALL_MAX as u32 {
             return false;
         }
+        let size = size as usize;
         let head = &self.heads[(size + GRANULE - 1) >> SHIFT];
-        self.set_entry(g, FREE | head.get());
+        self.set_entry(g, head.get());
         head.set(g as u32);
         self.live_blocks.set(self.live_blocks.get() - 1);
         self.live_bytes.set(self.live_bytes.get() - size);
@@ -283,10 +295,10 @@ impl Small {
         }
         let Some(g) = self.granule(p) else { return Kind::Bad };
         let e = self.entry(g);
-        if e == 0 || e & FREE != 0 {
+        if e & LIVE == 0 {
             return Kind::Bad;
         }
-        Kind::Live { size: (e & !PROXY) as usize - 1, proxy: e & PROXY != 0 }
+        Kind::Live { size: (e & !(LIVE | PROXY)) as usize, proxy: e & PROXY != 0 }
     }
 
     /// The size of a live block at `p`, `None` for anything else.
@@ -339,7 +351,7 @@ impl Small {
         if size > SMALL_MAX || same(size) != same(old) {
             return false;
         }
-        self.set_entry(g, (self.entry(g) & PROXY) | (size as u32 + 1));
+        self.set_entry(g, (self.entry(g) & (LIVE | PROXY)) | size as u32);
         self.live_bytes.set(self.live_bytes.get() - old + size);
         true
     }
