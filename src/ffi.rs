@@ -4,14 +4,15 @@
 //! A thin layer: argument checks, HRESULTs, and no panic across the C ABI. Each export forwards to
 //! [`crate::heap`] or [`crate::com`]; what may panic runs under `catch_unwind` and becomes NULL or
 //! `E_FAIL`. The one exception is the fast path of `CoTaskMemAlloc` and `CoTaskMemFree`
-//! (`heap::alloc_reuse_fast` inline and `heap::alloc_fast` in the slow function, `heap::free_fast`),
+//! (`heap::alloc_small_fast` / `heap::free_small_fast` inline, `heap::alloc_fast` /
+//! `heap::free_fast` in the functions they hand misses to),
 //! which is kept out of `catch_unwind` because that would cost an indirect call on every block:
 //! it calls nothing out of the region, allocates nothing and does no checked arithmetic that can
 //! fail in a release build (its counters cannot overflow by the side table's invariants), so it
 //! does not panic; and should a broken invariant make it panic, the `extern "system"` function
 //! aborts rather than unwind into C.
 //!
-//! The inline part of those two exports calls nothing: every miss is handed to a `#[cold]`
+//! The inline part of those two exports calls nothing: every miss is handed to an `#[inline(never)]`
 //! function that is itself `extern "system"` (so it cannot unwind and needs no landing pad in
 //! the caller), which makes the call a tail call and the exports free of stack frames.
 //!

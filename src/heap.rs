@@ -15,9 +15,18 @@
 //! no test: a thread without a heap points at a static `NO_HEAP` whose `attention` is never 0).
 //! Allocation and freeing of the thread's own blocks take no lock and perform no atomic
 //! read-modify-write: two plain stores of the owner's `busy` flag, one load of the heap's
-//! `attention` word, and the region's own fast paths (`Region::try_alloc`,
-//! `Region::try_alloc_child`, `Region::try_free_leaf_plain`, `Region::size_of`), which never
-//! call out of the region.
+//! `attention` word, and the fast paths of the small arena (`Small::try_alloc`,
+//! `Small::try_free`) or the region (`Region::try_alloc`, `Region::try_alloc_child`,
+//! `Region::try_free_leaf_plain`, `Region::size_of`), which never call out.
+//!
+//! * **Small blocks.** A thread heap also has a small-block arena (`small.rs`): requests of up
+//!   to `SMALL_MAX` (1024) bytes made through [`alloc`] (`CoTaskMemAlloc`, `IMalloc::Alloc`)
+//!   come from free lists per 16-byte class, with sizes and links in an out-of-line granule map.
+//!   Blocks that get recorded children are the region's business: the NapUtil functions
+//!   allocate their structures in the region ([`alloc_child`] of a small block still works: the
+//!   block gets a zero-size proxy in the region that carries the children). Scope heaps and the
+//!   shared heap have no small arena (a scope's reset stays O(1)). The arena is part of the
+//!   heap's protected state: every rule below for "the region" holds for it too.
 //!
 //! Heaps live in a process-wide registry: a fixed array of `&'static Heap` ([`MAX_HEAPS`]). A heap
 //! is leaked on creation and **never freed** (nor is its region dropped), so a pointer to one can
@@ -109,10 +118,12 @@
 //!
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
-//! its own) costs about 1 220 instructions above the no-allocation floor through [`alloc`] and
-//! [`free`] (0.51× glibc's malloc/free in the same harness) and about 1 540 through the C exports
-//! (0.65×), `examples/com_way.rs` under callgrind. Per block that is a dead slot popped off its
-//! size class's free list and, on free, a hint-cache lookup of the record and a push back.
+//! its own) costs about 790 instructions above the no-allocation floor through [`alloc`] and
+//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 1 140 through the C exports
+//! (0.48×), `examples/com_way.rs` under callgrind. Per block that is a pop off the small arena's
+//! free list of its class and, on free, one range compare, one load of the block's map entry
+//! and a push back: about 27 instructions for `CoTaskMemAlloc` and 30 for `CoTaskMemFree`,
+//! the heap protocol (thread-local load, `busy`, `attention`) included.
 //!
 //! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
 //! its structure and slot array in one pass of the protocol (a child of the pending tail's root
