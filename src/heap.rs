@@ -681,14 +681,19 @@ impl Held {
         }
     }
 
-    /// Reset and decommit an abandoned heap that holds no block (an abandoned scope heap then
+    /// Decommit the small arena of an abandoned heap if it holds no block, and reset and
+    /// decommit the region if it holds none (an abandoned scope heap then
     /// becomes idle, ready for the next scope).
     fn trim_if_empty(&self) {
         let h = self.heap;
         let (r, s) = self.both();
-        if h.state.load(Ordering::Relaxed) == ABANDONED && r.live_blocks() == 0 {
+        if h.state.load(Ordering::Relaxed) != ABANDONED {
+            return;
+        }
+        // The small arena on its own: it may be empty while the region still holds blocks.
+        let small_empty = s.trim_if_empty();
+        if r.live_blocks() == 0 {
             r.reset();
-            let small_empty = s.trim_if_empty();
             if r.trim(0).is_ok() {
                 TRIMS.fetch_add(1, Ordering::Relaxed);
             }
