@@ -1059,7 +1059,8 @@ fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     // Task-heap regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
-    fast!(|r, s, _| (s.try_free(p) || unsafe { r.try_free_leaf_plain(p) }).then_some(())).is_some()
+    // The region first: every caller tried the small arena's fast path already.
+    fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) } || s.try_free(p)).then_some(())).is_some()
 }
 
 /// Free `p` in the heap whose region and small arena these are (a lock holder's free, or the
@@ -1170,11 +1171,11 @@ fn child_in(r: &mut Region, s: &mut Small, parent: NonNull<u8>, l: Layout) -> Re
 /// neither holds `p`, else `Some(size_of(p))`.
 #[inline(always)]
 fn query(r: &Region, s: &Small, p: *const u8) -> Option<Option<usize>> {
-    if s.contains(p) {
-        return Some(s.size_of(p));
+    // The region first: the NapUtil functions query their structures, which live there.
+    if let Some(nn) = NonNull::new(p as *mut u8).filter(|_| r.contains(p)) {
+        return Some(r.size_of(nn));
     }
-    let nn = NonNull::new(p as *mut u8)?;
-    r.contains(p).then(|| r.size_of(nn))
+    s.contains(p).then(|| s.size_of(p))
 }
 
 /// The layout of a task-heap block of `size` bytes, or `TooLarge`.
@@ -1363,9 +1364,10 @@ pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
 pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     let done = fast!(|r, s, _| {
-        let da = a.is_null() || s.try_free(a) || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) };
+        // The region first: NapUtil structures and arrays live there (hand-built ones may not).
+        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) } || s.try_free(a);
         // SAFETY: forwarded caller guarantee for `b`; anything but a live block start is refused.
-        Some((da, da && (s.try_free(b) || unsafe { r.try_free_leaf_plain(b) })))
+        Some((da, da && (unsafe { r.try_free_leaf_plain(b) } || s.try_free(b))))
     });
     let (da, db) = done.unwrap_or((false, false));
     // SAFETY: forwarded caller guarantee; `a` first, so a child `a` is not freed with `b`.
@@ -1388,7 +1390,7 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
 #[inline]
 pub(crate) unsafe fn free_embedded(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    if fast!(|r, s, _| (s.try_free(p) || unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) }).then_some(()))
+    if fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) } || s.try_free(p)).then_some(()))
         .is_some()
     {
         return true;
