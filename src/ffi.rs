@@ -4,14 +4,15 @@
 //! A thin layer: argument checks, HRESULTs, and no panic across the C ABI. Each export forwards to
 //! [`crate::heap`] or [`crate::com`]; what may panic runs under `catch_unwind` and becomes NULL or
 //! `E_FAIL`. The one exception is the fast path of `CoTaskMemAlloc` and `CoTaskMemFree`
-//! (`heap::alloc_reuse_fast` inline and `heap::alloc_fast` in the slow function, `heap::free_fast`),
+//! (`heap::alloc_small_fast` / `heap::free_small_fast` inline, `heap::alloc_fast` /
+//! `heap::free_fast` in the functions they hand misses to),
 //! which is kept out of `catch_unwind` because that would cost an indirect call on every block:
 //! it calls nothing out of the region, allocates nothing and does no checked arithmetic that can
 //! fail in a release build (its counters cannot overflow by the side table's invariants), so it
 //! does not panic; and should a broken invariant make it panic, the `extern "system"` function
 //! aborts rather than unwind into C.
 //!
-//! The inline part of those two exports calls nothing: every miss is handed to a `#[cold]`
+//! The inline part of those two exports calls nothing: every miss is handed to an `#[inline(never)]`
 //! function that is itself `extern "system"` (so it cannot unwind and needs no landing pad in
 //! the caller), which makes the call a tail call and the exports free of stack frames.
 //!
@@ -51,9 +52,9 @@ fn as_void(p: Option<NonNull<u8>>) -> *mut c_void {
 /// non-NULL block; NULL on failure (sizes near `SIZE_MAX` fail).
 #[no_mangle]
 pub extern "system" fn CoTaskMemAlloc(cb: SIZE_T) -> *mut c_void {
-    // Inline: only the reuse of a dead slot, the steady state of a server (every block of a
-    // request freed before the next request allocates), which calls nothing.
-    if let Some(p) = heap::alloc_reuse_fast(cb) {
+    // Inline: only the small arena's fast path (a free block of the class, or fresh granules
+    // already committed), which calls nothing; larger blocks go to the region, past this call.
+    if let Some(p) = heap::alloc_small_fast(cb) {
         return p.as_ptr().cast();
     }
     co_task_mem_alloc_slow(cb)
@@ -99,22 +100,28 @@ pub unsafe extern "system" fn CoTaskMemRealloc(pv: *mut c_void, cb: SIZE_T) -> *
 /// If `pv` is a live block, the caller no longer uses it.
 #[no_mangle]
 pub unsafe extern "system" fn CoTaskMemFree(pv: *mut c_void) {
+    // Inline: only the small arena's fast path, which calls nothing and needs few registers (so
+    // no stack frame); a block of the region is freed past this call.
+    // SAFETY: forwarded caller guarantee.
+    if unsafe { heap::free_small_fast(pv.cast()) } {
+        return;
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { co_task_mem_free_rest(pv) }
+}
+
+/// `CoTaskMemFree` past the small arena's fast path: the region's fast path, then the slow path
+/// (a function of its own, and `extern "system"` so that it is tail-called, as
+/// `co_task_mem_alloc_slow`).
+///
+/// # Safety
+/// As `CoTaskMemFree`.
+#[inline(never)]
+unsafe extern "system" fn co_task_mem_free_rest(pv: *mut c_void) {
     // SAFETY: forwarded caller guarantee.
     if unsafe { heap::free_fast(pv.cast()) } {
         return;
     }
-    // SAFETY: forwarded caller guarantee.
-    unsafe { co_task_mem_free_slow(pv) }
-}
-
-/// `CoTaskMemFree` past its fast path (a function of its own, and `extern "system"` so that it
-/// is tail-called, as `co_task_mem_alloc_slow`).
-///
-/// # Safety
-/// As `CoTaskMemFree`.
-#[cold]
-#[inline(never)]
-unsafe extern "system" fn co_task_mem_free_slow(pv: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: forwarded caller guarantee.
         unsafe { heap::free_slow(pv.cast(), false) };

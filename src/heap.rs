@@ -15,9 +15,18 @@
 //! no test: a thread without a heap points at a static `NO_HEAP` whose `attention` is never 0).
 //! Allocation and freeing of the thread's own blocks take no lock and perform no atomic
 //! read-modify-write: two plain stores of the owner's `busy` flag, one load of the heap's
-//! `attention` word, and the region's own fast paths (`Region::try_alloc`,
-//! `Region::try_alloc_child`, `Region::try_free_leaf_plain`, `Region::size_of`), which never
-//! call out of the region.
+//! `attention` word, and the fast paths of the small arena (`Small::try_alloc`,
+//! `Small::try_free`) or the region (`Region::try_alloc`, `Region::try_alloc_child`,
+//! `Region::try_free_leaf_plain`, `Region::size_of`), which never call out.
+//!
+//! * **Small blocks.** A thread heap also has a small-block arena (`small.rs`): requests of up
+//!   to `SMALL_MAX` (1024) bytes made through [`alloc`] (`CoTaskMemAlloc`, `IMalloc::Alloc`)
+//!   come from free lists per 16-byte class, with sizes and links in an out-of-line granule map.
+//!   Blocks that get recorded children are the region's business: the NapUtil functions
+//!   allocate their structures in the region ([`alloc_child`] of a small block still works: the
+//!   block gets a zero-size proxy in the region that carries the children). Scope heaps and the
+//!   shared heap have no small arena (a scope's reset stays O(1)). The arena is part of the
+//!   heap's protected state: every rule below for "the region" holds for it too.
 //!
 //! Heaps live in a process-wide registry: a fixed array of `&'static Heap` ([`MAX_HEAPS`]). A heap
 //! is leaked on creation and **never freed** (nor is its region dropped), so a pointer to one can
@@ -115,10 +124,12 @@
 //!
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
-//! its own) costs about 1 220 instructions above the no-allocation floor through [`alloc`] and
-//! [`free`] (0.51× glibc's malloc/free in the same harness) and about 1 540 through the C exports
-//! (0.65×), `examples/com_way.rs` under callgrind. Per block that is a dead slot popped off its
-//! size class's free list and, on free, a hint-cache lookup of the record and a push back.
+//! its own) costs about 790 instructions above the no-allocation floor through [`alloc`] and
+//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 1 140 through the C exports
+//! (0.48×), `examples/com_way.rs` under callgrind. Per block that is a pop off the small arena's
+//! free list of its class and, on free, one range compare, one load of the block's map entry
+//! and a push back: about 27 instructions for `CoTaskMemAlloc` and 30 for `CoTaskMemFree`,
+//! the heap protocol (thread-local load, `busy`, `attention`) included.
 //!
 //! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
 //! its structure and slot array in one pass of the protocol (a child of the pending tail's root
@@ -130,6 +141,7 @@ use crate::host::CriticalLevel;
 use crate::nap::types::NapallocScope;
 use crate::os::barrier;
 use crate::region::Region;
+use crate::small::{Kind, Small, SMALL_MAX};
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
@@ -322,10 +334,19 @@ struct Heap {
     /// Touched only as the protocol allows (see the module doc). Initialized in every heap but
     /// [`NO_HEAP`], whose region is never touched (its `attention` is never 0).
     region: CachePadded<UnsafeCell<MaybeUninit<Region>>>,
+    /// The small-block allocator (`small.rs`): touched under the same rule as `region`, so it
+    /// needs no protocol of its own. Disabled in scope heaps (a scope's reset must stay O(1),
+    /// and its blocks die with the scope anyway), in the shared heap and in [`NO_HEAP`]. On a
+    /// line of its own, as `region`: the owner writes it on every small operation.
+    small: CachePadded<UnsafeCell<Small>>,
     /// Start of the region's tracked arena. Immutable after creation.
     base: usize,
     /// Length of the region's tracked arena. Immutable after creation.
     len: usize,
+    /// Start and length of the small arena's data reservation (length 0 when disabled).
+    /// Immutable after creation.
+    small_base: usize,
+    small_len: usize,
     /// Owner-only (the thread that owns the heap as a scope): the heap that was current when
     /// the scope was entered.
     outer: Cell<*const Heap>,
@@ -368,7 +389,13 @@ impl core::fmt::Debug for Heap {
 impl Heap {
     #[inline(always)]
     fn contains(&self, p: *const u8) -> bool {
-        (p as usize).wrapping_sub(self.base) < self.len
+        (p as usize).wrapping_sub(self.base) < self.len || (p as usize).wrapping_sub(self.small_base) < self.small_len
+    }
+
+    /// The small-block allocator, under the same rule as [`Heap::region_ptr`].
+    #[inline(always)]
+    fn small_ptr(&self) -> *mut Small {
+        self.small.get()
     }
 
     /// The region. Dereferencing it is allowed only as the protocol allows, and never for
@@ -387,8 +414,11 @@ impl Heap {
 static NO_HEAP: Heap = Heap {
     busy: CachePadded::new(AtomicBool::new(false)),
     region: CachePadded::new(UnsafeCell::new(MaybeUninit::uninit())),
+    small: CachePadded::new(UnsafeCell::new(Small::disabled())),
     base: 0,
     len: 0,
+    small_base: 0,
+    small_len: 0,
     outer: Cell::new(ptr::null()),
     attention: CachePadded::new(AtomicU32::new(NOT_A_HEAP)),
     remote: CachePadded::new(BatchStack::new()),
@@ -455,13 +485,22 @@ fn new_heap(state: u8, scope: bool) -> Option<&'static Heap> {
     let fenced = !barrier::available();
     // Pages from the host installed with `NapallocSetHostMemoryManager` (else the OS), charged to
     // the process-wide budget.
-    let region = Region::builder().source(crate::host::default_source()).build().ok()?;
+    let source = crate::host::default_source();
+    let region = Region::builder().source(source.clone()).build().ok()?;
     let (base, len) = region.arena_range();
+    // A thread heap also gets a small-block arena; without one (the reservation failed) every
+    // request goes to the region, which serves every size.
+    let small = if scope || state == SHARED { None } else { Small::new(&source).ok() };
+    let small = small.unwrap_or(Small::disabled());
+    let (small_base, small_len) = small.range();
     let heap = Box::new(Heap {
         busy: CachePadded::new(AtomicBool::new(false)),
         region: CachePadded::new(UnsafeCell::new(MaybeUninit::new(region))),
+        small: CachePadded::new(UnsafeCell::new(small)),
         base: base as usize,
         len,
+        small_base,
+        small_len,
         outer: Cell::new(ptr::null()),
         attention: CachePadded::new(AtomicU32::new(if fenced { FENCED } else { 0 })),
         remote: CachePadded::new(BatchStack::new()),
@@ -689,6 +728,13 @@ impl Held {
         unsafe { &mut *self.heap.region_ptr() }
     }
 
+    /// The region and the small arena, for operations that need both.
+    #[allow(clippy::mut_from_ref)]
+    fn both(&self) -> (&mut Region, &mut Small) {
+        // SAFETY: as in `region`; the small arena is a separate cell, under the same rule.
+        (self.region(), unsafe { &mut *self.heap.small_ptr() })
+    }
+
     /// Free everything queued on the heap by other threads.
     fn drain(&self) {
         let h = self.heap;
@@ -714,7 +760,7 @@ impl Held {
             first = newest;
             newest = next;
         }
-        let r = self.region();
+        let (r, s) = self.both();
         let gen = h.gen.load(Ordering::Relaxed);
         let mut node = first;
         while !node.is_null() {
@@ -728,18 +774,14 @@ impl Held {
                     let Some(p) = NonNull::new(ptr) else { continue };
                     // SAFETY: the freeing thread gave the block up; anything but a live block
                     // start is refused untouched; task-heap regions never scrub and only hold
-                    // 16-aligned blocks. A leaf's tree is the leaf.
-                    if unsafe { r.try_free_leaf_plain(ptr) } {
+                    // 16-aligned blocks. A leaf's tree is the leaf, and so is a small block
+                    // without a proxy.
+                    if s.try_free(ptr) || unsafe { r.try_free_leaf_plain(ptr) } {
                         continue;
                     }
-                    // SAFETY: as above; a bad pointer is refused (and reported by the region).
-                    let res = unsafe {
-                        if b.trees >> i & 1 != 0 {
-                            r.free(p)
-                        } else {
-                            r.free_one(p)
-                        }
-                    };
+                    // SAFETY: as above; a bad pointer is refused (and reported) untouched. A
+                    // small block (or any other) goes through the general free.
+                    let res = unsafe { free_in(r, s, p, b.trees >> i & 1 != 0) };
                     if res.is_err() {
                         BAD.fetch_add(1, Ordering::Relaxed);
                     }
@@ -751,17 +793,23 @@ impl Held {
         unsafe { h.spare.push(first, last) };
     }
 
-    /// Reset and decommit an abandoned heap that holds no block (an abandoned scope heap then
+    /// Decommit the small arena of an abandoned heap if it holds no block, and reset and
+    /// decommit the region if it holds none (an abandoned scope heap then
     /// becomes idle, ready for the next scope).
     fn trim_if_empty(&self) {
         let h = self.heap;
-        let r = self.region();
-        if h.state.load(Ordering::Relaxed) == ABANDONED && r.live_blocks() == 0 {
+        let (r, s) = self.both();
+        if h.state.load(Ordering::Relaxed) != ABANDONED {
+            return;
+        }
+        // The small arena on its own: it may be empty while the region still holds blocks.
+        let small_empty = s.trim_if_empty();
+        if r.live_blocks() == 0 {
             r.reset();
             if r.trim(0).is_ok() {
                 TRIMS.fetch_add(1, Ordering::Relaxed);
             }
-            if h.scope {
+            if h.scope && small_empty {
                 h.state.store(IDLE, Ordering::SeqCst);
             }
         }
@@ -781,27 +829,31 @@ impl Drop for Held {
     }
 }
 
-/// Run `f` on the region of `h`, which this thread owns, through the lock. `None` if re-entered.
+/// Run `f` on the region and small arena of `h`, which this thread owns, through the lock.
+/// `None` if re-entered.
 #[inline(never)]
-fn with_own<R>(h: &'static Heap, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
+fn with_own<R>(h: &'static Heap, f: impl FnOnce(&mut Region, &mut Small) -> R) -> Option<R> {
     let held = Held::acquire(h, true)?;
     held.drain();
-    Some(f(held.region()))
+    let (r, s) = held.both();
+    Some(f(r, s))
 }
 
-/// Run `f` on the region of `h`, which this thread does not own. `None` if re-entered.
+/// Run `f` on the region and small arena of `h`, which this thread does not own. `None` if
+/// re-entered.
 #[inline(never)]
-fn with_foreign<R>(h: &'static Heap, f: impl FnOnce(&mut Region) -> R) -> Option<R> {
+fn with_foreign<R>(h: &'static Heap, f: impl FnOnce(&mut Region, &mut Small) -> R) -> Option<R> {
     let held = Held::acquire(h, false)?;
     held.drain();
-    let r = f(held.region());
+    let (r, s) = held.both();
+    let r = f(r, s);
     held.trim_if_empty();
     Some(r)
 }
 
 /// Run `f` on the region of whichever heap holds `p`: this thread's own (through the lock) or
 /// another's (foreign access). `Err(true)`: no heap holds `p`; `Err(false)`: re-entered.
-fn with_heap_of<R>(p: *const u8, f: impl FnOnce(&mut Region) -> R) -> Result<R, bool> {
+fn with_heap_of<R>(p: *const u8, f: impl FnOnce(&mut Region, &mut Small) -> R) -> Result<R, bool> {
     flush_outbox(); // what this thread freed is seen as freed
     if let Some(h) = own_heap_of(p) {
         return with_own(h, f).ok_or(false);
@@ -1033,14 +1085,21 @@ impl Held {
 // The fast path
 // ---------------------------------------------------------------------------------------------
 
-/// `fast!(|r, remote| body)`: run `body` on the current heap's region `r` without the lock, if
-/// nothing but pending remote frees needs attention (`remote` says whether some are pending);
-/// `None` otherwise. `body` must not call out (no page commits, no logging): it may not be
-/// re-entered. A macro rather than a function taking a closure, so that the body is always
-/// inlined into the caller (LLVM declined to inline the closure of the free path into the
-/// `CoTaskMemFree` export, which cost a call and a stack frame per block).
+/// `fast!(|r, s, remote| body)`: run `body` on the current heap's region `r` and small arena
+/// `s` without the lock, if nothing but pending remote frees needs attention (`remote` says
+/// whether some are pending); `None` otherwise (`fast!(|r, remote| body)`: the region alone).
+/// `body` must not call out (no page commits, no logging): it may not be re-entered. A macro
+/// rather than a function taking a closure, so that the body is always inlined into the caller
+/// (LLVM declined to inline the closure of the free path into the `CoTaskMemFree` export, which
+/// cost a call and a stack frame per block).
+///
+/// The small arena uses this same protocol rather than a cheaper one of its own: other threads
+/// do touch it (a foreign `realloc`, `size_of` or `alloc_child` of a small block, `stats`,
+/// `heap_minimize`, and draining remote frees all run under the lock on the owner's heap), and
+/// the `busy`/`attention` handshake is what keeps them out while the owner is inside. It costs
+/// two plain stores and one load of a line the owner keeps in its cache.
 macro_rules! fast {
-    (|$r:ident, $remote:pat_param| $body:expr) => {{
+    (|$r:pat_param, $s:pat_param, $remote:pat_param| $body:expr) => {{
         // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
         let h = unsafe { &*CUR.with(Cell::get) };
         h.busy.store(true, Ordering::Relaxed);
@@ -1051,6 +1110,8 @@ macro_rules! fast {
             // region is ours until `busy` is cleared, and `body` does not call out.
             // SAFETY: so this is the only reference to the region while it lives.
             let $r: &Region = unsafe { &*h.region_ptr() };
+            // SAFETY: the small arena is under the same rule as the region.
+            let $s: &Small = unsafe { &*h.small_ptr() };
             let $remote: bool = att != 0;
             $body
         } else {
@@ -1059,11 +1120,14 @@ macro_rules! fast {
         h.busy.store(false, Ordering::Release);
         out
     }};
+    (|$r:ident, $remote:pat_param| $body:expr) => {
+        fast!(|$r, _, $remote| $body)
+    };
 }
 
 /// The fast path with a full fence, for a heap marked `FENCED` and nothing else.
 #[inline(never)]
-fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region, bool) -> Option<R>) -> Option<R> {
+fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region, &Small, bool) -> Option<R>) -> Option<R> {
     if h.attention.load(Ordering::Relaxed) & !REMOTE != FENCED {
         return None;
     }
@@ -1072,7 +1136,8 @@ fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region, bool) -> Option<R>) -> Op
     let att = h.attention.load(Ordering::Acquire);
     let r = if att & !REMOTE == FENCED {
         // SAFETY: as in `fast`, with a real fence between the store of `busy` and the load.
-        f(unsafe { &*h.region_ptr() }, att & REMOTE != 0)
+        let (r, s) = unsafe { (&*h.region_ptr(), &*h.small_ptr()) };
+        f(r, s, att & REMOTE != 0)
     } else {
         None
     };
@@ -1107,15 +1172,47 @@ pub fn report_bad_pointer(what: &str, p: *const u8) {
 /// side table (recording a finished tail asserts that the records fit).
 #[inline(always)]
 pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
-    fast!(|r, remote| try_alloc_in(r, size, remote))
+    fast!(|r, s, remote| try_alloc_any(r, s, size, remote))
 }
 
-/// The first half of [`alloc_fast`]: a dead slot of the size class, or `None`. Calls nothing at
-/// all, so a function that inlines it and hands every miss on to another function (the
-/// `CoTaskMemAlloc` export) needs no stack frame.
+/// The first part of [`alloc_fast`]: a block of the small arena, or `None`. Calls nothing at
+/// all and needs few registers, so a function that inlines it and hands every miss on to
+/// another function (the `CoTaskMemAlloc` export, [`alloc`]) needs no stack frame.
+///
+/// The constant bound (not `Small::serves`) lets the compiler drop the class index's bounds
+/// check; a disabled small arena (scope heaps) misses here, and [`alloc_fast`] tries the region.
 #[inline(always)]
-pub(crate) fn alloc_reuse_fast(size: usize) -> Option<NonNull<u8>> {
-    fast!(|r, _| r.try_reuse(size))
+pub(crate) fn alloc_small_fast(size: usize) -> Option<NonNull<u8>> {
+    if size > SMALL_MAX {
+        return None;
+    }
+    fast!(|_, s, remote| s.try_alloc(size, remote))
+}
+
+/// The first part of [`free_fast`]: free a plain live block of the small arena, or return
+/// `false` (nothing done). Calls nothing at all (see [`alloc_small_fast`]).
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub(crate) unsafe fn free_small_fast(p: *mut u8) -> bool {
+    fast!(|_, s, _| s.try_free(p).then_some(())).is_some()
+}
+
+/// A fast allocation in the heap: small requests from the small arena, the others from the
+/// region ([`try_alloc_in`]).
+#[inline(always)]
+fn try_alloc_any(r: &Region, s: &Small, size: usize, remote: bool) -> Option<NonNull<u8>> {
+    if size <= SMALL_MAX {
+        match s.try_alloc(size, remote) {
+            Some(p) => Some(p),
+            // An enabled arena that needs pages takes the slow path (which commits them).
+            None if s.serves(size) => None,
+            None => try_alloc_in(r, size, remote),
+        }
+    } else {
+        try_alloc_in(r, size, remote)
+    }
 }
 
 /// The fast allocation in a region: with remote frees pending, only a dead slot of the size
@@ -1142,7 +1239,123 @@ fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     // Task-heap regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
-    fast!(|r, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
+    // The region first: every caller tried the small arena's fast path already.
+    fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) } || s.try_free(p)).then_some(())).is_some()
+}
+
+/// Free `p` in the heap whose region and small arena these are (a lock holder's free, or the
+/// owner's slow path): `tree` frees its recorded children too. A pointer that is not a live block
+/// is refused untouched and logged (by the region, or here), `Err` for the caller to count.
+///
+/// # Safety
+/// As [`free`] (or [`free_tree`]).
+unsafe fn free_in(r: &mut Region, s: &mut Small, p: NonNull<u8>, tree: bool) -> Result<(), Error> {
+    match s.kind(p.as_ptr()) {
+        // SAFETY: forwarded caller guarantee; the region refuses a bad pointer untouched.
+        Kind::Outside => unsafe {
+            if tree {
+                r.free(p)
+            } else {
+                r.free_one(p)
+            }
+        },
+        Kind::Bad => {
+            log::warn!("napalloc: free({:p}) refused: {}", p.as_ptr(), Error::NotABlock);
+            Err(Error::NotABlock)
+        }
+        Kind::Live { .. } => {
+            if let Some(q) = s.free_block(p.as_ptr()) {
+                // The proxy is a live region block that only we know of: freeing it alone
+                // leaves the children independent, as `free` of a region parent does.
+                // SAFETY: the proxy is freed once, here, together with its small block.
+                let _ = unsafe {
+                    if tree {
+                        r.free(q)
+                    } else {
+                        r.free_one(q)
+                    }
+                };
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `realloc` of `p` in the heap whose region and small arena these are: a region block stays
+/// in the region (`Region::realloc`); a small block is resized in place if it keeps its number of
+/// granules, else moved to another small block or, past `SMALL_MAX`, to the region (to its proxy
+/// if it has recorded children, so the records stay with the data).
+///
+/// # Safety
+/// As [`realloc`].
+unsafe fn realloc_in(r: &mut Region, s: &mut Small, p: NonNull<u8>, size: usize) -> Result<NonNull<u8>, Error> {
+    let (old, proxy) = match s.kind(p.as_ptr()) {
+        // SAFETY: forwarded caller guarantee; the region refuses a bad pointer untouched.
+        Kind::Outside => return unsafe { r.realloc(p, size) },
+        Kind::Bad => {
+            log::warn!("napalloc: CoTaskMemRealloc({:p}) refused: {}", p.as_ptr(), Error::NotABlock);
+            return Err(Error::NotABlock);
+        }
+        Kind::Live { size, proxy } => (size, proxy),
+    };
+    if s.resize_in_place(p.as_ptr(), size) {
+        return Ok(p);
+    }
+    let moved = if s.serves(size) { s.alloc(size, CriticalLevel::Task).ok() } else { None };
+    let q = match moved {
+        Some(q) => {
+            if let Some(pr) = s.take_proxy(p.as_ptr()) {
+                s.set_proxy(q.as_ptr(), pr);
+            }
+            q
+        }
+        None => match proxy.then(|| s.proxy(p.as_ptr())).flatten() {
+            Some(pr) => {
+                // SAFETY: the proxy is a live zero-size region block only we know of; it grows
+                // into the block's new home, keeping its children's records.
+                let q = unsafe { r.realloc(pr, size)? };
+                s.take_proxy(p.as_ptr());
+                q
+            }
+            None => r.alloc(task_layout(size)?)?,
+        },
+    };
+    // SAFETY: `p` is a live small block of `old` bytes, `q` another live block (of the small arena
+    // or the region) of `size` bytes: distinct, each valid for `old.min(size)` bytes.
+    unsafe { ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), old.min(size)) };
+    s.free_block(p.as_ptr());
+    Ok(q)
+}
+
+/// `alloc_child` of `parent` in the heap whose region and small arena these are. A small parent
+/// gets a proxy in the region on its first child (module doc of `small`).
+fn child_in(r: &mut Region, s: &mut Small, parent: NonNull<u8>, l: Layout) -> Result<NonNull<u8>, Error> {
+    match s.kind(parent.as_ptr()) {
+        Kind::Outside => r.alloc_child(parent, l),
+        Kind::Bad => Err(Error::NotABlock),
+        Kind::Live { .. } => {
+            let q = match s.proxy(parent.as_ptr()) {
+                Some(q) => q,
+                None => {
+                    let q = r.alloc(task_layout(0)?)?;
+                    s.set_proxy(parent.as_ptr(), q);
+                    q
+                }
+            };
+            r.alloc_child(q, l)
+        }
+    }
+}
+
+/// What a query of `p` finds in the heap whose region and small arena these are: `None` if
+/// neither holds `p`, else `Some(size_of(p))`.
+#[inline(always)]
+fn query(r: &Region, s: &Small, p: *const u8) -> Option<Option<usize>> {
+    // The region first: the NapUtil functions query their structures, which live there.
+    if let Some(nn) = NonNull::new(p as *mut u8).filter(|_| r.contains(p)) {
+        return Some(r.size_of(nn));
+    }
+    s.contains(p).then(|| s.size_of(p))
 }
 
 /// The layout of a task-heap block of `size` bytes, or `TooLarge`.
@@ -1153,6 +1366,15 @@ fn task_layout(size: usize) -> Result<Layout, Error> {
 /// `CoTaskMemAlloc`: a 16-aligned block of `size` bytes, or `None`.
 #[inline]
 pub fn alloc(size: usize) -> Option<NonNull<u8>> {
+    if let Some(p) = alloc_small_fast(size) {
+        return Some(p);
+    }
+    alloc_rest(size)
+}
+
+/// [`alloc`] past the small arena's fast path: the region's fast path, then the slow path.
+#[inline(never)]
+fn alloc_rest(size: usize) -> Option<NonNull<u8>> {
     if let Some(p) = alloc_fast(size) {
         return Some(p);
     }
@@ -1162,16 +1384,33 @@ pub fn alloc(size: usize) -> Option<NonNull<u8>> {
 /// Allocate with an explicit critical level: `Task` may fail at once; `AppDomain` and `Process`
 /// give idle memory back ([`heap_minimize`]) and retry before they fail.
 pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
-    if let Some(p) = fast!(|r, remote| try_alloc_in(r, size, remote)) {
+    if let Some(p) = fast!(|r, s, remote| try_alloc_any(r, s, size, remote)) {
         return Some(p);
     }
     alloc_slow(size, level)
+}
+
+/// A block that lives in the region whatever its size (a NapUtil structure, which gets recorded
+/// children): [`alloc`] without the small arena.
+#[inline]
+pub(crate) fn alloc_tracked(size: usize) -> Option<NonNull<u8>> {
+    if let Some(p) = fast!(|r, remote| try_alloc_in(r, size, remote)) {
+        return Some(p);
+    }
+    alloc_slow_in(size, CriticalLevel::Task, false)
 }
 
 /// [`alloc`] past its fast path (for callers that tried [`alloc_fast`] already).
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
+    alloc_slow_in(size, level, true)
+}
+
+/// [`alloc_slow`]; `small`: the small arena may serve the request.
+#[cold]
+#[inline(never)]
+fn alloc_slow_in(size: usize, level: CriticalLevel, small: bool) -> Option<NonNull<u8>> {
     flush_outbox();
     let Ok(layout) = task_layout(size) else {
         return failed();
@@ -1181,10 +1420,26 @@ pub(crate) fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8
         Err(true) => return shared_alloc(layout),
         Err(false) => return failed(),
     };
-    if let Some(p) = fenced(h, |r, remote| try_alloc_in(r, size, remote)) {
+    let fast = |r: &Region, s: &Small, remote| {
+        if small {
+            try_alloc_any(r, s, size, remote)
+        } else {
+            try_alloc_in(r, size, remote)
+        }
+    };
+    if let Some(p) = fenced(h, fast) {
         return Some(p);
     }
-    let alloc = |r: &mut Region| r.with_critical_level(level, |r| r.alloc(layout));
+    let alloc = |r: &mut Region, s: &mut Small| {
+        // A small arena that cannot commit more (reservation full, budget) leaves the request
+        // to the region.
+        if small && s.serves(size) {
+            if let Ok(p) = s.alloc(size, level) {
+                return Ok(p);
+            }
+        }
+        r.with_critical_level(level, |r| r.alloc(layout))
+    };
     match with_own(h, alloc) {
         Some(Ok(p)) => Some(p),
         Some(Err(_)) if level != CriticalLevel::Task => {
@@ -1201,7 +1456,7 @@ pub(crate) fn alloc_slow(size: usize, level: CriticalLevel) -> Option<NonNull<u8
 
 /// Allocate from the shared heap (for threads that have no heap of their own).
 fn shared_alloc(layout: Layout) -> Option<NonNull<u8>> {
-    match shared_heap().and_then(|h| with_foreign(h, |r| r.alloc(layout))) {
+    match shared_heap().and_then(|h| with_foreign(h, |r, _| r.alloc(layout))) {
         Some(Ok(p)) => Some(p),
         _ => failed(),
     }
@@ -1243,7 +1498,7 @@ fn alloc_with_child_slow(size: usize, child: usize) -> Option<(NonNull<u8>, Opti
     let fast = fast!(|r, remote| try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))));
     let (p, c) = match fast {
         Some(pc) => pc,
-        None => (alloc(size)?, None),
+        None => (alloc_tracked(size)?, None),
     };
     Some((p, c.or_else(|| alloc_child(p, child))))
 }
@@ -1259,25 +1514,25 @@ pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
     min: usize,
     field: F,
 ) -> (Option<usize>, *const u8, Option<usize>) {
-    let Some(nn) = NonNull::new(p as *mut u8) else {
+    if p.is_null() {
         return (None, ptr::null(), None);
-    };
+    }
     let mut field = Some(field);
     // `Some((a, q, Some(b)))`: all known; `Some((a, q, None))`: `q` needs the general query.
-    let fast = fast!(|r, remote| if remote || !r.contains(p) {
+    let fast = fast!(|r, s, remote| if remote {
         None
     } else {
-        match (r.size_of(nn), field.take()) {
-            (Some(a), Some(f)) if a >= min => {
+        match (query(r, s, p), field.take()) {
+            (None, f) => {
+                field = f; // not this heap's: the general query below
+                None
+            }
+            (Some(Some(a)), Some(f)) if a >= min => {
                 let q = f();
-                let b = match NonNull::new(q as *mut u8) {
-                    None => Some(None),
-                    Some(qq) if r.contains(q) => Some(r.size_of(qq)),
-                    Some(_) => None,
-                };
+                let b = if q.is_null() { Some(None) } else { query(r, s, q) };
                 Some((Some(a), q, b))
             }
-            (a, _) => Some((a, ptr::null(), Some(None))),
+            (Some(a), _) => Some((a, ptr::null(), Some(None))),
         }
     });
     match fast {
@@ -1301,10 +1556,11 @@ pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
 #[inline]
 pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    let done = fast!(|r, _| {
-        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) };
+    let done = fast!(|r, s, _| {
+        // The region first: NapUtil structures and arrays live there (hand-built ones may not).
+        let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) } || s.try_free(a);
         // SAFETY: forwarded caller guarantee for `b`; anything but a live block start is refused.
-        Some((da, da && unsafe { r.try_free_leaf_plain(b) }))
+        Some((da, da && (unsafe { r.try_free_leaf_plain(b) } || s.try_free(b))))
     });
     let (da, db) = done.unwrap_or((false, false));
     // SAFETY: forwarded caller guarantee; `a` first, so a child `a` is not freed with `b`.
@@ -1346,7 +1602,9 @@ pub(crate) unsafe fn try_free_tail_pair(p: *const u8, q: *const u8) -> bool {
 #[inline]
 pub(crate) unsafe fn free_embedded(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    if fast!(|r, _| unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) }.then_some(())).is_some() {
+    if fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) } || s.try_free(p)).then_some(()))
+        .is_some()
+    {
         return true;
     }
     // SAFETY: forwarded caller guarantee.
@@ -1360,7 +1618,7 @@ fn alloc_child_slow(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
     let Ok(l) = Layout::from_size_align(size, ALIGN) else {
         return failed();
     };
-    match with_heap_of(parent.as_ptr(), |r| r.alloc_child(parent, l)) {
+    match with_heap_of(parent.as_ptr(), |r, s| child_in(r, s, parent, l)) {
         Ok(Ok(p)) => Some(p),
         Ok(Err(e @ (Error::NotABlock | Error::ForeignPointer))) => {
             bad("alloc_child", parent.as_ptr(), e);
@@ -1382,11 +1640,26 @@ fn alloc_child_slow(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 #[inline]
 pub unsafe fn free(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee.
+    if unsafe { free_small_fast(p) } {
+        return true;
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_rest(p, false) }
+}
+
+/// [`free`] (or [`free_tree`]) past the small arena's fast path: the region's fast path, then
+/// the slow path.
+///
+/// # Safety
+/// As [`free`].
+#[inline(never)]
+unsafe fn free_rest(p: *mut u8, tree: bool) -> bool {
+    // SAFETY: forwarded caller guarantee.
     if unsafe { free_fast(p) } {
         return true;
     }
     // SAFETY: forwarded caller guarantee.
-    unsafe { free_slow(p, false) }
+    unsafe { free_slow(p, tree) }
 }
 
 /// Free `p` and every block recorded as its embedded pointer, recursively.
@@ -1397,11 +1670,11 @@ pub unsafe fn free(p: *mut u8) -> bool {
 pub unsafe fn free_tree(p: *mut u8) -> bool {
     // A block without children is its whole tree.
     // SAFETY: forwarded caller guarantee.
-    if unsafe { free_fast(p) } {
+    if unsafe { free_small_fast(p) } {
         return true;
     }
     // SAFETY: forwarded caller guarantee.
-    unsafe { free_slow(p, true) }
+    unsafe { free_rest(p, true) }
 }
 
 /// [`free`] (or, with `tree`, [`free_tree`]) past its fast path (for callers that tried
@@ -1422,19 +1695,11 @@ pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
     let what = if tree { "free_tree" } else { "CoTaskMemFree" };
     if let Some(h) = own_heap_of(p) {
         // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
-        if fenced(h, |r, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some() {
+        if fenced(h, |r, s, _| (s.try_free(p) || unsafe { r.try_free_leaf_plain(p) }).then_some(())).is_some() {
             return true;
         }
-        let r = with_own(h, |r| {
-            // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
-            unsafe {
-                if tree {
-                    r.free(nn)
-                } else {
-                    r.free_one(nn)
-                }
-            }
-        });
+        // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
+        let r = with_own(h, |r, s| unsafe { free_in(r, s, nn, tree) });
         return match r {
             Some(Ok(())) => true,
             Some(Err(_)) => {
@@ -1481,7 +1746,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
-    match with_heap_of(p, |r| unsafe { r.realloc(nn, size) }) {
+    match with_heap_of(p, |r, s| unsafe { realloc_in(r, s, nn, size) }) {
         Ok(Ok(q)) => q.as_ptr(),
         Ok(Err(Error::NotABlock | Error::ForeignPointer)) => {
             BAD.fetch_add(1, Ordering::Relaxed); // the region logged it
@@ -1501,7 +1766,7 @@ pub fn size_of(p: *const u8) -> Option<usize> {
     let nn = NonNull::new(p as *mut u8)?;
     // A query waits for pending remote frees (the slow path drains them): a block another
     // thread freed is not reported live.
-    if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.size_of(nn))) {
+    if let Some(r) = fast!(|r, s, remote| if remote { None } else { query(r, s, p) }) {
         return r;
     }
     size_of_slow(nn)
@@ -1511,7 +1776,7 @@ pub fn size_of(p: *const u8) -> Option<usize> {
 #[cold]
 #[inline(never)]
 fn size_of_slow(p: NonNull<u8>) -> Option<usize> {
-    with_heap_of(p.as_ptr(), |r| r.size_of(p)).ok().flatten()
+    with_heap_of(p.as_ptr(), |r, s| query(r, s, p.as_ptr()).flatten()).ok().flatten()
 }
 
 /// `IMalloc::DidAlloc`: 1 for a live block start, 0 for anything else, -1 for NULL.
@@ -1520,7 +1785,7 @@ pub fn did_alloc(p: *const u8) -> i32 {
         return -1;
     };
     // As in `size_of`: pending remote frees are done first.
-    if let Some(r) = fast!(|r, remote| (!remote && r.contains(p)).then(|| r.owns(nn))) {
+    if let Some(r) = fast!(|r, s, remote| if remote { None } else { query(r, s, p).map(|q| q.is_some()) }) {
         return r as i32;
     }
     did_alloc_slow(nn)
@@ -1530,7 +1795,7 @@ pub fn did_alloc(p: *const u8) -> i32 {
 #[cold]
 #[inline(never)]
 fn did_alloc_slow(p: NonNull<u8>) -> i32 {
-    with_heap_of(p.as_ptr(), |r| r.owns(p)).unwrap_or(false) as i32
+    with_heap_of(p.as_ptr(), |r, s| query(r, s, p.as_ptr()).flatten().is_some()).unwrap_or(false) as i32
 }
 
 /// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. Heaps nobody owns
@@ -1542,14 +1807,27 @@ pub fn heap_minimize() {
         let own = own_heaps().any(|o| ptr::eq(o, h));
         if let Some(held) = Held::acquire(h, own) {
             held.drain();
-            let r = held.region();
+            let (r, s) = held.both();
             if h.state.load(Ordering::Relaxed) != OWNED && r.live_blocks() == 0 {
                 r.reset();
             }
             let _ = r.trim(0);
+            s.trim_if_empty();
             drop(held);
         }
     }
+}
+
+/// Add the counters of one heap (its region and small arena) to `s`. The region's proxies of
+/// small blocks with children are not user blocks (they hold no bytes).
+fn add_stats(s: &mut HeapStats, r: &Region, small: &Small) {
+    let rs = r.stats();
+    let (blocks, bytes, proxies) = small.live();
+    let (committed, reserved) = small.memory();
+    s.live_blocks += (rs.live_blocks - proxies + blocks) as u64;
+    s.live_bytes += (rs.live_bytes + bytes) as u64;
+    s.committed_bytes += (rs.committed + committed) as u64;
+    s.reserved_bytes += (rs.reserved + reserved) as u64;
 }
 
 /// Counters of the task heap: every heap's region, read through the protocol (frees queued for
@@ -1567,11 +1845,8 @@ pub fn stats() -> HeapStats {
         if let Some(held) = Held::acquire(h, own) {
             // Frees queued for the heap count as done (they are, as far as callers know).
             held.drain();
-            let r = held.region().stats();
-            s.live_blocks += r.live_blocks as u64;
-            s.live_bytes += r.live_bytes as u64;
-            s.committed_bytes += r.committed as u64;
-            s.reserved_bytes += r.reserved as u64;
+            let (r, small) = held.both();
+            add_stats(&mut s, r, small);
         }
     }
     s
@@ -1585,12 +1860,7 @@ pub fn thread_stats() -> HeapStats {
     flush_outbox();
     let mut s = HeapStats::default();
     if let Ok(h) = cur_heap() {
-        if let Some(r) = with_own(h, |r| r.stats()) {
-            s.live_blocks = r.live_blocks as u64;
-            s.live_bytes = r.live_bytes as u64;
-            s.committed_bytes = r.committed as u64;
-            s.reserved_bytes = r.reserved as u64;
-        }
+        let _ = with_own(h, |r, small| add_stats(&mut s, r, small));
     }
     s
 }

@@ -38,6 +38,7 @@ pub use host::{Budget, CriticalLevel, MemoryAvailable, PageSource, Source};
 pub mod heap;
 pub mod pool;
 pub mod region;
+mod small;
 mod table;
 
 pub use pool::{ArenaPool, OnExhausted, PoolConfig, PoolStats, PooledRegion};

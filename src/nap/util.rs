@@ -141,7 +141,7 @@ pub(crate) struct TaskHeap;
 impl TaskMem for TaskHeap {
     #[inline]
     fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
-        heap::alloc(size)
+        heap::alloc_tracked(size)
     }
     #[inline]
     fn alloc_child(&self, parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
