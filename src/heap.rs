@@ -185,6 +185,12 @@ const REMOTE: u32 = 2;
 const FENCED: u32 = 4;
 /// `attention` of [`NO_HEAP`] only: not a heap (set for good).
 const NOT_A_HEAP: u32 = 8;
+/// `attention`: the small arena has proxies (region blocks that only the heap knows of, module
+/// doc of `small`). A proxy may sit at the address of a block a caller freed before, so while
+/// any exists every operation takes the slow path, where a pointer that names a proxy is refused
+/// as freed (`Small::is_proxy`); the fast paths need no check of their own. Set and cleared by
+/// the lock holder on release (`Drop for Held`), the only one who creates or frees proxies.
+const PROXIED: u32 = 16;
 
 /// `state`: owned by a thread (its heap, or a scope it entered).
 const OWNED: u8 = 0;
@@ -776,7 +782,7 @@ impl Held {
                     // start is refused untouched; task-heap regions never scrub and only hold
                     // 16-aligned blocks. A leaf's tree is the leaf, and so is a small block
                     // without a proxy.
-                    if s.try_free(ptr) || unsafe { r.try_free_leaf_plain(ptr) } {
+                    if s.try_free(ptr) || (!s.has_proxies() && unsafe { r.try_free_leaf_plain(ptr) }) {
                         continue;
                     }
                     // SAFETY: as above; a bad pointer is refused (and reported) untouched. A
@@ -820,6 +826,13 @@ impl Drop for Held {
     fn drop(&mut self) {
         let h = self.heap;
         IN_SLOW.with(|s| s.set(false));
+        // SAFETY: we still hold the lock (module doc): nobody else touches the small arena.
+        let proxied = unsafe { &*h.small_ptr() }.has_proxies();
+        if proxied {
+            h.attention.fetch_or(PROXIED, Ordering::Relaxed);
+        } else if h.attention.load(Ordering::Relaxed) & PROXIED != 0 {
+            h.attention.fetch_and(!PROXIED, Ordering::Relaxed);
+        }
         h.attention.fetch_and(!HELD, Ordering::Release);
         h.lock.unlock();
         // A freer of an unowned heap that found the lock taken left its block to us.
@@ -1250,6 +1263,9 @@ pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
 /// # Safety
 /// As [`free`] (or [`free_tree`]).
 unsafe fn free_in(r: &mut Region, s: &mut Small, p: NonNull<u8>, tree: bool) -> Result<(), Error> {
+    if s.is_proxy(p.as_ptr()) {
+        return Err(refuse_proxy("free", p));
+    }
     match s.kind(p.as_ptr()) {
         // SAFETY: forwarded caller guarantee; the region refuses a bad pointer untouched.
         Kind::Outside => unsafe {
@@ -1289,6 +1305,9 @@ unsafe fn free_in(r: &mut Region, s: &mut Small, p: NonNull<u8>, tree: bool) -> 
 /// # Safety
 /// As [`realloc`].
 unsafe fn realloc_in(r: &mut Region, s: &mut Small, p: NonNull<u8>, size: usize) -> Result<NonNull<u8>, Error> {
+    if s.is_proxy(p.as_ptr()) {
+        return Err(refuse_proxy("CoTaskMemRealloc", p));
+    }
     let (old, proxy) = match s.kind(p.as_ptr()) {
         // SAFETY: forwarded caller guarantee; the region refuses a bad pointer untouched.
         Kind::Outside => return unsafe { r.realloc(p, size) },
@@ -1327,9 +1346,20 @@ unsafe fn realloc_in(r: &mut Region, s: &mut Small, p: NonNull<u8>, size: usize)
     Ok(q)
 }
 
+/// Log a pointer that names a proxy (a block the caller cannot have: it freed a block at that
+/// address before) and refuse it as freed.
+#[cold]
+fn refuse_proxy(what: &str, p: NonNull<u8>) -> Error {
+    log::warn!("napalloc: {what}({:p}) refused: {}", p.as_ptr(), Error::NotABlock);
+    Error::NotABlock
+}
+
 /// `alloc_child` of `parent` in the heap whose region and small arena these are. A small parent
 /// gets a proxy in the region on its first child (module doc of `small`).
 fn child_in(r: &mut Region, s: &mut Small, parent: NonNull<u8>, l: Layout) -> Result<NonNull<u8>, Error> {
+    if s.is_proxy(parent.as_ptr()) {
+        return Err(refuse_proxy("alloc_child", parent));
+    }
     match s.kind(parent.as_ptr()) {
         Kind::Outside => r.alloc_child(parent, l),
         Kind::Bad => Err(Error::NotABlock),
@@ -1351,9 +1381,10 @@ fn child_in(r: &mut Region, s: &mut Small, parent: NonNull<u8>, l: Layout) -> Re
 /// neither holds `p`, else `Some(size_of(p))`.
 #[inline(always)]
 fn query(r: &Region, s: &Small, p: *const u8) -> Option<Option<usize>> {
-    // The region first: the NapUtil functions query their structures, which live there.
+    // The region first: the NapUtil functions query their structures, which live there. A proxy
+    // is no block of the caller's.
     if let Some(nn) = NonNull::new(p as *mut u8).filter(|_| r.contains(p)) {
-        return Some(r.size_of(nn));
+        return Some(r.size_of(nn).filter(|_| !s.is_proxy(p)));
     }
     s.contains(p).then(|| s.size_of(p))
 }

@@ -387,6 +387,19 @@ impl Small {
         Some(self.proxies.swap_remove(i).1)
     }
 
+    /// True if any live block has a proxy.
+    #[inline]
+    pub(crate) fn has_proxies(&self) -> bool {
+        !self.proxies.is_empty()
+    }
+
+    /// True if `p` is the proxy of one of this arena's blocks: a region block only the heap
+    /// knows of, which no caller may free, reallocate, query or hang children under (its address
+    /// may be that of a block the caller freed before).
+    pub(crate) fn is_proxy(&self, p: *const u8) -> bool {
+        self.proxies.iter().any(|&(_, q)| core::ptr::eq(q.as_ptr(), p))
+    }
+
     /// Live blocks, their bytes, and the region blocks that are proxies (not user blocks).
     pub(crate) fn live(&self) -> (usize, usize, usize) {
         (self.live_blocks.get(), self.live_bytes.get(), self.proxies.len())

@@ -345,3 +345,42 @@ fn scopes_do_not_use_the_small_arena() {
     assert!(free(outer));
     assert_eq!(mine(), before);
 }
+
+/// A proxy (the region block that carries a small block's children) may take the slot of a
+/// region block the caller freed. A second free, a realloc, a query or a child of that stale
+/// pointer must then be refused as freed, not reach the proxy (which would drop the children's
+/// parent link or free them).
+#[test]
+fn a_stale_pointer_to_a_slot_a_proxy_took_is_refused() {
+    let _g = serial();
+    let (blocks0, _) = mine();
+    let bad0 = heap::stats().bad_pointers;
+    // A region block of the proxies' size class, freed: its slot waits for reuse.
+    let a = alloc(16);
+    let stale = heap::alloc_child(core::ptr::NonNull::new(a).unwrap(), 0).expect("a child").as_ptr();
+    let stale_size = heap::size_of(stale);
+    assert_eq!(stale_size, Some(0));
+    assert!(free(stale));
+    // A small block's first child makes a proxy, which may reuse that slot.
+    let b = alloc(24);
+    let kid = heap::alloc_child(core::ptr::NonNull::new(b).unwrap(), 40).expect("a child").as_ptr();
+    assert_eq!((heap::size_of(b), heap::size_of(kid)), (Some(24), Some(40)));
+    // Every use of the stale pointer is refused and leaves the books and the tree alone.
+    assert_eq!(heap::size_of(stale), None, "a freed block (or a proxy) has no size");
+    assert!(!free(stale), "a double free is refused");
+    assert!(heap::alloc_child(core::ptr::NonNull::new(stale).unwrap(), 8).is_none());
+    // SAFETY: a bad pointer is refused untouched (NULL back, the heap unchanged).
+    assert!(unsafe { CoTaskMemRealloc(stale.cast(), 64) }.is_null());
+    assert_eq!(mine().0, blocks0 + 3, "a, b and b's child");
+    assert_eq!(heap::size_of(kid), Some(40), "b's child still hangs under b");
+    assert!(heap::stats().bad_pointers >= bad0 + 2);
+    // b's tree still frees its child; a frees alone.
+    // SAFETY: live, unused.
+    assert!(unsafe { heap::free_tree(b) });
+    assert_eq!(heap::size_of(kid), None, "freed with its parent");
+    assert!(free(a));
+    assert_eq!(mine().0, blocks0);
+    // With no proxy left, the fast paths serve again (and the heap still works).
+    let c = alloc(32);
+    assert!(free(c));
+}
