@@ -778,10 +778,10 @@ impl Held {
             if b.gen == gen {
                 for (i, &ptr) in b.items[..b.len as usize].iter().enumerate() {
                     let Some(p) = NonNull::new(ptr) else { continue };
-                    // SAFETY: the freeing thread gave the block up; anything but a live block
-                    // start is refused untouched; task-heap regions never scrub and only hold
-                    // 16-aligned blocks. A leaf's tree is the leaf, and so is a small block
-                    // without a proxy.
+                    // A leaf's tree is the leaf, and so is a small block without a proxy. The
+                    // freeing thread gave the block up; task-heap regions never scrub and only
+                    // hold 16-aligned blocks.
+                    // SAFETY: so; anything but a live block start is refused untouched.
                     if s.try_free(ptr) || (!s.has_proxies() && unsafe { r.try_free_leaf_plain(ptr) }) {
                         continue;
                     }
@@ -1250,9 +1250,9 @@ fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
 /// As [`free`].
 #[inline(always)]
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
+    // The region first: every caller tried the small arena's fast path already. Task-heap
+    // regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    // Task-heap regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
-    // The region first: every caller tried the small arena's fast path already.
     fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) } || s.try_free(p)).then_some(())).is_some()
 }
 
@@ -1589,6 +1589,7 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
     let done = fast!(|r, s, _| {
         // The region first: NapUtil structures and arrays live there (hand-built ones may not).
+        // SAFETY: forwarded caller guarantee for `a`; anything but a live block start is refused.
         let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) } || s.try_free(a);
         // SAFETY: forwarded caller guarantee for `b`; anything but a live block start is refused.
         Some((da, da && (unsafe { r.try_free_leaf_plain(b) } || s.try_free(b))))

@@ -429,9 +429,9 @@ impl Small {
         for h in &self.heads {
             h.set(0);
         }
+        // A failed decommit leaves those pages committed: `limit` below says what is.
         // SAFETY: no live block, and no free block is listed any more: nothing refers to the
         // pages past 0.
-        // A failed decommit leaves those pages committed: `limit` below says what is.
         let _ = unsafe { (data.trim(0), map.trim(0)) };
         let limit = (data.committed() / GRANULE).min(map.committed() / 4).min(self.reserved);
         self.limit.set(limit);
