@@ -1381,12 +1381,18 @@ fn child_in(r: &mut Region, s: &mut Small, parent: NonNull<u8>, l: Layout) -> Re
 /// neither holds `p`, else `Some(size_of(p))`.
 #[inline(always)]
 fn query(r: &Region, s: &Small, p: *const u8) -> Option<Option<usize>> {
-    // The region first: the NapUtil functions query their structures, which live there. A proxy
-    // is no block of the caller's.
+    // The region first: the NapUtil functions query their structures, which live there. (No
+    // proxy exists while the fast path runs: `PROXIED`; a lock holder uses `query_held`.)
     if let Some(nn) = NonNull::new(p as *mut u8).filter(|_| r.contains(p)) {
-        return Some(r.size_of(nn).filter(|_| !s.is_proxy(p)));
+        return Some(r.size_of(nn));
     }
     s.contains(p).then(|| s.size_of(p))
+}
+
+/// [`query`] for a lock holder, in whose heap proxies may exist: a proxy is no block of the
+/// caller's (its address may be that of a block the caller freed).
+fn query_held(r: &Region, s: &Small, p: *const u8) -> Option<Option<usize>> {
+    query(r, s, p).map(|q| q.filter(|_| !s.is_proxy(p)))
 }
 
 /// The layout of a task-heap block of `size` bytes, or `TooLarge`.
@@ -1808,7 +1814,7 @@ pub fn size_of(p: *const u8) -> Option<usize> {
 #[cold]
 #[inline(never)]
 fn size_of_slow(p: NonNull<u8>) -> Option<usize> {
-    with_heap_of(p.as_ptr(), |r, s| query(r, s, p.as_ptr()).flatten()).ok().flatten()
+    with_heap_of(p.as_ptr(), |r, s| query_held(r, s, p.as_ptr()).flatten()).ok().flatten()
 }
 
 /// `IMalloc::DidAlloc`: 1 for a live block start, 0 for anything else, -1 for NULL.
@@ -1827,7 +1833,7 @@ pub fn did_alloc(p: *const u8) -> i32 {
 #[cold]
 #[inline(never)]
 fn did_alloc_slow(p: NonNull<u8>) -> i32 {
-    with_heap_of(p.as_ptr(), |r, s| query(r, s, p.as_ptr()).flatten().is_some()).unwrap_or(false) as i32
+    with_heap_of(p.as_ptr(), |r, s| query_held(r, s, p.as_ptr()).flatten().is_some()).unwrap_or(false) as i32
 }
 
 /// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. Heaps nobody owns
