@@ -1612,23 +1612,31 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     }
 }
 
-/// [`Region::tail_pair`] in the current heap: `p` a structure and, if any, the one block after
-/// it, the two newest blocks of the thread's heap (`None`: not known without a lookup).
+/// [`Region::tail_pair`] in the current heap, with the tail's end (`None`: not known without a
+/// lookup).
 #[inline]
-pub(crate) fn tail_pair(p: *const u8) -> Option<(usize, *mut u8, usize)> {
-    fast!(|r, _| r.tail_pair(p))
+pub(crate) fn tail_pair(p: *const u8) -> Option<(usize, *mut u8, usize, *const u8)> {
+    fast!(|r, _| r.tail_pair(p).map(|(size, q, q_size)| (size, q, q_size, r.tail_end())))
 }
 
-/// [`Region::try_free_tail_pair`] in the current heap: `false` (nothing done) if `p` and `q`
-/// are not (any longer) the pending tail.
+/// [`Region::try_free_tail_to`] in the current heap: `false` (nothing done) unless `p` is still
+/// the root of its pending tail and the tail still ends at `end`.
 ///
 /// # Safety
-/// As [`free_tree`] for `p`, and nothing uses `q` afterwards.
+/// As [`free_tree`] for `p`.
 #[inline]
-pub(crate) unsafe fn try_free_tail_pair(p: *const u8, q: *const u8) -> bool {
-    // SAFETY: forwarded caller guarantee; anything but that tail is refused untouched. Task-heap
-    // regions never scrub.
-    fast!(|r, _| unsafe { r.try_free_tail_pair(p, q) }.then_some(())).is_some()
+pub(crate) unsafe fn try_free_tail_to(p: *const u8, end: *const u8) -> bool {
+    // SAFETY: forwarded caller guarantee; anything else is refused untouched. Task-heap regions
+    // never scrub.
+    fast!(|r, _| unsafe { r.try_free_tail_to(p, end) }.then_some(())).is_some()
+}
+
+/// [`Region::try_alloc_pair`] in the current heap, lock-free, never calling out: `None`
+/// (nothing allocated) when it cannot be done from memory at hand or remote frees are pending
+/// (the caller then takes [`alloc_with_child`]).
+#[inline]
+pub(crate) fn try_alloc_pair(size: usize, child: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+    fast!(|r, remote| (!remote).then(|| r.try_alloc_pair(size, child)).flatten())
 }
 
 /// [`free`] of an embedded block by a NapUtil `Free*` function: such a block is often the

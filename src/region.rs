@@ -1265,6 +1265,13 @@ impl Region {
         (e1 <= FAST_MAX as u32 && q.wrapping_add(small_extent(e1)) == top).then_some((e0 as usize, q, e1 as usize))
     }
 
+    /// The end of the pending tail (the bump pointer): what [`try_free_tail_to`](Self::try_free_tail_to)
+    /// compares with.
+    #[inline(always)]
+    pub fn tail_end(&self) -> *const u8 {
+        self.top.get()
+    }
+
     /// Free `p` with its whole tree if that is the pending tail described by
     /// [`tail_pair`](Self::tail_pair) with its second block `q` (or with no second block, for a
     /// null `q`): a rewind. `false` (and nothing changed) for anything else, and in a region that
@@ -1281,6 +1288,31 @@ impl Region {
             }
             _ => false,
         }
+    }
+
+    /// Free `p` with its whole tree if `p` is still the root of the pending tail and the tail
+    /// still ends at `end`: one rewind. `false` (and nothing changed) for anything else, and in
+    /// a region that scrubs freed memory. It never calls out.
+    ///
+    /// This is the cheap second check of a pair that [`tail_pair`](Self::tail_pair) found (with
+    /// `end` the [`tail_end`](Self::tail_end) of then), for a caller that called out meanwhile.
+    /// A tail only grows at its end and shrinks by popping its newest block, every block of it
+    /// is a descendant of its root, and nothing grows below a pending block; so with the same
+    /// root and the same end, `[p, end)` still holds `p`'s whole tree and nothing else (a block
+    /// popped and replaced meanwhile can only have been replaced by another block of that
+    /// tree). A root that is itself an embedded pointer of a recorded block is not linked into
+    /// that block's record until the tail is materialized, so nothing else refers to it.
+    ///
+    /// # Safety
+    /// If `p` is a live block, nothing uses it or its tree afterwards.
+    #[inline(always)]
+    pub unsafe fn try_free_tail_to(&self, p: *const u8, end: *const u8) -> bool {
+        let root = self.root.get();
+        if root.is_null() || !core::ptr::eq(p, root) || !core::ptr::eq(end, self.top.get()) || self.scrub.on_free {
+            return false;
+        }
+        self.rewind_unscrubbed();
+        true
     }
 
     /// Drop `last`, the newest block of a tail of two or more blocks, from the tail: the top

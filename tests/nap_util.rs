@@ -357,4 +357,15 @@ fn free_connections_survives_a_release_that_uses_the_heap_meanwhile() {
     assert!(n >= 2, "both slots released at least once ({n})");
     assert_eq!(live(), live0, "structure and array freed once");
     assert!(bad() > bad0, "the second free of the structure is reported");
+    // 4. Release records a block of its own under the structure (through the Rust API): the
+    //    tail has grown, so the pair is freed as any structure, and the new block, an embedded
+    //    pointer of the structure now, goes with it.
+    let bad1 = bad();
+    let n = free_meddled(|c| {
+        // SAFETY: `c` is live here.
+        let s = unsafe { NonNull::new_unchecked(c.cast::<u8>()) };
+        heap::alloc_child(s, 24).expect("a child of the structure");
+    });
+    assert_eq!(n, 2);
+    assert_eq!((live(), bad()), (live0, bad1), "the structure went with everything recorded under it");
 }

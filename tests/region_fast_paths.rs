@@ -187,3 +187,54 @@ fn a_tail_pair_is_not_claimed_for_a_nested_root_big_blocks_or_with_a_dead_slot_w
     }
     assert_eq!(blocks(&r), 0);
 }
+
+#[test]
+fn a_tail_pair_is_freed_by_its_root_and_end_and_only_while_both_are_unchanged() {
+    let r = Region::new().unwrap();
+    let warm = r.alloc(l(16)).unwrap();
+    // SAFETY: live, unused.
+    unsafe { r.free(warm).unwrap() };
+    let (s, a) = r.try_alloc_pair(16, 64).expect("a pair from memory at hand");
+    assert_eq!(r.tail_pair(s.as_ptr()), Some((16, a.as_ptr(), 64)));
+    let end = r.tail_end();
+    assert_eq!(end as usize, a.as_ptr() as usize + 64);
+    // Anything but the root, or another end, is refused untouched.
+    for (p, e) in [(a.as_ptr(), end), (s.as_ptr().wrapping_add(16), end), (&0u8 as *const u8 as *mut u8, end)] {
+        // SAFETY: refused untouched.
+        assert!(!unsafe { r.try_free_tail_to(p, e) });
+    }
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_to(s.as_ptr(), end.wrapping_sub(16)) });
+    assert_eq!(blocks(&r), 2);
+    // A block recorded under the array meanwhile moves the end: refused, nothing changed.
+    let b = r.alloc_child(a, l(200)).unwrap();
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_to(s.as_ptr(), end) });
+    assert_eq!(blocks(&r), 3);
+    // Once it is gone again, root and end are what they were: the pair goes by one rewind.
+    // SAFETY: live, unused.
+    unsafe { r.free(b).unwrap() };
+    assert_eq!(r.tail_end(), end);
+    // SAFETY: live; nothing uses the pair afterwards.
+    assert!(unsafe { r.try_free_tail_to(s.as_ptr(), end) });
+    assert_eq!((blocks(&r), r.stats().live_bytes), (0, 0));
+    assert!(!r.owns(s) && !r.owns(a));
+    // SAFETY: freed already: refused.
+    assert!(!unsafe { r.try_free_tail_to(s.as_ptr(), end) });
+    // A recorded block (its tail ended by a newer root) is not a tail root.
+    let x = r.alloc(l(32)).unwrap();
+    let x_end = r.tail_end();
+    let y = r.alloc(l(32)).unwrap();
+    // SAFETY: refused untouched.
+    assert!(!unsafe { r.try_free_tail_to(x.as_ptr(), x_end) });
+    assert_eq!(blocks(&r), 2);
+    // SAFETY: y is the pending root, alone.
+    assert!(unsafe { r.try_free_tail_to(y.as_ptr(), r.tail_end()) });
+    assert!(r.owns(x) && !r.owns(y));
+    // A region that scrubs freed memory takes the general path instead.
+    let z = Region::builder().scrub(napalloc::Scrub { on_free: true, on_reset: false }).build().unwrap();
+    let p = z.alloc(l(48)).unwrap();
+    // SAFETY: refused untouched.
+    assert!(!unsafe { z.try_free_tail_to(p.as_ptr(), z.tail_end()) });
+    assert!(z.owns(p));
+}

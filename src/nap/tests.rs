@@ -49,6 +49,11 @@ impl TestMem {
         self.allocs.set(n + 1);
         self.fail_at.get() == Some(n)
     }
+    /// Whether one of the next `k` allocations is the one told to fail.
+    fn fails_within(&self, k: usize) -> bool {
+        let n = self.allocs.get();
+        self.fail_at.get().is_some_and(|f| (n..n + k).contains(&f))
+    }
     fn live(&self) -> usize {
         self.region.stats().live_blocks
     }
@@ -103,12 +108,23 @@ impl TaskMem for TestMem {
         self.reported.set(self.reported.get() + 1);
     }
     // The pending-tail shortcut of `FreeConnections`, as the task heap takes it.
-    fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize)> {
-        self.region.tail_pair(p)
+    fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize, *const u8)> {
+        self.region.tail_pair(p).map(|(size, q, q_size)| (size, q, q_size, self.region.tail_end()))
     }
-    unsafe fn try_free_tail_pair(&self, p: *const u8, q: *const u8) -> bool {
+    unsafe fn try_free_tail_to(&self, p: *const u8, end: *const u8) -> bool {
         // SAFETY: forwarded caller guarantee.
-        unsafe { self.region.try_free_tail_pair(p, q) }
+        unsafe { self.region.try_free_tail_to(p, end) }
+    }
+    // The pending pair of `AllocConnections`, as the task heap builds it; a failure to be
+    // injected fails it before anything is allocated, and the general path then fails as well.
+    fn try_alloc_pair(&self, size: usize, child: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        if self.fails_within(2) {
+            return None;
+        }
+        let pair = self.region.try_alloc_pair(size, child)?;
+        self.tick();
+        self.tick();
+        Some(pair)
     }
 }
 

@@ -118,19 +118,27 @@ pub(crate) trait TaskMem {
     }
     /// If `p` and at most one block `q` after it are everything this memory allocated since `p`
     /// (a structure and its array, freed before anything newer was made: a pending tail),
-    /// `Some((size_of(p), q, size_of(q)))` (`q` null and 0 if there is no such block); `None`
-    /// when that is not known cheaply (the caller then asks [`size_of`](Self::size_of)). `q`'s
-    /// contents and `p`'s are not read.
-    fn tail_pair(&self, _p: *const u8) -> Option<(usize, *mut u8, usize)> {
+    /// `Some((size_of(p), q, size_of(q), end))` (`q` null and 0 if there is no such block; `end`
+    /// where the two end, for [`try_free_tail_to`](Self::try_free_tail_to)); `None` when that is
+    /// not known cheaply (the caller then asks [`size_of`](Self::size_of)). `q`'s contents and
+    /// `p`'s are not read.
+    fn tail_pair(&self, _p: *const u8) -> Option<(usize, *mut u8, usize, *const u8)> {
         None
     }
-    /// Free `p` and `q` at once if they still are what [`tail_pair`](Self::tail_pair) found;
-    /// `false` (and nothing changed) otherwise.
+    /// Free `p` with everything recorded under it (one rewind) if what
+    /// [`tail_pair`](Self::tail_pair) found is still the pending tail: `p` its root, `end` its
+    /// end. `false` (and nothing changed) otherwise.
     ///
     /// # Safety
-    /// As `free_tree` for `p`, and nothing uses `q` afterwards.
-    unsafe fn try_free_tail_pair(&self, _p: *const u8, _q: *const u8) -> bool {
+    /// As `free_tree` for `p`.
+    unsafe fn try_free_tail_to(&self, _p: *const u8, _end: *const u8) -> bool {
         false
+    }
+    /// A block of `size` bytes and a block of `child` bytes recorded under it, as a new pending
+    /// tail, from memory at hand and without calling out; `None` (and nothing allocated) when
+    /// that cannot be done cheaply: the caller then takes [`alloc_with_child`](Self::alloc_with_child).
+    fn try_alloc_pair(&self, _size: usize, _child: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        None
     }
 }
 
@@ -183,13 +191,17 @@ impl TaskMem for TaskHeap {
         unsafe { heap::free_then_tree(a, b) }
     }
     #[inline]
-    fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize)> {
+    fn tail_pair(&self, p: *const u8) -> Option<(usize, *mut u8, usize, *const u8)> {
         heap::tail_pair(p)
     }
     #[inline]
-    unsafe fn try_free_tail_pair(&self, p: *const u8, q: *const u8) -> bool {
+    unsafe fn try_free_tail_to(&self, p: *const u8, end: *const u8) -> bool {
         // SAFETY: forwarded caller guarantee.
-        unsafe { heap::try_free_tail_pair(p, q) }
+        unsafe { heap::try_free_tail_to(p, end) }
+    }
+    #[inline]
+    fn try_alloc_pair(&self, size: usize, child: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        heap::try_alloc_pair(size, child)
     }
 }
 
@@ -308,6 +320,7 @@ unsafe fn put<T>(out: *mut *mut T, v: *mut T) {
 ///
 /// # Safety
 /// `out` is NULL or valid for writing a pointer.
+#[inline]
 pub unsafe fn alloc_connections(out: *mut *mut Connections, count: u16) -> HRESULT {
     // SAFETY: forwarded caller guarantee.
     unsafe { alloc_connections_in(&TaskHeap, out, count) }
@@ -317,11 +330,42 @@ pub unsafe fn alloc_connections(out: *mut *mut Connections, count: u16) -> HRESU
 ///
 /// # Safety
 /// As [`alloc_connections`].
+#[inline(always)]
 pub(crate) unsafe fn alloc_connections_in<M: TaskMem + ?Sized>(
     m: &M,
     out: *mut *mut Connections,
     count: u16,
 ) -> HRESULT {
+    // The common case first, in straight-line code that calls nothing: a new pending tail of
+    // the structure and its slot array (two log entries and a bump), both zeroed by a few
+    // stores. Everything else (no out pointer, a count of 0 or past the limit, a dead slot to
+    // reuse, memory to commit, remote frees to drain) is the general path's.
+    let n = usize::from(count);
+    if !out.is_null() && n.wrapping_sub(1) < usize::from(MAX_CONNECTION_COUNT_PER_ENFORCER) {
+        let bytes = n * size_of::<*mut INapEnforcementClientConnection>();
+        if let Some((s, a)) = m.try_alloc_pair(size_of::<Connections>(), bytes) {
+            let c = s.as_ptr().cast::<Connections>();
+            // SAFETY: fresh blocks of size_of::<Connections>() and `bytes` (8..=160, a multiple
+            // of 8) bytes, 16-aligned; `out` is valid for writes (caller).
+            unsafe {
+                zero_slot_array(a.as_ptr(), bytes);
+                write_connections(c, count, a.as_ptr().cast());
+                put(out, c);
+            }
+            return S_OK;
+        }
+    }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { alloc_connections_general(m, out, count) }
+}
+
+/// [`alloc_connections_in`] past its fast path.
+///
+/// # Safety
+/// As [`alloc_connections`].
+#[cold]
+#[inline(never)]
+unsafe fn alloc_connections_general<M: TaskMem + ?Sized>(m: &M, out: *mut *mut Connections, count: u16) -> HRESULT {
     if out.is_null() {
         return E_INVALIDARG;
     }
@@ -345,11 +389,11 @@ pub(crate) unsafe fn alloc_connections_in<M: TaskMem + ?Sized>(
                 return E_OUTOFMEMORY;
             }
             Some((s, Some(a))) => {
-                // SAFETY: fresh blocks of these sizes; the structure's fields are all written
-                // below, its padding is zeroed here.
+                // SAFETY: fresh blocks of these sizes (`bytes`: 8..=160, a multiple of 8); the
+                // structure's fields are all written below, its padding is zeroed here.
                 unsafe {
                     s.as_ptr().write_bytes(0, size_of::<Connections>());
-                    a.as_ptr().write_bytes(0, bytes);
+                    zero_slot_array(a.as_ptr(), bytes);
                 }
                 (s, a.as_ptr().cast())
             }
@@ -364,6 +408,87 @@ pub(crate) unsafe fn alloc_connections_in<M: TaskMem + ?Sized>(
         put(out, c);
     }
     S_OK
+}
+
+/// Write a whole [`Connections`] (padding zeroed) at `c`: on 64-bit targets two 8-byte stores,
+/// `count` with the padding after it, then the pointer.
+///
+/// # Safety
+/// `c` is 8-aligned and valid for writing a `Connections`.
+#[inline(always)]
+unsafe fn write_connections(c: *mut Connections, count: u16, slots: *mut *mut INapEnforcementClientConnection) {
+    #[cfg(target_pointer_width = "64")]
+    {
+        const _: () = assert!(
+            core::mem::offset_of!(Connections, count) == 0
+                && core::mem::offset_of!(Connections, connections) == 8
+                && size_of::<Connections>() == 16
+        );
+        /// The structure with its padding as data: no padding of its own, and the pointer
+        /// keeps its provenance.
+        #[repr(C)]
+        struct Words {
+            head: u64,
+            slots: *mut *mut INapEnforcementClientConnection,
+        }
+        let [lo, hi] = count.to_ne_bytes();
+        let head = u64::from_ne_bytes([lo, hi, 0, 0, 0, 0, 0, 0]);
+        // SAFETY: `c` is valid for 16 bytes of writes and 8-aligned (caller); `Words` is the
+        // layout asserted above, `count` in the target's byte order.
+        unsafe { c.cast::<Words>().write(Words { head, slots }) };
+    }
+    #[cfg(not(target_pointer_width = "64"))]
+    // SAFETY: `c` is valid for writing a `Connections` (caller).
+    unsafe {
+        c.cast::<u8>().write_bytes(0, size_of::<Connections>());
+        (*c).count = count;
+        (*c).connections = slots;
+    }
+}
+
+/// Zero the `bytes` bytes at `p`, a 16-aligned slot array of 1 to
+/// [`MAX_CONNECTION_COUNT_PER_ENFORCER`] slots (`bytes`: 8..=160, a multiple of 8), with a few
+/// straight-line 16-byte stores (which may overlap) instead of a call of `memset`: an 8-slot
+/// array is four stores and three compares.
+///
+/// # Safety
+/// `p` is 16-aligned and valid for writing `bytes` bytes.
+#[inline(always)]
+unsafe fn zero_slot_array(p: *mut u8, bytes: usize) {
+    type Pair = [u64; 2];
+    const Z: Pair = [0; 2];
+    debug_assert!((8..=160).contains(&bytes) && bytes % 8 == 0 && p as usize % 16 == 0);
+    // SAFETY: every store below lies inside [p, p + bytes): each offset is at least 0 and at
+    // most bytes - 16 under the size test that guards it (bytes > 128 covers 160 with stores
+    // from both ends); the ones at `bytes - k` may be unaligned, hence `write_unaligned`.
+    unsafe {
+        if bytes <= 16 {
+            if bytes == 8 {
+                p.cast::<u64>().write(0);
+            } else {
+                p.cast::<Pair>().write(Z);
+            }
+            return;
+        }
+        p.cast::<Pair>().write(Z);
+        p.add(bytes - 16).cast::<Pair>().write_unaligned(Z);
+        if bytes > 32 {
+            p.add(16).cast::<Pair>().write(Z);
+            p.add(bytes - 32).cast::<Pair>().write_unaligned(Z);
+            if bytes > 64 {
+                p.add(32).cast::<Pair>().write(Z);
+                p.add(48).cast::<Pair>().write(Z);
+                p.add(bytes - 48).cast::<Pair>().write_unaligned(Z);
+                p.add(bytes - 64).cast::<Pair>().write_unaligned(Z);
+                if bytes > 128 {
+                    p.add(64).cast::<Pair>().write(Z);
+                    p.add(80).cast::<Pair>().write(Z);
+                    p.add(bytes - 80).cast::<Pair>().write_unaligned(Z);
+                    p.add(bytes - 96).cast::<Pair>().write_unaligned(Z);
+                }
+            }
+        }
+    }
 }
 
 /// Length of the NUL-terminated string at `s`, if it is at most `max` units; reads at most
@@ -512,6 +637,7 @@ pub(crate) unsafe fn alloc_fixup_info_in<M: TaskMem + ?Sized>(m: &M, out: *mut *
 /// `c` is NULL or any pointer (a pointer the task heap did not hand out is not read). If it is a
 /// live block, its non-NULL slots within `count` are live COM objects whose references the
 /// caller gives up, and nothing uses the structure, the array or those references afterwards.
+#[inline]
 pub unsafe fn free_connections(c: *mut Connections) {
     // SAFETY: forwarded caller guarantee.
     unsafe { free_connections_in(&TaskHeap, c) }
@@ -521,29 +647,30 @@ pub unsafe fn free_connections(c: *mut Connections) {
 ///
 /// # Safety
 /// As [`free_connections`].
+#[inline(always)]
 pub(crate) unsafe fn free_connections_in<M: TaskMem + ?Sized>(m: &M, c: *mut Connections) {
     // The common case first: the structure and its array are the two newest blocks of the
-    // thread's heap (built by AllocConnections, filled, freed), validated and freed by two
-    // compares each, without a lookup.
-    if let Some((size, q, q_size)) = m.tail_pair(c.cast()) {
+    // thread's heap (built by AllocConnections, filled, freed), validated by a few compares
+    // without a lookup, and freed by one rewind. A count beyond the array, and anything else,
+    // is the general path's.
+    if c.is_null() {
+        return;
+    }
+    if let Some((size, q, q_size, end)) = m.tail_pair(c.cast()) {
         if size >= size_of::<Connections>() {
             // SAFETY: `c` is a live, 16-aligned block of at least size_of::<Connections>() bytes.
             let (count, slots) = unsafe { ((*c).count, (*c).connections) };
-            if !q.is_null() && slots.cast::<u8>() == q {
-                let n = usize::from(count);
-                let n = if n * size_of::<*mut ComObject>() <= q_size {
-                    n
-                } else {
-                    clamp_count(m, "FreeConnections: count beyond the slot array", slots, n, Some(q_size))
-                };
+            let n = usize::from(count);
+            if !q.is_null() && slots.cast::<u8>() == q && n * size_of::<*mut ComObject>() <= q_size {
                 // SAFETY: `slots` is the live block `q` of at least `n` slots; each non-NULL
                 // slot is a live COM object whose reference the caller gives up.
                 unsafe { release_slots(slots, n) };
-                // A `Release` may have used the heap: the pair is freed at once only if it is
-                // still the tail; otherwise as any structure (each pointer checked again).
+                // A `Release` may have used the heap: the pair goes by one rewind only if it is
+                // still the pending tail, root and end unchanged; otherwise as any structure
+                // (each pointer checked again).
                 // SAFETY: the caller gives up the array and the structure.
                 unsafe {
-                    if !m.try_free_tail_pair(c.cast(), q) {
+                    if !m.try_free_tail_to(c.cast(), end) {
                         m.free_then_tree(q, c.cast());
                     }
                 }
@@ -602,15 +729,44 @@ unsafe fn free_connections_general<M: TaskMem + ?Sized>(m: &M, c: *mut Connectio
 /// reference the caller gives up.
 #[inline(always)]
 unsafe fn release_slots(slots: *mut *mut INapEnforcementClientConnection, n: usize) {
-    for i in 0..n {
-        // SAFETY: i < n (caller).
-        let obj: *mut ComObject = unsafe { slots.add(i).read() };
-        if !obj.is_null() {
-            // SAFETY: a non-NULL slot is a live COM object whose reference the caller gives up.
-            unsafe { ComObject::release(obj) };
+    if n == 0 {
+        return;
+    }
+    // A pointer walk, tested at the bottom; the skips (a NULL slot, a NULL vtable or `Release`
+    // entry) are marked cold, so that the call falls through to the next slot: one object is
+    // three loads, three tests, the call and two instructions of loop.
+    let mut p = slots;
+    // SAFETY: the array holds `n` slots (caller): its end is in bounds.
+    let end = unsafe { slots.add(n) };
+    loop {
+        // SAFETY: p < end: a slot of the array.
+        let obj: *mut ComObject = unsafe { p.read() };
+        if obj.is_null() {
+            skipped();
+        } else {
+            // SAFETY: a non-NULL slot is a live COM object (caller), whose vtable pointer is
+            // NULL or points to a readable vtable.
+            match unsafe { (*obj).vtbl.as_ref() }.and_then(|v| v.release) {
+                // SAFETY: the object's own Release, called with the object; the caller gives up
+                // the reference it owns.
+                Some(release) => unsafe {
+                    release(obj);
+                },
+                None => skipped(),
+            }
+        }
+        // SAFETY: p < end, so p + 1 <= end.
+        p = unsafe { p.add(1) };
+        if p == end {
+            break;
         }
     }
 }
+
+/// A slot that [`release_slots`] skips: out of the loop's straight line.
+#[cold]
+#[inline(never)]
+fn skipped() {}
 
 /// `FreeCountedString(cs)`: frees `string`, then the structure.
 ///
