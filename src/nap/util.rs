@@ -458,9 +458,10 @@ unsafe fn zero_slot_array(p: *mut u8, bytes: usize) {
     type Pair = [u64; 2];
     const Z: Pair = [0; 2];
     debug_assert!((8..=160).contains(&bytes) && bytes % 8 == 0 && p as usize % 16 == 0);
-    // SAFETY: every store below lies inside [p, p + bytes): each offset is at least 0 and at
-    // most bytes - 16 under the size test that guards it (bytes > 128 covers 160 with stores
-    // from both ends); the ones at `bytes - k` may be unaligned, hence `write_unaligned`.
+    // Every store below lies inside [p, p + bytes): each offset is at least 0 and at most
+    // bytes - 16 under the size test that guards it (bytes > 128 covers 160 with stores from
+    // both ends); the ones at `bytes - k` may be unaligned, hence `write_unaligned`.
+    // SAFETY: so all of them write memory the caller lends for it.
     unsafe {
         if bytes <= 16 {
             if bytes == 8 {
