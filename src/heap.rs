@@ -537,10 +537,145 @@ fn shared_heap() -> Option<&'static Heap> {
 // Thread state
 // ---------------------------------------------------------------------------------------------
 
+/// The heap this thread allocates from: its innermost scope, else its own heap; [`NO_HEAP`] until
+/// the first allocation (and after the thread's exit handler ran). Never null. Read on every
+/// operation of the fast path, written only by the thread itself (heap taken, scope entered or
+/// left, exit handler).
+///
+/// On x86-64 Linux it is a thread-local word of the *initial-exec* TLS model, defined and
+/// accessed in assembly: Rust's `thread_local!` compiles, in code that may end up in a shared
+/// object (the `cdylib`), to the general-dynamic model, a call of `__tls_get_addr` (11
+/// instructions in glibc) on every `CoTaskMemAlloc` and `CoTaskMemFree` of `libnapalloc.so`,
+/// and, the call clobbering the argument registers, a saved register besides. Initial-exec
+/// is two instructions (`mov` of the offset from the GOT, `mov` through `fs:`; a static link
+/// relaxes the first to an immediate), the model malloc implementations use for the same
+/// reason. The price: the library's 8 bytes of TLS come from the static TLS block, so a
+/// `dlopen` of the library after start-up relies on glibc's surplus of static TLS (hundreds of
+/// bytes, kept for exactly such libraries). The word's initial value is `&NO_HEAP` (a
+/// relocated pointer in the TLS image, `.tdata`), so it is never null.
+///
+/// Elsewhere (and under Miri) a `thread_local!` `Cell`.
+mod cur {
+    use super::Heap;
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    mod imp {
+        use super::super::NO_HEAP;
+        use super::Heap;
+        use core::arch::{asm, global_asm};
+
+        // One pointer of initial-exec TLS, initialized to `&NO_HEAP`. Global (hidden, so not
+        // exported from the shared object) because the code that reads it may be in another
+        // codegen unit than this definition.
+        global_asm!(
+            ".pushsection .tdata.napalloc_cur_heap,\"awT\",@progbits",
+            ".p2align 3",
+            ".globl napalloc_cur_heap",
+            ".hidden napalloc_cur_heap",
+            ".type napalloc_cur_heap,@object",
+            ".size napalloc_cur_heap,8",
+            "napalloc_cur_heap:",
+            ".quad {no_heap}",
+            ".popsection",
+            no_heap = sym NO_HEAP,
+        );
+
+        /// The offset of the calling thread's `napalloc_cur_heap` from its thread pointer: the
+        /// same for every thread, and a constant of the process once the GOT is relocated (a
+        /// static link makes it an immediate), so the compiler may compute it once per function
+        /// or hoist it out of a loop (`pure, nomem`).
+        #[inline(always)]
+        fn offset() -> usize {
+            let o: usize;
+            // SAFETY: loads the TLS offset of `napalloc_cur_heap` from its GOT entry (the
+            // initial-exec model), which the dynamic linker fills before any code runs and never
+            // changes: no other memory is read, none is written, no stack is used.
+            unsafe {
+                asm!(
+                    "mov {o}, qword ptr [rip + napalloc_cur_heap@GOTTPOFF]",
+                    o = out(reg) o,
+                    options(nostack, preserves_flags, pure, nomem),
+                );
+            }
+            o
+        }
+
+        #[inline(always)]
+        pub(super) fn get() -> *const Heap {
+            let h: *const Heap;
+            // SAFETY: reads the calling thread's own copy of `napalloc_cur_heap` (defined above,
+            // 8-aligned, always initialized) at its offset from the thread pointer `fs`. Touches
+            // no other memory and no stack. `pure, readonly`: the compiler may reuse the value
+            // until the next write of memory (a `set` is such a write).
+            unsafe {
+                asm!(
+                    "mov {h}, qword ptr fs:[{o}]",
+                    h = lateout(reg) h,
+                    o = in(reg) offset(),
+                    options(nostack, preserves_flags, pure, readonly),
+                );
+            }
+            h
+        }
+
+        #[inline(always)]
+        pub(super) fn set(h: *const Heap) {
+            // SAFETY: writes the calling thread's own copy of `napalloc_cur_heap`, as `get`
+            // reads it; nothing else is touched.
+            unsafe {
+                asm!(
+                    "mov qword ptr fs:[{o}], {h}",
+                    o = in(reg) offset(),
+                    h = in(reg) h,
+                    options(nostack, preserves_flags),
+                );
+            }
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+    mod imp {
+        use super::super::NO_HEAP;
+        use super::Heap;
+        use core::cell::Cell;
+
+        std::thread_local! {
+            static CUR: Cell<*const Heap> = const { Cell::new(&NO_HEAP) };
+        }
+
+        #[inline(always)]
+        pub(super) fn get() -> *const Heap {
+            CUR.with(Cell::get)
+        }
+
+        #[inline(always)]
+        pub(super) fn set(h: *const Heap) {
+            CUR.with(|c| c.set(h));
+        }
+    }
+
+    /// The calling thread's current heap (a leaked heap or `NO_HEAP`; never null).
+    #[inline(always)]
+    pub(super) fn get() -> *const Heap {
+        imp::get()
+    }
+
+    /// Make `h` (a leaked heap or `NO_HEAP`) the calling thread's current heap.
+    #[inline(always)]
+    pub(super) fn set(h: *const Heap) {
+        imp::set(h)
+    }
+
+    /// [`set`], returning the previous value.
+    #[inline]
+    pub(super) fn replace(h: *const Heap) -> *const Heap {
+        let old = get();
+        set(h);
+        old
+    }
+}
+
 thread_local! {
-    /// The heap this thread allocates from: its innermost scope, else its own heap; [`NO_HEAP`]
-    /// until the first allocation (and after the thread's exit handler ran). Never null.
-    static CUR: Cell<*const Heap> = const { Cell::new(&NO_HEAP) };
     /// This thread's own heap, null until needed.
     static HOME: Cell<*const Heap> = const { Cell::new(ptr::null()) };
     /// True while this thread holds some heap through its lock (slow path); a nested call
@@ -578,7 +713,7 @@ impl Drop for ExitHandler {
             // SAFETY: heaps are never freed.
             let _ = scope_cache().push(unsafe { &*spare });
         }
-        let cur = CUR.with(|c| c.replace(&NO_HEAP));
+        let cur = cur::replace(&NO_HEAP);
         let home = HOME.with(|c| c.replace(ptr::null()));
         let mut h = cur;
         while let Some(heap) = real(h) {
@@ -598,7 +733,7 @@ impl Drop for ExitHandler {
 /// The heaps this thread owns, innermost scope first, its own heap last.
 fn own_heaps() -> impl Iterator<Item = &'static Heap> {
     let home = HOME.with(Cell::get);
-    let mut h = CUR.with(Cell::get);
+    let mut h = cur::get();
     let mut done = false;
     core::iter::from_fn(move || {
         if done {
@@ -625,7 +760,7 @@ fn own_heap_of(p: *const u8) -> Option<&'static Heap> {
 /// Where this thread allocates: its current heap, creating (or adopting) its own on first use.
 /// `Err(true)` means "use the shared heap", `Err(false)` "re-entered: fail".
 fn cur_heap() -> Result<&'static Heap, bool> {
-    if let Some(cur) = real(CUR.with(Cell::get)) {
+    if let Some(cur) = real(cur::get()) {
         return Ok(cur);
     }
     if IN_SLOW.with(Cell::get) {
@@ -647,7 +782,7 @@ fn cur_heap() -> Result<&'static Heap, bool> {
         return Err(true);
     };
     HOME.with(|c| c.set(h));
-    CUR.with(|c| c.set(h));
+    cur::set(h);
     Ok(h)
 }
 
@@ -1114,7 +1249,7 @@ impl Held {
 macro_rules! fast {
     (|$r:pat_param, $s:pat_param, $remote:pat_param| $body:expr) => {{
         // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
-        let h = unsafe { &*CUR.with(Cell::get) };
+        let h = unsafe { &*cur::get() };
         h.busy.store(true, Ordering::Relaxed);
         barrier::light();
         let att = h.attention.load(Ordering::Acquire);
@@ -1993,8 +2128,8 @@ fn enter_raw() -> Result<&'static Heap, Error> {
         }
     };
     // `cur_heap` above made sure the thread has a heap: `CUR` is a real heap.
-    h.outer.set(real(CUR.with(Cell::get)).unwrap_or(home));
-    CUR.with(|c| c.set(h));
+    h.outer.set(real(cur::get()).unwrap_or(home));
+    cur::set(h);
     Ok(h)
 }
 
@@ -2020,14 +2155,14 @@ fn claim_idle(h: &'static Heap) -> bool {
 fn leave_raw(h: *const Heap) -> Result<(), Error> {
     // Compared as a raw pointer, not made a reference, until it is known to be this thread's
     // current heap: a handle from C may be any address, misaligned or unmapped.
-    if !ptr::eq(h, CUR.with(Cell::get)) || ptr::eq(h, HOME.with(Cell::get)) {
+    if !ptr::eq(h, cur::get()) || ptr::eq(h, HOME.with(Cell::get)) {
         return Err(Error::InvalidLayout);
     }
     let Some(h) = real(h) else {
         return Err(Error::InvalidLayout);
     };
     let held = Held::acquire(h, true).ok_or(Error::InvalidLayout)?;
-    CUR.with(|c| c.set(h.outer.get()));
+    cur::set(h.outer.get());
     retire(h, held);
     Ok(())
 }
@@ -2040,7 +2175,7 @@ fn leave_unlinked(h: &'static Heap) {
             let Some(held) = Held::acquire(h, true) else { return };
             match inner {
                 Some(i) => i.outer.set(h.outer.get()),
-                None => CUR.with(|c| c.set(h.outer.get())),
+                None => cur::set(h.outer.get()),
             }
             retire(h, held);
             return;
