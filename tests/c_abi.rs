@@ -426,14 +426,8 @@ fn a_late_dlopen_of_the_shared_library_works() {
     let b = build();
     let src = root().join("tests").join("c_dlopen").join("dlopen_late.c");
     let exe = b.out_dir.join("dlopen_late");
-    let out = Command::new("gcc")
-        .args(C_FLAGS)
-        .arg(&src)
-        .arg("-o")
-        .arg(&exe)
-        .args(SYSTEM_LIBS)
-        .output()
-        .expect("run gcc");
+    let out =
+        Command::new("gcc").args(C_FLAGS).arg(&src).arg("-o").arg(&exe).args(SYSTEM_LIBS).output().expect("run gcc");
     assert!(out.status.success(), "compile failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let so = b.lib_dir.join("libnapalloc.so");
     let run = Command::new(&exe).arg(&so).output().expect("run dlopen_late");

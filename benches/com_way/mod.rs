@@ -498,15 +498,22 @@ pub fn report_com_way(rounds_: usize, n: u64) -> String {
         "paired/com_way: {rounds_} rounds of {n} requests per variant, variants interleaved in each round \
          (load average {load} before, {} after)",
         load_average()
-    ).unwrap();
+    )
+    .unwrap();
     writeln!(o, "  ratios are taken within each round (X ÷ glibc of the same round), then their median; bar: CoTaskMem ≤ 0.70× glibc").unwrap();
-    writeln!(o, "  {:<22} {:>24} {:>26} {:>26}", "variant", "ns/req median (p10–p90)", "÷ glibc median (p10–p90)", "above floor ÷ glibc's").unwrap();
+    writeln!(
+        o,
+        "  {:<22} {:>24} {:>26} {:>26}",
+        "variant", "ns/req median (p10–p90)", "÷ glibc median (p10–p90)", "above floor ÷ glibc's"
+    )
+    .unwrap();
     for (i, (name, _)) in v.iter().enumerate() {
         let mut a: Vec<f64> = t[i].iter().map(ns).collect();
         let mut r: Vec<f64> = (0..rounds_).map(|k| ns(&t[i][k]) / ns(&t[1][k])).collect();
         let mut f: Vec<f64> =
             (0..rounds_).map(|k| (ns(&t[i][k]) - ns(&t[0][k])) / (ns(&t[1][k]) - ns(&t[0][k]))).collect();
-        writeln!(o, "  {:<22} {:>24} {:>26} {:>26}", name, spread(&mut a, 1), spread(&mut r, 2), spread(&mut f, 2)).unwrap();
+        writeln!(o, "  {:<22} {:>24} {:>26} {:>26}", name, spread(&mut a, 1), spread(&mut r, 2), spread(&mut f, 2))
+            .unwrap();
     }
     o
 }
@@ -541,18 +548,28 @@ pub fn report_threads(rounds_: usize, n: u64) -> String {
         "paired/threads: {rounds_} rounds of {n} requests per thread, variants interleaved, one- and two-thread \
          phases alternating (load average {load} before, {} after)",
         load_average()
-    ).unwrap();
+    )
+    .unwrap();
     writeln!(o, "  scaling = requests/s of 2 threads ÷ of 1 thread, per round; bar: ≥ 1.8×").unwrap();
     writeln!(
         o,
         "  {:<22} {:>24} {:>24} {:>28}",
         "variant", "1 thread K req/s", "scaling median (p10–p90)", "÷ floor's scaling (p10–p90)"
-    ).unwrap();
+    )
+    .unwrap();
     for (i, name) in names.iter().enumerate() {
         let mut one: Vec<f64> = s[i].iter().map(|&(o, _)| o / 1e3).collect();
         let mut sc: Vec<f64> = s[i].iter().map(|&(o, t)| t / o).collect();
         let mut rel: Vec<f64> = (0..rounds_).map(|k| (s[i][k].1 / s[i][k].0) / (s[0][k].1 / s[0][k].0)).collect();
-        writeln!(o, "  {:<22} {:>24} {:>24} {:>28}", name, spread(&mut one, 0), spread(&mut sc, 2), spread(&mut rel, 2)).unwrap();
+        writeln!(
+            o,
+            "  {:<22} {:>24} {:>24} {:>28}",
+            name,
+            spread(&mut one, 0),
+            spread(&mut sc, 2),
+            spread(&mut rel, 2)
+        )
+        .unwrap();
     }
     o
 }
@@ -597,31 +614,35 @@ pub fn report_cross_thread(rounds_: usize, n: u64) -> String {
         "paired/cross_thread: {rounds_} rounds of {n} requests per shape, variants interleaved \
          (load average {load} before, {} after)",
         load_average()
-    ).unwrap();
+    )
+    .unwrap();
     writeln!(
         o,
         "  pair: one thread allocates, the other frees every block, {HANDOFF} requests per hand-off; pair-each: one \
          request per ring slot; ratios pair ÷ same-thread per round; bar: pair ≥ 0.5×"
-    ).unwrap();
+    )
+    .unwrap();
     writeln!(
         o,
         "  {:<22} {:>22} {:>22} {:>20} {:>22}",
         "variant", "same-thread K req/s", "pair K req/s", "pair ÷ same-thread", "pair-each ÷ same"
-    ).unwrap();
+    )
+    .unwrap();
     for (i, name) in names.iter().enumerate() {
         let col = |j: usize| -> Vec<f64> { s[i].iter().map(|r| r[j] / 1e3).collect() };
         let ratio = |j: usize| -> Vec<f64> { s[i].iter().map(|r| r[j] / r[0]).collect() };
         let (mut a, mut b) = (col(0), col(1));
         let (mut p, mut e) = (ratio(1), ratio(2));
         writeln!(
-        o,
+            o,
             "  {:<22} {:>22} {:>22} {:>20} {:>22}",
             name,
             spread(&mut a, 0),
             spread(&mut b, 0),
             spread(&mut p, 2),
             spread(&mut e, 2)
-        ).unwrap();
+        )
+        .unwrap();
     }
     o
 }
