@@ -692,7 +692,7 @@ thread_local! {
     /// Frees of other heaps' blocks, waiting to be sent as one batch; its destructor sends them.
     static OUTBOX: Outbox = const {
         Outbox {
-            heap: Cell::new(ptr::null()),
+            heap: Cell::new(&NO_HEAP),
             gen: Cell::new(0),
             len: Cell::new(0),
             trees: Cell::new(0),
@@ -1058,7 +1058,8 @@ fn send(h: &'static Heap, batch: *mut RemoteBatch) {
 ///
 /// Invariant: `items[..len]` are frees of blocks of `heap` (bit `i` of `trees`: `items[i]`
 /// cascades), stamped `gen` (the heap's `gen` when the first was added); `len == 0` when
-/// `heap` is null. `spare` is a `next`-linked list of empty nodes that belong to this thread.
+/// `heap` is [`NO_HEAP`] (no heap: never null, so that the hint's range check needs no test
+/// first, `NO_HEAP` containing nothing). `spare` is a `next`-linked list of empty nodes that belong to this thread.
 /// Touched only by its thread.
 struct Outbox {
     heap: Cell<*const Heap>,
@@ -1086,7 +1087,8 @@ impl Outbox {
     /// otherwise.
     #[inline]
     fn add_to_last(&self, p: *mut u8, tree: bool) -> bool {
-        let Some(h) = real(self.heap.get()) else { return false };
+        // SAFETY: the hint is `NO_HEAP` (which contains nothing) or a leaked heap: never freed.
+        let h = unsafe { &*self.heap.get() };
         if !h.contains(p) || h.gen.load(Ordering::Relaxed) != self.gen.get() || h.state.load(Ordering::SeqCst) != OWNED
         {
             return false;
@@ -1111,7 +1113,7 @@ impl Outbox {
     /// Send the pending batch, if any, and forget the heap.
     fn flush(&self) {
         self.send();
-        self.heap.set(ptr::null());
+        self.heap.set(&NO_HEAP);
     }
 
     /// Send the pending batch, if any (the heap stays as the hint).
@@ -1385,10 +1387,20 @@ fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
 /// As [`free`].
 #[inline(always)]
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
-    // The region first: every caller tried the small arena's fast path already. Task-heap
-    // regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
+    // A block outside the current heap's region (another heap's: a remote free) cannot be freed
+    // here: one range compare instead of the region's lookup of a foreign address. (`NO_HEAP`
+    // has an empty range, and its fast path would fail anyway.) The compiler reuses this read of
+    // the current heap in `fast!`.
+    // SAFETY: the current heap is never null: a leaked heap or `NO_HEAP`, never freed.
+    let h = unsafe { &*cur::get() };
+    if (p as usize).wrapping_sub(h.base) >= h.len {
+        return false;
+    }
+    // The region alone: every caller tried the small arena's fast path just before, under the
+    // same condition (a second try could only fail again). Task-heap regions never scrub and
+    // only ever hold 16-aligned blocks (`ALIGN`).
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) } || s.try_free(p)).then_some(())).is_some()
+    fast!(|r, _, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
 }
 
 /// Free `p` in the heap whose region and small arena these are (a lock holder's free, or the
@@ -1855,16 +1867,27 @@ pub unsafe fn free_tree(p: *mut u8) -> bool {
 ///
 /// # Safety
 /// As [`free`].
-#[cold]
-#[inline(never)]
+#[inline]
 pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
-    let Some(nn) = NonNull::new(p) else {
-        return false;
-    };
-    // Another block of the heap this thread last freed into (see `Outbox`): no registry search.
+    // Another block of the heap this thread last freed into (see `Outbox`): no registry search,
+    // and no stack frame of the rest of the slow path (inlined into the callers).
     if OUTBOX.try_with(|o| o.add_to_last(p, tree)).unwrap_or(false) {
         return true;
     }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow_rest(p, tree) }
+}
+
+/// [`free_slow`] past the outbox's hint.
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_rest(p: *mut u8, tree: bool) -> bool {
+    let Some(nn) = NonNull::new(p) else {
+        return false;
+    };
     let what = if tree { "free_tree" } else { "CoTaskMemFree" };
     if let Some(h) = own_heap_of(p) {
         // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
