@@ -587,9 +587,9 @@ mod cur {
         #[inline(always)]
         fn offset() -> usize {
             let o: usize;
-            // SAFETY: loads the TLS offset of `napalloc_cur_heap` from its GOT entry (the
-            // initial-exec model), which the dynamic linker fills before any code runs and never
-            // changes: no other memory is read, none is written, no stack is used.
+            // The GOT entry (initial-exec model) is filled by the dynamic linker before any code
+            // runs and never changes: no other memory is read, none is written, no stack used.
+            // SAFETY: loads the TLS offset of `napalloc_cur_heap` from its GOT entry (above).
             unsafe {
                 asm!(
                     "mov {o}, qword ptr [rip + napalloc_cur_heap@GOTTPOFF]",
@@ -603,10 +603,10 @@ mod cur {
         #[inline(always)]
         pub(super) fn get() -> *const Heap {
             let h: *const Heap;
-            // SAFETY: reads the calling thread's own copy of `napalloc_cur_heap` (defined above,
-            // 8-aligned, always initialized) at its offset from the thread pointer `fs`. Touches
-            // no other memory and no stack. `pure, readonly`: the compiler may reuse the value
-            // until the next write of memory (a `set` is such a write).
+            // The word is defined above, 8-aligned and always initialized; no other memory and no
+            // stack is touched. `pure, readonly`: the compiler may reuse the value until the
+            // next write of memory (a `set` is such a write).
+            // SAFETY: reads the calling thread's own `napalloc_cur_heap` at `fs` + its offset.
             unsafe {
                 asm!(
                     "mov {h}, qword ptr fs:[{o}]",
