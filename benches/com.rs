@@ -23,17 +23,9 @@
 //! [ROUNDS]` (and `paired-threads`, `paired-cross-thread`); for C callers of `libnapalloc.so`,
 //! `benches/c/com_way.c` (`paired N [ROUNDS]`).
 //!
-//! Measured on the 2-core development VM (shared with other builds, so nanoseconds are noisy;
-//! medians of 11 interleaved runs of 2 000 000 requests of `examples/com_way.rs`, and
-//! instructions from callgrind as `(Ir(10000) - Ir(0)) / 10000`):
-//!
-//! | mode | instr/req | above floor | vs System | ns/req (min–max) | above floor | vs System |
-//! | --- | --- | --- | --- | --- | --- | --- |
-//! | floor | 541 | 0 | | 46 (45–57) | 0 | |
-//! | System (glibc) | 2926 | 2385 | 1 | 202 (195–366) | 156 | 1 |
-//! | `heap::alloc`/`free` | 1725 | 1184 | 0.50 | 200 (196–309) | 154 | 0.99 |
-//! | `CoTaskMemAlloc`/`Free` | 2102 | 1561 | 0.65 | 224 (220–339) | 178 | 1.14 |
-//! | bare `Region` | 1525 | 984 | 0.41 | 167 (166–264) | 121 | 0.78 |
+//! Instructions per request (deterministic): `benches/com_way_instructions.sh`, which runs
+//! `examples/com_way.rs` and the C harness `benches/c/com_way.c` (through `libnapalloc.so`)
+//! under callgrind. The README has the figures and the loads they were taken under.
 
 #[path = "com_way/mod.rs"]
 mod com_way;

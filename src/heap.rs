@@ -125,11 +125,15 @@
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
 //! its own) costs about 790 instructions above the no-allocation floor through [`alloc`] and
-//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 1 140 through the C exports
-//! (0.48×), `examples/com_way.rs` under callgrind. Per block that is a pop off the small arena's
+//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 1 000 through the C exports
+//! (0.42×), `examples/com_way.rs` under callgrind; a C program calling `libnapalloc.so` pays
+//! about 980 (0.41× glibc, `benches/c/com_way.c`). Per block that is a pop off the small arena's
 //! free list of its class and, on free, one range compare, one load of the block's map entry
-//! and a push back: about 27 instructions for `CoTaskMemAlloc` and 30 for `CoTaskMemFree`,
-//! the heap protocol (thread-local load, `busy`, `attention`) included.
+//! and a push back: 26 instructions each for `CoTaskMemAlloc` and `CoTaskMemFree`, the heap
+//! protocol (the initial-exec thread-local load of the current heap, `busy`, `attention`)
+//! included. A free of another thread's small block costs the freeing thread about 53 (the
+//! failed fast paths, the outbox hint and a push into its batch), and the owner's drain about
+//! 26 per block.
 //!
 //! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
 //! its structure and slot array in one pass of the protocol (a child of the pending tail's root
