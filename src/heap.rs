@@ -124,12 +124,12 @@
 //!
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
-//! its own) costs about 790 instructions above the no-allocation floor through [`alloc`] and
-//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 1 000 through the C exports
-//! (0.42×), `examples/com_way.rs` under callgrind; a C program calling `libnapalloc.so` pays
-//! about 980 (0.41× glibc, `benches/c/com_way.c`). Per block that is a pop off the small arena's
+//! its own) costs about 780 instructions above the no-allocation floor through [`alloc`] and
+//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 930 through the C exports
+//! (0.39×), `examples/com_way.rs` under callgrind; a C program calling `libnapalloc.so` pays
+//! about 910 (0.38× glibc, `benches/c/com_way.c`). Per block that is a pop off the small arena's
 //! free list of its class and, on free, one range compare, one load of the block's map entry
-//! and a push back: 26 instructions each for `CoTaskMemAlloc` and `CoTaskMemFree`, the heap
+//! and a push back: 24 instructions each for `CoTaskMemAlloc` and `CoTaskMemFree`, the heap
 //! protocol (the initial-exec thread-local load of the current heap, `busy`, `attention`)
 //! included. A free of another thread's small block costs the freeing thread about 53 (the
 //! failed fast paths, the outbox hint and a push into its batch), and the owner's drain about
