@@ -133,7 +133,7 @@
 //! protocol (the initial-exec thread-local load of the current heap, `busy`, `attention`)
 //! included. A free of another thread's small block costs the freeing thread about 53 (the
 //! failed fast paths, the outbox hint and a push into its batch), and the owner's drain about
-//! 26 per block.
+//! 24 per block.
 //!
 //! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
 //! its structure and slot array in one pass of the protocol (a child of the pending tail's root
