@@ -6,17 +6,26 @@
 //!
 //! `cargo bench --bench com` measures; `cargo bench --bench com -- --test` runs each once.
 //!
-//! Measured on the 2-core development VM (shared with other builds, so nanoseconds are noisy;
-//! medians of 11 interleaved runs of 2 000 000 requests of `examples/com_way.rs`, and
-//! instructions from callgrind as `(Ir(10000) - Ir(0)) / 10000`):
+//! `cargo bench --bench com -- paired` prints the paired reports, the figures to compare with
+//! the bars (about 40 s): each ratio is taken between measurements made milliseconds apart, in
+//! rounds that interleave the variants, and the median over the rounds is reported with its
+//! p10–p90 spread and the machine's load average:
+//! * `paired/com_way`: ns per request, one thread, floor / glibc / `heap::alloc` / the C exports,
+//!   and each ÷ glibc (bar: exports ≤ 0.70×);
+//! * `paired/threads`: requests/s with two threads ÷ with one, one- and two-thread phases
+//!   alternating in the same pair of threads, and that scaling ÷ the no-allocation floor's
+//!   scaling of the same round (what the machine gives two threads at that moment; bar ≥ 1.8×);
+//! * `paired/cross_thread`: the producer/consumer pair ÷ the same requests on one thread (bar
+//!   ≥ 0.5×), for the batched hand-off and the per-request ring, with the floor's pair as the
+//!   harness's own cost.
 //!
-//! | mode | instr/req | above floor | vs System | ns/req (min–max) | above floor | vs System |
-//! | --- | --- | --- | --- | --- | --- | --- |
-//! | floor | 541 | 0 | | 46 (45–57) | 0 | |
-//! | System (glibc) | 2926 | 2385 | 1 | 202 (195–366) | 156 | 1 |
-//! | `heap::alloc`/`free` | 1725 | 1184 | 0.50 | 200 (196–309) | 154 | 0.99 |
-//! | `CoTaskMemAlloc`/`Free` | 2102 | 1561 | 0.65 | 224 (220–339) | 178 | 1.14 |
-//! | bare `Region` | 1525 | 984 | 0.41 | 167 (166–264) | 121 | 0.78 |
+//! The same reports without criterion: `target/release/examples/com_way paired-com-way N
+//! [ROUNDS]` (and `paired-threads`, `paired-cross-thread`); for C callers of `libnapalloc.so`,
+//! `benches/c/com_way.c` (`paired N [ROUNDS]`).
+//!
+//! Instructions per request (deterministic): `benches/com_way_instructions.sh`, which runs
+//! `examples/com_way.rs` and the C harness `benches/c/com_way.c` (through `libnapalloc.so`)
+//! under callgrind. The README has the figures and the loads they were taken under.
 
 #[path = "com_way/mod.rs"]
 mod com_way;
@@ -127,10 +136,43 @@ mod bench {
         }
     }
 
+    /// The positional filter criterion was given (`cargo bench --bench com -- FILTER`), if any.
+    fn filter() -> Option<String> {
+        std::env::args().skip(1).find(|a| !a.starts_with('-'))
+    }
+
+    /// The paired reports (`com_way/mod.rs`): ratios taken within interleaved rounds, so that a
+    /// change of the machine's speed cannot fake them (see there). Selected like a benchmark, by
+    /// a filter that is a substring of `paired/com_way`, `paired/threads`,
+    /// `paired/cross_thread` (so `-- paired` runs all three); a `--test` run does each once
+    /// with a handful of requests and prints nothing.
+    fn paired(_: &mut Criterion) {
+        let test = std::env::args().any(|a| a == "--test");
+        let f = filter();
+        let want = |name: &str| f.as_deref().is_none_or(|f| name.contains(f));
+        type Report = fn(usize, u64) -> String;
+        let reports: [(&str, Report, usize, u64); 3] = [
+            ("paired/com_way", report_com_way, 100, 20_000),
+            ("paired/threads", report_threads, 30, 100_000),
+            ("paired/cross_thread", report_cross_thread, 30, 40_000),
+        ];
+        for (name, report, rounds, n) in reports {
+            if !want(name) {
+                continue;
+            }
+            if test {
+                let _ = report(2, 10);
+                println!("Testing {name}\nSuccess");
+            } else {
+                println!("{}", report(rounds, n));
+            }
+        }
+    }
+
     criterion_group! {
         name = benches;
         config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-        targets = com_way, cross_thread
+        targets = com_way, cross_thread, paired
     }
 
     pub fn main() {

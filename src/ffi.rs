@@ -12,6 +12,9 @@
 //! does not panic; and should a broken invariant make it panic, the `extern "system"` function
 //! aborts rather than unwind into C.
 //!
+//! The thread's current heap is read with the initial-exec TLS model on x86-64 Linux
+//! (`heap::cur`), so the inline part makes no `__tls_get_addr` call in the shared library either.
+//!
 //! The inline part of those two exports calls nothing: every miss is handed to an `#[inline(never)]`
 //! function that is itself `extern "system"` (so it cannot unwind and needs no landing pad in
 //! the caller), which makes the call a tail call and the exports free of stack frames.

@@ -124,12 +124,16 @@
 //!
 //! # Cost
 //! The canonical request of WORKLOAD.md done the COM way (18 blocks, each allocated and freed on
-//! its own) costs about 790 instructions above the no-allocation floor through [`alloc`] and
-//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 1 140 through the C exports
-//! (0.48×), `examples/com_way.rs` under callgrind. Per block that is a pop off the small arena's
+//! its own) costs about 780 instructions above the no-allocation floor through [`alloc`] and
+//! [`free`] (0.33× glibc's malloc/free in the same harness) and about 930 through the C exports
+//! (0.39×), `examples/com_way.rs` under callgrind; a C program calling `libnapalloc.so` pays
+//! about 910 (0.38× glibc, `benches/c/com_way.c`). Per block that is a pop off the small arena's
 //! free list of its class and, on free, one range compare, one load of the block's map entry
-//! and a push back: about 27 instructions for `CoTaskMemAlloc` and 30 for `CoTaskMemFree`,
-//! the heap protocol (thread-local load, `busy`, `attention`) included.
+//! and a push back: 24 instructions each for `CoTaskMemAlloc` and `CoTaskMemFree`, the heap
+//! protocol (the initial-exec thread-local load of the current heap, `busy`, `attention`)
+//! included. A free of another thread's small block costs the freeing thread about 53 (the
+//! failed fast paths, the outbox hint and a push into its batch), and the owner's drain about
+//! 24 per block.
 //!
 //! The NapUtil functions ride the same fast path: `alloc_with_child` gives `AllocConnections`
 //! its structure and slot array in one pass of the protocol (a child of the pending tail's root
@@ -537,10 +541,145 @@ fn shared_heap() -> Option<&'static Heap> {
 // Thread state
 // ---------------------------------------------------------------------------------------------
 
+/// The heap this thread allocates from: its innermost scope, else its own heap; [`NO_HEAP`] until
+/// the first allocation (and after the thread's exit handler ran). Never null. Read on every
+/// operation of the fast path, written only by the thread itself (heap taken, scope entered or
+/// left, exit handler).
+///
+/// On x86-64 Linux it is a thread-local word of the *initial-exec* TLS model, defined and
+/// accessed in assembly: Rust's `thread_local!` compiles, in code that may end up in a shared
+/// object (the `cdylib`), to the general-dynamic model, a call of `__tls_get_addr` (11
+/// instructions in glibc) on every `CoTaskMemAlloc` and `CoTaskMemFree` of `libnapalloc.so`,
+/// and, the call clobbering the argument registers, a saved register besides. Initial-exec
+/// is two instructions (`mov` of the offset from the GOT, `mov` through `fs:`; a static link
+/// relaxes the first to an immediate), the model malloc implementations use for the same
+/// reason. The price: the library's 8 bytes of TLS come from the static TLS block, so a
+/// `dlopen` of the library after start-up relies on glibc's surplus of static TLS (hundreds of
+/// bytes, kept for exactly such libraries). The word's initial value is `&NO_HEAP` (a
+/// relocated pointer in the TLS image, `.tdata`), so it is never null.
+///
+/// Elsewhere (and under Miri) a `thread_local!` `Cell`.
+mod cur {
+    use super::Heap;
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    mod imp {
+        use super::super::NO_HEAP;
+        use super::Heap;
+        use core::arch::{asm, global_asm};
+
+        // One pointer of initial-exec TLS, initialized to `&NO_HEAP`. Global (hidden, so not
+        // exported from the shared object) because the code that reads it may be in another
+        // codegen unit than this definition.
+        global_asm!(
+            ".pushsection .tdata.napalloc_cur_heap,\"awT\",@progbits",
+            ".p2align 3",
+            ".globl napalloc_cur_heap",
+            ".hidden napalloc_cur_heap",
+            ".type napalloc_cur_heap,@object",
+            ".size napalloc_cur_heap,8",
+            "napalloc_cur_heap:",
+            ".quad {no_heap}",
+            ".popsection",
+            no_heap = sym NO_HEAP,
+        );
+
+        /// The offset of the calling thread's `napalloc_cur_heap` from its thread pointer: the
+        /// same for every thread, and a constant of the process once the GOT is relocated (a
+        /// static link makes it an immediate), so the compiler may compute it once per function
+        /// or hoist it out of a loop (`pure, nomem`).
+        #[inline(always)]
+        fn offset() -> usize {
+            let o: usize;
+            // The GOT entry (initial-exec model) is filled by the dynamic linker before any code
+            // runs and never changes: no other memory is read, none is written, no stack used.
+            // SAFETY: loads the TLS offset of `napalloc_cur_heap` from its GOT entry (above).
+            unsafe {
+                asm!(
+                    "mov {o}, qword ptr [rip + napalloc_cur_heap@GOTTPOFF]",
+                    o = out(reg) o,
+                    options(nostack, preserves_flags, pure, nomem),
+                );
+            }
+            o
+        }
+
+        #[inline(always)]
+        pub(super) fn get() -> *const Heap {
+            let h: *const Heap;
+            // The word is defined above, 8-aligned and always initialized; no other memory and no
+            // stack is touched. `pure, readonly`: the compiler may reuse the value until the
+            // next write of memory (a `set` is such a write).
+            // SAFETY: reads the calling thread's own `napalloc_cur_heap` at `fs` + its offset.
+            unsafe {
+                asm!(
+                    "mov {h}, qword ptr fs:[{o}]",
+                    h = lateout(reg) h,
+                    o = in(reg) offset(),
+                    options(nostack, preserves_flags, pure, readonly),
+                );
+            }
+            h
+        }
+
+        #[inline(always)]
+        pub(super) fn set(h: *const Heap) {
+            // SAFETY: writes the calling thread's own copy of `napalloc_cur_heap`, as `get`
+            // reads it; nothing else is touched.
+            unsafe {
+                asm!(
+                    "mov qword ptr fs:[{o}], {h}",
+                    o = in(reg) offset(),
+                    h = in(reg) h,
+                    options(nostack, preserves_flags),
+                );
+            }
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+    mod imp {
+        use super::super::NO_HEAP;
+        use super::Heap;
+        use core::cell::Cell;
+
+        std::thread_local! {
+            static CUR: Cell<*const Heap> = const { Cell::new(&NO_HEAP) };
+        }
+
+        #[inline(always)]
+        pub(super) fn get() -> *const Heap {
+            CUR.with(Cell::get)
+        }
+
+        #[inline(always)]
+        pub(super) fn set(h: *const Heap) {
+            CUR.with(|c| c.set(h));
+        }
+    }
+
+    /// The calling thread's current heap (a leaked heap or `NO_HEAP`; never null).
+    #[inline(always)]
+    pub(super) fn get() -> *const Heap {
+        imp::get()
+    }
+
+    /// Make `h` (a leaked heap or `NO_HEAP`) the calling thread's current heap.
+    #[inline(always)]
+    pub(super) fn set(h: *const Heap) {
+        imp::set(h)
+    }
+
+    /// [`set`], returning the previous value.
+    #[inline]
+    pub(super) fn replace(h: *const Heap) -> *const Heap {
+        let old = get();
+        set(h);
+        old
+    }
+}
+
 thread_local! {
-    /// The heap this thread allocates from: its innermost scope, else its own heap; [`NO_HEAP`]
-    /// until the first allocation (and after the thread's exit handler ran). Never null.
-    static CUR: Cell<*const Heap> = const { Cell::new(&NO_HEAP) };
     /// This thread's own heap, null until needed.
     static HOME: Cell<*const Heap> = const { Cell::new(ptr::null()) };
     /// True while this thread holds some heap through its lock (slow path); a nested call
@@ -557,7 +696,7 @@ thread_local! {
     /// Frees of other heaps' blocks, waiting to be sent as one batch; its destructor sends them.
     static OUTBOX: Outbox = const {
         Outbox {
-            heap: Cell::new(ptr::null()),
+            heap: Cell::new(&NO_HEAP),
             gen: Cell::new(0),
             len: Cell::new(0),
             trees: Cell::new(0),
@@ -578,7 +717,7 @@ impl Drop for ExitHandler {
             // SAFETY: heaps are never freed.
             let _ = scope_cache().push(unsafe { &*spare });
         }
-        let cur = CUR.with(|c| c.replace(&NO_HEAP));
+        let cur = cur::replace(&NO_HEAP);
         let home = HOME.with(|c| c.replace(ptr::null()));
         let mut h = cur;
         while let Some(heap) = real(h) {
@@ -598,7 +737,7 @@ impl Drop for ExitHandler {
 /// The heaps this thread owns, innermost scope first, its own heap last.
 fn own_heaps() -> impl Iterator<Item = &'static Heap> {
     let home = HOME.with(Cell::get);
-    let mut h = CUR.with(Cell::get);
+    let mut h = cur::get();
     let mut done = false;
     core::iter::from_fn(move || {
         if done {
@@ -625,7 +764,7 @@ fn own_heap_of(p: *const u8) -> Option<&'static Heap> {
 /// Where this thread allocates: its current heap, creating (or adopting) its own on first use.
 /// `Err(true)` means "use the shared heap", `Err(false)` "re-entered: fail".
 fn cur_heap() -> Result<&'static Heap, bool> {
-    if let Some(cur) = real(CUR.with(Cell::get)) {
+    if let Some(cur) = real(cur::get()) {
         return Ok(cur);
     }
     if IN_SLOW.with(Cell::get) {
@@ -647,7 +786,7 @@ fn cur_heap() -> Result<&'static Heap, bool> {
         return Err(true);
     };
     HOME.with(|c| c.set(h));
-    CUR.with(|c| c.set(h));
+    cur::set(h);
     Ok(h)
 }
 
@@ -923,7 +1062,8 @@ fn send(h: &'static Heap, batch: *mut RemoteBatch) {
 ///
 /// Invariant: `items[..len]` are frees of blocks of `heap` (bit `i` of `trees`: `items[i]`
 /// cascades), stamped `gen` (the heap's `gen` when the first was added); `len == 0` when
-/// `heap` is null. `spare` is a `next`-linked list of empty nodes that belong to this thread.
+/// `heap` is [`NO_HEAP`] (no heap: never null, so that the hint's range check needs no test
+/// first, `NO_HEAP` containing nothing). `spare` is a `next`-linked list of empty nodes that belong to this thread.
 /// Touched only by its thread.
 struct Outbox {
     heap: Cell<*const Heap>,
@@ -951,7 +1091,8 @@ impl Outbox {
     /// otherwise.
     #[inline]
     fn add_to_last(&self, p: *mut u8, tree: bool) -> bool {
-        let Some(h) = real(self.heap.get()) else { return false };
+        // SAFETY: the hint is `NO_HEAP` (which contains nothing) or a leaked heap: never freed.
+        let h = unsafe { &*self.heap.get() };
         if !h.contains(p) || h.gen.load(Ordering::Relaxed) != self.gen.get() || h.state.load(Ordering::SeqCst) != OWNED
         {
             return false;
@@ -976,7 +1117,7 @@ impl Outbox {
     /// Send the pending batch, if any, and forget the heap.
     fn flush(&self) {
         self.send();
-        self.heap.set(ptr::null());
+        self.heap.set(&NO_HEAP);
     }
 
     /// Send the pending batch, if any (the heap stays as the hint).
@@ -1114,7 +1255,7 @@ impl Held {
 macro_rules! fast {
     (|$r:pat_param, $s:pat_param, $remote:pat_param| $body:expr) => {{
         // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
-        let h = unsafe { &*CUR.with(Cell::get) };
+        let h = unsafe { &*cur::get() };
         h.busy.store(true, Ordering::Relaxed);
         barrier::light();
         let att = h.attention.load(Ordering::Acquire);
@@ -1250,10 +1391,20 @@ fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
 /// As [`free`].
 #[inline(always)]
 pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
-    // The region first: every caller tried the small arena's fast path already. Task-heap
-    // regions never scrub and only ever hold 16-aligned blocks (`ALIGN`).
+    // A block outside the current heap's region (another heap's: a remote free) cannot be freed
+    // here: one range compare instead of the region's lookup of a foreign address. (`NO_HEAP`
+    // has an empty range, and its fast path would fail anyway.) The compiler reuses this read of
+    // the current heap in `fast!`.
+    // SAFETY: the current heap is never null: a leaked heap or `NO_HEAP`, never freed.
+    let h = unsafe { &*cur::get() };
+    if (p as usize).wrapping_sub(h.base) >= h.len {
+        return false;
+    }
+    // The region alone: every caller tried the small arena's fast path just before, under the
+    // same condition (a second try could only fail again). Task-heap regions never scrub and
+    // only ever hold 16-aligned blocks (`ALIGN`).
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) } || s.try_free(p)).then_some(())).is_some()
+    fast!(|r, _, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
 }
 
 /// Free `p` in the heap whose region and small arena these are (a lock holder's free, or the
@@ -1728,16 +1879,27 @@ pub unsafe fn free_tree(p: *mut u8) -> bool {
 ///
 /// # Safety
 /// As [`free`].
-#[cold]
-#[inline(never)]
+#[inline]
 pub(crate) unsafe fn free_slow(p: *mut u8, tree: bool) -> bool {
-    let Some(nn) = NonNull::new(p) else {
-        return false;
-    };
-    // Another block of the heap this thread last freed into (see `Outbox`): no registry search.
+    // Another block of the heap this thread last freed into (see `Outbox`): no registry search,
+    // and no stack frame of the rest of the slow path (inlined into the callers).
     if OUTBOX.try_with(|o| o.add_to_last(p, tree)).unwrap_or(false) {
         return true;
     }
+    // SAFETY: forwarded caller guarantee.
+    unsafe { free_slow_rest(p, tree) }
+}
+
+/// [`free_slow`] past the outbox's hint.
+///
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_rest(p: *mut u8, tree: bool) -> bool {
+    let Some(nn) = NonNull::new(p) else {
+        return false;
+    };
     let what = if tree { "free_tree" } else { "CoTaskMemFree" };
     if let Some(h) = own_heap_of(p) {
         // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
@@ -2001,8 +2163,8 @@ fn enter_raw() -> Result<&'static Heap, Error> {
         }
     };
     // `cur_heap` above made sure the thread has a heap: `CUR` is a real heap.
-    h.outer.set(real(CUR.with(Cell::get)).unwrap_or(home));
-    CUR.with(|c| c.set(h));
+    h.outer.set(real(cur::get()).unwrap_or(home));
+    cur::set(h);
     Ok(h)
 }
 
@@ -2028,14 +2190,14 @@ fn claim_idle(h: &'static Heap) -> bool {
 fn leave_raw(h: *const Heap) -> Result<(), Error> {
     // Compared as a raw pointer, not made a reference, until it is known to be this thread's
     // current heap: a handle from C may be any address, misaligned or unmapped.
-    if !ptr::eq(h, CUR.with(Cell::get)) || ptr::eq(h, HOME.with(Cell::get)) {
+    if !ptr::eq(h, cur::get()) || ptr::eq(h, HOME.with(Cell::get)) {
         return Err(Error::InvalidLayout);
     }
     let Some(h) = real(h) else {
         return Err(Error::InvalidLayout);
     };
     let held = Held::acquire(h, true).ok_or(Error::InvalidLayout)?;
-    CUR.with(|c| c.set(h.outer.get()));
+    cur::set(h.outer.get());
     retire(h, held);
     Ok(())
 }
@@ -2048,7 +2210,7 @@ fn leave_unlinked(h: &'static Heap) {
             let Some(held) = Held::acquire(h, true) else { return };
             match inner {
                 Some(i) => i.outer.set(h.outer.get()),
-                None => CUR.with(|c| c.set(h.outer.get())),
+                None => cur::set(h.outer.get()),
             }
             retire(h, held);
             return;

@@ -42,8 +42,12 @@
 //! * `heads[c]` is the first free block of class `c` (blocks of `granules(size)` = `max(c, 1)`
 //!   granules, where `c = ceil(size / 16)`; class 0 holds zero-size blocks, one granule each, so
 //!   each is unique and non-NULL), or 0. Lists are LIFO.
-//! * `live_blocks` / `live_bytes` count the live blocks and their requested sizes (kept apart in
-//!   the struct, so that each update stays one `add` to memory).
+//! * `live` is the sum of the map entries `LIVE | size` (= `LIVE + size`) of the live blocks:
+//!   `live_blocks × 2^31 + live_bytes`. Since the arena reserves [`RESERVE`] `< 2^31` bytes and
+//!   a block's size is at most the bytes of its granules, `live_bytes < 2^31`, so both counts
+//!   decode exactly (`live >> 31`, `live & (2^31 - 1)`), and `live == 0` exactly when no block
+//!   is live. An allocation adds the entry it writes and a free subtracts the entry it reads:
+//!   one `add` to memory per operation, with no second counter.
 //! * `proxies` holds `(granule, proxy)` exactly for the live blocks whose entry has `PROXY`.
 //!
 //! Nothing is ever stored in a block's own memory, so an overrun of a user block can corrupt
@@ -89,6 +93,8 @@ pub(crate) const RESERVE: usize = 64 << 20;
 /// Under Miri the page backend really allocates its reservations.
 #[cfg(miri)]
 pub(crate) const RESERVE: usize = 256 << 10;
+// Live bytes stay below 2^31, which `live` relies on (module doc).
+const _: () = assert!(RESERVE < 1 << 31);
 /// Data committed at least at a time (the map commits a quarter of it).
 const CHUNK: usize = 64 << 10;
 
@@ -104,8 +110,6 @@ const fn granules(class: usize) -> usize {
 
 /// The small-block allocator of one heap (see the module doc for its invariants).
 ///
-/// `repr(C)`: the field order is kept, so `live_blocks` and `live_bytes` stay apart and the
-/// compiler updates each with one `add` instead of combining them into vector instructions.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Small {
@@ -126,9 +130,9 @@ pub(crate) struct Small {
     limit: Cell<usize>,
     /// The next granule never handed out.
     bump: Cell<usize>,
-    live_blocks: Cell<usize>,
+    /// Live blocks × 2^31 + their requested bytes (module doc).
+    live: Cell<u64>,
     heads: [Cell<u32>; CLASSES],
-    live_bytes: Cell<usize>,
     /// `(granule, proxy)` of every live block with `PROXY` (few: touched only in slow paths).
     proxies: Vec<(u32, NonNull<u8>)>,
 }
@@ -160,9 +164,8 @@ impl Small {
             lim: 0,
             limit: Cell::new(0),
             bump: Cell::new(0),
-            live_blocks: Cell::new(0),
+            live: Cell::new(0),
             heads: [const { Cell::new(0) }; CLASSES],
-            live_bytes: Cell::new(0),
             proxies: Vec::new(),
         }
     }
@@ -241,14 +244,14 @@ impl Small {
         if g != 0 {
             // A listed block: `g < bump` (heads invariant).
             head.set(self.entry(g));
-            self.set_entry(g, LIVE | size as u32);
+            let e = LIVE | size as u32;
+            self.set_entry(g, e);
+            self.live.set(self.live.get() + e as u64);
         } else if remote {
             return None;
         } else {
             return self.try_bump(size, c);
         }
-        self.live_blocks.set(self.live_blocks.get() + 1);
-        self.live_bytes.set(self.live_bytes.get() + size);
         Some(self.block(g))
     }
 
@@ -261,9 +264,9 @@ impl Small {
         }
         self.bump.set(end);
         // Entries of the block's other granules are 0 already (never handed out before).
-        self.set_entry(g, LIVE | size as u32);
-        self.live_blocks.set(self.live_blocks.get() + 1);
-        self.live_bytes.set(self.live_bytes.get() + size);
+        let e = LIVE | size as u32;
+        self.set_entry(g, e);
+        self.live.set(self.live.get() + e as u64);
         Some(self.block(g))
     }
 
@@ -274,7 +277,8 @@ impl Small {
         let Some(g) = self.granule(p) else { return false };
         // 0 (not a block start), free and `PROXY` entries all land above SMALL_MAX. (In `u32`:
         // one `add` on x86-64.)
-        let size = self.entry(g).wrapping_sub(LIVE);
+        let e = self.entry(g);
+        let size = e.wrapping_sub(LIVE);
         if size > SMALL_MAX as u32 {
             return false;
         }
@@ -282,8 +286,8 @@ impl Small {
         let head = &self.heads[(size + GRANULE - 1) >> SHIFT];
         self.set_entry(g, head.get());
         head.set(g as u32);
-        self.live_blocks.set(self.live_blocks.get() - 1);
-        self.live_bytes.set(self.live_bytes.get() - size);
+        // `e` is `LIVE | size`, what the allocation added.
+        self.live.set(self.live.get() - e as u64);
         true
     }
 
@@ -352,7 +356,8 @@ impl Small {
             return false;
         }
         self.set_entry(g, (self.entry(g) & (LIVE | PROXY)) | size as u32);
-        self.live_bytes.set(self.live_bytes.get() - old + size);
+        // The entry's `LIVE + old` becomes `LIVE + size` (the `PROXY` bit is not counted).
+        self.live.set(self.live.get() - old as u64 + size as u64);
         true
     }
 
@@ -402,7 +407,8 @@ impl Small {
 
     /// Live blocks, their bytes, and the region blocks that are proxies (not user blocks).
     pub(crate) fn live(&self) -> (usize, usize, usize) {
-        (self.live_blocks.get(), self.live_bytes.get(), self.proxies.len())
+        let live = self.live.get();
+        ((live >> 31) as usize, (live & (LIVE as u64 - 1)) as usize, self.proxies.len())
     }
 
     /// Committed and reserved bytes of both reservations.
@@ -415,7 +421,7 @@ impl Small {
     /// If no block is live: forget every free block and give every committed page back.
     /// Returns whether the arena was empty.
     pub(crate) fn trim_if_empty(&mut self) -> bool {
-        if self.live_blocks.get() != 0 {
+        if self.live.get() != 0 {
             return false;
         }
         let (Some(data), Some(map)) = (&self.data, &self.map_span) else {
@@ -495,6 +501,28 @@ mod tests {
         assert_eq!(s.free_block(p.as_ptr()), Some(q));
         assert_eq!(s.live(), (0, 0, 0));
         assert_eq!(s.kind(p.as_ptr()), Kind::Bad);
+    }
+
+    #[test]
+    fn live_counts_decode_exactly() {
+        let mut s = arena();
+        // Zero-size blocks count as blocks without bytes; the largest ones count their bytes.
+        let zs: Vec<_> = (0..3).map(|_| s.alloc(0, CriticalLevel::Task).unwrap()).collect();
+        assert_eq!(s.live(), (3, 0, 0));
+        let big: Vec<_> = (0..40).map(|_| s.alloc(SMALL_MAX, CriticalLevel::Task).unwrap()).collect();
+        assert_eq!(s.live(), (43, 40 * SMALL_MAX, 0));
+        assert!(s.resize_in_place(big[0].as_ptr(), SMALL_MAX - 15));
+        assert_eq!(s.live(), (43, 40 * SMALL_MAX - 15, 0));
+        // A proxied block is counted once, and freeing it takes exactly its share away.
+        s.set_proxy(big[1].as_ptr(), NonNull::dangling());
+        assert_eq!(s.live(), (43, 40 * SMALL_MAX - 15, 1));
+        assert!(s.free_block(big[1].as_ptr()).is_some());
+        assert_eq!(s.live(), (42, 39 * SMALL_MAX - 15, 0));
+        for p in zs.iter().chain(&big).filter(|&&p| p != big[1]) {
+            assert!(s.try_free(p.as_ptr()));
+        }
+        assert_eq!(s.live(), (0, 0, 0));
+        assert!(s.trim_if_empty(), "empty exactly when nothing is live");
     }
 
     #[test]

@@ -418,6 +418,23 @@ fn a_c_client_loads_the_shared_library_through_its_rpath() {
     assert!(out.contains("all checks passed"), "{out}");
 }
 
+/// A program that is not linked with the library loads it with `dlopen` after start-up (the
+/// library's thread-local heap pointer is initial-exec TLS, which a late load takes from the
+/// static TLS surplus) and uses the task allocator from threads started before and after.
+#[test]
+fn a_late_dlopen_of_the_shared_library_works() {
+    let b = build();
+    let src = root().join("tests").join("c_dlopen").join("dlopen_late.c");
+    let exe = b.out_dir.join("dlopen_late");
+    let out =
+        Command::new("gcc").args(C_FLAGS).arg(&src).arg("-o").arg(&exe).args(SYSTEM_LIBS).output().expect("run gcc");
+    assert!(out.status.success(), "compile failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let so = b.lib_dir.join("libnapalloc.so");
+    let run = Command::new(&exe).arg(&so).output().expect("run dlopen_late");
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success() && stdout.contains("all checks passed"), "{stdout}{stderr}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // C layouts == Rust layouts
 // ---------------------------------------------------------------------------------------------

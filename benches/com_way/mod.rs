@@ -96,6 +96,7 @@ impl Com for TaskHeap {
 }
 
 /// The C exports themselves (`CoTaskMemAlloc` / `CoTaskMemFree`), called from Rust.
+#[derive(Clone, Copy)]
 pub struct CoTaskMem;
 impl Com for CoTaskMem {
     #[inline(always)]
@@ -329,4 +330,328 @@ pub fn pair_batched<A: Com + Send + Clone>(a: A, iters: u64, handoff: usize) -> 
         c.join().unwrap();
         t.elapsed()
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paired measurements: ratios that a change of the machine's speed cannot fake
+// ---------------------------------------------------------------------------------------------
+//
+// On a shared machine the speed of the CPU changes from second to second (another build, a
+// frequency step), so two figures taken one after the other, seconds apart, compare the machine
+// as much as the allocators. Here every ratio comes from measurements taken next to each other
+// (milliseconds apart) in rounds: each round times every variant once, in an order that rotates
+// from round to round, and the ratio is formed *within* the round. A slowdown that lasts longer
+// than a round hits both sides of the ratio alike; one that hits a single measurement spoils one
+// round, which the median of the rounds ignores. Each round does the canonical request exactly
+// (`run`, `same_thread`, `pair_batched`).
+
+use std::time::{Duration, Instant};
+
+/// The machine's load averages (1, 5, 15 minutes) from `/proc/loadavg`, for the report.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The `q`-quantile (0..=1) of `v` (sorted here), nearest rank; NaN for an empty `v`.
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `median (p10–p90)` of `v`, with `digits` decimals.
+pub fn spread(v: &mut [f64], digits: usize) -> String {
+    let (m, lo, hi) = (quantile(v, 0.5), quantile(v, 0.1), quantile(v, 0.9));
+    format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+}
+
+/// A variant of a paired measurement: a name and a function that times `n` requests.
+pub type Timed<'a> = (&'static str, Box<dyn FnMut(u64) -> Duration + 'a>);
+
+/// `rounds` rounds; each times every variant once, starting with variant `round % len` (so no
+/// variant always runs first, right after another's frees or the previous round's end).
+/// Returns the durations, `[variant][round]`.
+pub fn rounds(variants: &mut [Timed<'_>], rounds: usize, n: u64) -> Vec<Vec<Duration>> {
+    let k = variants.len();
+    let mut out = vec![Vec::with_capacity(rounds); k];
+    for r in 0..rounds {
+        for j in 0..k {
+            let i = (r + j) % k;
+            out[i].push((variants[i].1)(n));
+        }
+    }
+    out
+}
+
+/// `n` requests of `a` on the calling thread, timed (the caller warmed `a` up).
+pub fn timed<A: Com>(a: &mut A, x: &mut u64, n: u64) -> Duration {
+    let t = Instant::now();
+    run(a, x, n);
+    t.elapsed()
+}
+
+/// A barrier that spins (both threads are running when it opens, so the two-thread phase starts
+/// on both within a few hundred nanoseconds, which a sleeping barrier's wake-up would not give).
+pub struct Spin(std::sync::atomic::AtomicUsize);
+impl Spin {
+    pub const fn new() -> Spin {
+        Spin(std::sync::atomic::AtomicUsize::new(0))
+    }
+    /// Wait until both threads have called `wait` for the `k`-th time (`k` from 1).
+    pub fn wait(&self, k: usize) {
+        use std::sync::atomic::Ordering;
+        self.0.fetch_add(1, Ordering::AcqRel);
+        while self.0.load(Ordering::Acquire) < 2 * k {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// One round of the two-thread scaling measurement, in one pair of threads: `n` requests on
+/// thread 0 alone (thread 1 asleep on a barrier meanwhile) and `n` requests on each of the two
+/// threads at once, in that order or (`pair_first`) the other. Each thread has its own allocator
+/// state (`make`), its own random sequence (WORKLOAD.md: thread t adds t × 0x9E3779B97F4A7C15)
+/// and its own warm-up. Returns (requests/s of one thread, requests/s of both; the pair's time
+/// is the slower thread's).
+pub fn scaling_round<A: Com, F: Fn() -> A + Sync>(make: &F, n: u64, pair_first: bool) -> (f64, f64) {
+    use std::sync::Barrier;
+    let sleep = Barrier::new(2);
+    let spin = Spin::new();
+    let (mut solo, mut pair) = (Duration::ZERO, [Duration::ZERO; 2]);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (sleep, spin) = (&sleep, &spin);
+                s.spawn(move || {
+                    let mut a = make();
+                    let mut x = SEED.wrapping_add(t.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    run(&mut a, &mut x, 64);
+                    let (mut solo, mut pair, mut spins) = (Duration::ZERO, Duration::ZERO, 0);
+                    for phase in [pair_first, !pair_first] {
+                        if phase {
+                            spins += 1;
+                            spin.wait(spins);
+                            pair = timed(&mut a, &mut x, n);
+                        } else {
+                            sleep.wait();
+                            if t == 0 {
+                                solo = timed(&mut a, &mut x, n);
+                            }
+                        }
+                        sleep.wait();
+                    }
+                    std::hint::black_box(x);
+                    (solo, pair)
+                })
+            })
+            .collect();
+        for (t, h) in hs.into_iter().enumerate() {
+            let (s, p) = h.join().unwrap();
+            if t == 0 {
+                solo = s;
+            }
+            pair[t] = p;
+        }
+    });
+    let secs = |d: Duration| d.as_secs_f64().max(1e-9);
+    (n as f64 / secs(solo), 2.0 * n as f64 / secs(pair[0].max(pair[1])))
+}
+
+fn floor() -> Floor {
+    Floor(Box::new([0; 4096]))
+}
+
+fn system() -> Global<std::alloc::System> {
+    Global(std::alloc::System)
+}
+
+/// A variant timing `n` requests of its own allocator state on the calling thread (warmed up
+/// once, when it is made).
+fn one_thread<'a, A: Com + 'a>(name: &'static str, mut a: A) -> Timed<'a> {
+    let mut x = SEED;
+    run(&mut a, &mut x, 64);
+    (name, Box::new(move |n| timed(&mut a, &mut x, n)))
+}
+
+/// The COM way on one thread, ns per request: floor, glibc (Rust's System allocator),
+/// `heap::alloc`/`free` and the C exports, `rounds` rounds of `n` requests each (see
+/// [`rounds`]). Prints, for each variant, the median ns per request over the rounds and the
+/// median over the rounds of its ratio to glibc in the same round, total and above the floor.
+pub fn report_com_way(rounds_: usize, n: u64) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let load = load_average();
+    let mut v: Vec<Timed<'_>> = vec![
+        one_thread("floor", floor()),
+        one_thread("system (glibc)", system()),
+        one_thread("heap::alloc/free", TaskHeap),
+        one_thread("CoTaskMemAlloc/Free", CoTaskMem),
+    ];
+    let t = rounds(&mut v, rounds_, n);
+    let ns = |d: &Duration| d.as_secs_f64() * 1e9 / n as f64;
+    writeln!(
+        o,
+        "paired/com_way: {rounds_} rounds of {n} requests per variant, variants interleaved in each round \
+         (load average {load} before, {} after)",
+        load_average()
+    )
+    .unwrap();
+    writeln!(o, "  ratios are taken within each round (X ÷ glibc of the same round), then their median; bar: CoTaskMem ≤ 0.70× glibc").unwrap();
+    writeln!(
+        o,
+        "  {:<22} {:>24} {:>26} {:>26}",
+        "variant", "ns/req median (p10–p90)", "÷ glibc median (p10–p90)", "above floor ÷ glibc's"
+    )
+    .unwrap();
+    for (i, (name, _)) in v.iter().enumerate() {
+        let mut a: Vec<f64> = t[i].iter().map(ns).collect();
+        let mut r: Vec<f64> = (0..rounds_).map(|k| ns(&t[i][k]) / ns(&t[1][k])).collect();
+        let mut f: Vec<f64> =
+            (0..rounds_).map(|k| (ns(&t[i][k]) - ns(&t[0][k])) / (ns(&t[1][k]) - ns(&t[0][k]))).collect();
+        writeln!(o, "  {:<22} {:>24} {:>26} {:>26}", name, spread(&mut a, 1), spread(&mut r, 2), spread(&mut f, 2))
+            .unwrap();
+    }
+    o
+}
+
+/// Two threads against one (each thread its own request loop and its own state): `rounds`
+/// rounds; in each, every variant runs one [`scaling_round`] of `n` requests (the one-thread
+/// and two-thread phases in alternating order from round to round). Prints the median scaling
+/// (requests/s of two threads ÷ of one) and its median ratio to the no-allocation floor's
+/// scaling of the same round: the floor measures what the machine gives two threads at that
+/// moment (on a shared 2-core VM, often well under 2×).
+pub fn report_threads(rounds_: usize, n: u64) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let load = load_average();
+    let names = ["floor", "system (glibc)", "heap::alloc/free", "CoTaskMemAlloc/Free"];
+    let mut s = vec![Vec::with_capacity(rounds_); names.len()];
+    for r in 0..rounds_ {
+        for j in 0..names.len() {
+            let i = (r + j) % names.len();
+            let pf = r % 2 == 1;
+            let (one, two) = match i {
+                0 => scaling_round(&floor, n, pf),
+                1 => scaling_round(&system, n, pf),
+                2 => scaling_round(&|| TaskHeap, n, pf),
+                _ => scaling_round(&|| CoTaskMem, n, pf),
+            };
+            s[i].push((one, two));
+        }
+    }
+    writeln!(
+        o,
+        "paired/threads: {rounds_} rounds of {n} requests per thread, variants interleaved, one- and two-thread \
+         phases alternating (load average {load} before, {} after)",
+        load_average()
+    )
+    .unwrap();
+    writeln!(o, "  scaling = requests/s of 2 threads ÷ of 1 thread, per round; bar: ≥ 1.8×").unwrap();
+    writeln!(
+        o,
+        "  {:<22} {:>24} {:>24} {:>28}",
+        "variant", "1 thread K req/s", "scaling median (p10–p90)", "÷ floor's scaling (p10–p90)"
+    )
+    .unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let mut one: Vec<f64> = s[i].iter().map(|&(o, _)| o / 1e3).collect();
+        let mut sc: Vec<f64> = s[i].iter().map(|&(o, t)| t / o).collect();
+        let mut rel: Vec<f64> = (0..rounds_).map(|k| (s[i][k].1 / s[i][k].0) / (s[0][k].1 / s[0][k].0)).collect();
+        writeln!(
+            o,
+            "  {:<22} {:>24} {:>24} {:>28}",
+            name,
+            spread(&mut one, 0),
+            spread(&mut sc, 2),
+            spread(&mut rel, 2)
+        )
+        .unwrap();
+    }
+    o
+}
+
+/// The producer/consumer pair against the same requests on one thread: `rounds` rounds; in
+/// each, every variant times `n` requests on one thread ([`same_thread`]), by the pair handing
+/// over [`HANDOFF`] requests at a time ([`pair_batched`]) and one request per ring slot
+/// ([`pair_each`]), in that order or the reverse (alternating). Prints the median rates and the
+/// median of the per-round ratios pair ÷ same-thread.
+pub fn report_cross_thread(rounds_: usize, n: u64) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    fn three<A: Com + Send + Clone>(a: A, n: u64, rev: bool) -> [f64; 3] {
+        let rate = |d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+        if rev {
+            let e = rate(pair_each(a.clone(), n));
+            let p = rate(pair_batched(a.clone(), n, HANDOFF));
+            [rate(same_thread(a, n)), p, e]
+        } else {
+            let o = rate(same_thread(a.clone(), n));
+            let p = rate(pair_batched(a.clone(), n, HANDOFF));
+            [o, p, rate(pair_each(a, n))]
+        }
+    }
+    let load = load_average();
+    let names = ["floor", "system (glibc)", "heap::alloc/free", "CoTaskMemAlloc/Free"];
+    let mut s = vec![Vec::with_capacity(rounds_); names.len()];
+    for r in 0..rounds_ {
+        for j in 0..names.len() {
+            let i = (r + j) % names.len();
+            let rev = r % 2 == 1;
+            s[i].push(match i {
+                0 => three(floor(), n, rev),
+                1 => three(system(), n, rev),
+                2 => three(TaskHeap, n, rev),
+                _ => three(CoTaskMem, n, rev),
+            });
+        }
+    }
+    writeln!(
+        o,
+        "paired/cross_thread: {rounds_} rounds of {n} requests per shape, variants interleaved \
+         (load average {load} before, {} after)",
+        load_average()
+    )
+    .unwrap();
+    writeln!(
+        o,
+        "  pair: one thread allocates, the other frees every block, {HANDOFF} requests per hand-off; pair-each: one \
+         request per ring slot; ratios pair ÷ same-thread per round; bar: pair ≥ 0.5×"
+    )
+    .unwrap();
+    writeln!(
+        o,
+        "  {:<22} {:>22} {:>22} {:>20} {:>22} {:>24}",
+        "variant",
+        "same-thread K req/s",
+        "pair K req/s",
+        "pair ÷ same-thread",
+        "pair-each ÷ same",
+        "pair ÷ same, ÷ floor's"
+    )
+    .unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let col = |j: usize| -> Vec<f64> { s[i].iter().map(|r| r[j] / 1e3).collect() };
+        let ratio = |j: usize| -> Vec<f64> { s[i].iter().map(|r| r[j] / r[0]).collect() };
+        let (mut a, mut b) = (col(0), col(1));
+        let (mut p, mut e) = (ratio(1), ratio(2));
+        // The pair ratio against the no-allocation harness's pair ratio of the same round: what
+        // the machine lets two threads handing work to each other do at that moment.
+        let mut rel: Vec<f64> = (0..rounds_).map(|k| (s[i][k][1] / s[i][k][0]) / (s[0][k][1] / s[0][k][0])).collect();
+        writeln!(
+            o,
+            "  {:<22} {:>22} {:>22} {:>20} {:>22} {:>24}",
+            name,
+            spread(&mut a, 0),
+            spread(&mut b, 0),
+            spread(&mut p, 2),
+            spread(&mut e, 2),
+            spread(&mut rel, 2)
+        )
+        .unwrap();
+    }
+    o
 }
