@@ -1449,36 +1449,39 @@ impl Region {
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
     #[inline]
     pub fn reset(&mut self) {
+        // The top and the root are forgotten first, whatever path follows (the old top goes to
+        // the slow path as an argument): a store to the top just before, such as a child
+        // cursor's write-back, is then dead, and the compiler drops it.
+        let top = self.top.get();
+        self.top.set(self.base.as_ptr());
+        self.root.set(core::ptr::null_mut());
         // Nothing recorded since the last reset (a request that stayed one pending tail): only
-        // the tail and the untracked arena are forgotten. With no record there is no free-list
-        // entry and no `big_align` entry either. The table is as it was, so `fast_end` stays
-        // right as it is (if it sends roots to the slow path, that path restores it once it has
-        // made room). A region that scrubs on reset never takes this path (`reset_gate`).
+        // the high water is noted and the untracked arena forgotten. With no record there is no
+        // free-list entry and no `big_align` entry either. The table is as it was, so `fast_end`
+        // stays right as it is (if it sends roots to the slow path, that path restores it once it
+        // has made room). A region that scrubs on reset never takes this path (`reset_gate`).
         if self.table.get_mut().count == self.reset_gate {
             debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
-            self.note_high_water();
-            self.top.set(self.base.as_ptr());
-            self.root.set(core::ptr::null_mut());
-            // An untracked arena that was not used since its last reset has nothing to forget.
-            if !self.untracked.is_unused() {
-                self.untracked.reset();
+            if top as usize > self.high_water.get() as usize {
+                self.high_water.set(top);
             }
+            self.untracked.forget();
             return;
         }
-        self.reset_slow();
+        self.reset_slow(top);
     }
 
     #[cold]
     #[inline(never)]
-    fn reset_slow(&mut self) {
-        self.note_high_water();
-        let top = self.top_off();
+    fn reset_slow(&mut self, top: *mut u8) {
+        if top as usize > self.high_water.get() as usize {
+            self.high_water.set(top);
+        }
+        let top = self.off_of(top);
         if self.scrub.on_reset && top > 0 {
             // SAFETY: [0, top) is committed arena memory and no block is live after the reset.
             unsafe { self.base.as_ptr().write_bytes(0, top) };
         }
-        self.top.set(self.base.as_ptr());
-        self.root.set(core::ptr::null_mut());
         self.table.get_mut().reset();
         if self.fast_end.get() != self.end.get() {
             self.refresh_fast_end();
@@ -1488,7 +1491,7 @@ impl Region {
             big.clear();
             self.slow_free.set(self.scrub.on_free);
         }
-        self.untracked.reset();
+        self.untracked.forget();
     }
 
     /// Give committed memory beyond `retain` bytes (and beyond what is in use) back to the OS.
@@ -1597,6 +1600,10 @@ impl ChildCursor<'_> {
     pub fn alloc(&mut self, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
         let top = self.top;
+        // SAFETY: the cursor's top is the region's top or a tail block's end, both 16-aligned
+        // (`Region::top` invariant, and every extent is a multiple of 16). Saying so lets the
+        // compiler round a constant size at compile time.
+        unsafe { core::hint::assert_unchecked(top as usize % GRANULE == 0) };
         // The entry goes in first, before the block is known to fit: the slot at `top` belongs
         // to no block (tail blocks lie below the top), so a block that does not fit leaves only
         // a stray entry past the tail, which is never read; one that fits has its entry.
