@@ -647,7 +647,8 @@ impl Region {
     ///
     /// Unlike `alloc`, the block does not take a dead slot of its size class: it starts a new
     /// pending tail whenever the committed arena has room, so that its children are bumped
-    /// inline (dead slots are left to `alloc` and `alloc_child`).
+    /// inline (dead slots are left to `alloc` and `alloc_child`). A cursor that is leaked
+    /// (`mem::forget`) leaves the new block unallocated too, with its children.
     ///
     /// ```
     /// use core::alloc::Layout;
@@ -668,12 +669,23 @@ impl Region {
                 let top = self.top.get();
                 let limit = top.wrapping_add(LOG_WINDOW);
                 if limit as usize <= self.fast_end.get() as usize {
-                    // As `alloc`'s new tail (with no tail pending), without the dead-slot check.
+                    // As `alloc`'s new tail (with no tail pending), without the dead-slot check,
+                    // and without announcing it: the region's `root` and `top` stay as they are
+                    // (no tail, the old top) until the cursor writes them back (its drop, or its
+                    // slow path before anything else). A leaked cursor thus leaves the region as
+                    // it was, the new root unallocated; a cursor dropped just before a `reset`
+                    // costs no store of them at all.
                     let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-                    self.start_tail(top, ext, size, NONE, limit);
+                    let log = self.log_buf.start();
+                    // SAFETY: entry 0 is the log's first 4 bytes.
+                    unsafe { log.cast::<u32>().write(size as u32) };
+                    let log_k = log.wrapping_sub(top as usize);
+                    self.log_k.set(log_k);
+                    self.last.set(core::ptr::null_mut());
+                    self.limit.set(limit);
                     // SAFETY: top lies inside the reservation, derived from its base: non-null.
                     let p = unsafe { NonNull::new_unchecked(top) };
-                    break 'inline (p, (top.wrapping_add(ext), limit, self.log_k.get()));
+                    break 'inline (p, (top.wrapping_add(ext), limit, log_k));
                 }
             }
             self.alloc_with_cursor_slow(layout)?
@@ -1580,7 +1592,11 @@ pub struct ChildCursor<'a> {
     /// otherwise a copy of the region's `top`.
     top: *mut u8,
     /// Not null: `parent` is the tail root and `limit` is the region's `limit`, with
-    /// `top <= limit <= min(end, root + LOG_WINDOW)` (`alloc_child`'s inline bound).
+    /// `top <= limit <= min(end, root + LOG_WINDOW)` (`alloc_child`'s inline bound). The region's
+    /// `root` may then still be null (a tail started by `alloc_with_cursor` is announced only
+    /// when the cursor writes back: its drop, or its slow path first thing), but the region's
+    /// `limit`, `log_k` and `last` are those of the tail already, and nothing but the cursor can
+    /// touch the region meanwhile (it holds it borrowed).
     /// Null: every allocation takes `alloc_child`'s path (a non-null `new <= null` never holds).
     limit: *mut u8,
     /// With the log's provenance, such that `log_k + top` is a 4-aligned `u32` inside the log's
@@ -1623,7 +1639,7 @@ impl ChildCursor<'_> {
         }
         // The cursor's fields go by value, so its address never escapes and the fast path can
         // keep them in registers.
-        let (r, top, limit, log_k) = child_cursor_slow(self.region, self.parent, self.top, layout);
+        let (r, top, limit, log_k) = child_cursor_slow(self.region, self.parent, self.top, self.limit, layout);
         self.top = top;
         self.limit = limit;
         self.log_k = log_k;
@@ -1646,8 +1662,13 @@ fn child_cursor_slow(
     region: &Region,
     parent: NonNull<u8>,
     top: *mut u8,
+    limit: *mut u8,
     layout: Layout,
 ) -> (Result<NonNull<u8>, Error>, *mut u8, *mut u8, *mut u8) {
+    // The write-back of the drop first (see `ChildCursor::limit`).
+    if !limit.is_null() {
+        region.root.set(parent.as_ptr());
+    }
     region.top.set(top);
     let r = region.alloc_child(parent, layout);
     let (top, limit, log_k) = region.cursor_state(parent);
@@ -1657,6 +1678,12 @@ fn child_cursor_slow(
 impl Drop for ChildCursor<'_> {
     #[inline]
     fn drop(&mut self) {
+        // With a non-null limit the parent is the tail root: it may not be announced yet (a
+        // cursor from `alloc_with_cursor`'s inline path), and storing it again is harmless.
+        // Stored unconditionally (the root as it is otherwise), so that a `reset` right after
+        // makes both stores dead and the compiler drops them.
+        let root = if self.limit.is_null() { self.region.root.get() } else { self.parent.as_ptr() };
+        self.region.root.set(root);
         self.region.top.set(self.top);
     }
 }
@@ -1816,7 +1843,9 @@ mod tests {
         assert_eq!(r.stats().live_blocks, 12);
         r.reset();
         assert_eq!(r.stats().live_blocks, 0);
-        // A leaked cursor's blocks are not allocated: the books stay exact.
+        // A leaked cursor's blocks are not allocated, nor is the root `alloc_with_cursor` made
+        // for it (the tail is announced at the write-back): the books stay exact and the memory
+        // is handed out again.
         let h = {
             let mut c = r.alloc_with_cursor(l(16)).unwrap();
             c.alloc(l(16)).unwrap();
@@ -1824,8 +1853,33 @@ mod tests {
             core::mem::forget(c);
             h
         };
-        assert!(r.owns(h));
+        assert!(!r.owns(h));
+        assert_eq!(r.stats().live_blocks, 0);
+        let again = r.alloc(l(16)).unwrap();
+        assert_eq!(again, h);
         assert_eq!(r.stats().live_blocks, 1);
+        // A cursor of the tail root (announced) that is leaked leaves the root allocated.
+        let k = {
+            let mut c = r.child_cursor(again).unwrap();
+            let k = c.alloc(l(16)).unwrap();
+            core::mem::forget(c);
+            k
+        };
+        assert!(r.owns(again));
+        assert!(!r.owns(k));
+        assert_eq!(r.stats().live_blocks, 1);
+        // A cursor whose slow path ran before the leak has announced its root.
+        r.reset();
+        let big = {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            c.alloc(l(4000)).unwrap();
+            let p = c.parent();
+            core::mem::forget(c);
+            p
+        };
+        assert!(r.owns(big));
+        assert_eq!(r.size_of(big), Some(16));
+        assert_eq!(r.stats().live_blocks, 2);
     }
 
     #[test]
