@@ -2235,6 +2235,42 @@ mod tests {
     }
 
     #[test]
+    fn reset_notes_the_high_water_and_forgets_the_untracked_arena() {
+        let mut r = region();
+        for recorded in [false, true] {
+            let u = r.alloc_untracked(l(100)).unwrap();
+            let h = r.alloc(l(16)).unwrap();
+            r.alloc_child(h, l(200)).unwrap();
+            if recorded {
+                // a new root records the pending tail: the reset takes its slow path
+                r.alloc(l(32)).unwrap();
+                assert_eq!(r.table().count, 2);
+            }
+            r.reset();
+            let s = r.stats();
+            assert_eq!((s.live_blocks, s.live_bytes, s.free_slots), (0, 0, 0), "recorded: {recorded}");
+            let used = if recorded { 16 + 208 + 32 } else { 16 + 208 };
+            assert_eq!(s.high_water, used, "recorded: {recorded}");
+            assert!(!r.owns(h));
+            // the untracked arena starts over, and so does the tracked one
+            assert_eq!(r.alloc_untracked(l(100)).unwrap(), u);
+            assert_eq!(r.alloc(l(16)).unwrap(), h);
+            r.reset();
+        }
+        // A child cursor dropped just before the reset: its write-back is forgotten with the rest.
+        {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            for _ in 0..20 {
+                c.alloc(l(48)).unwrap();
+            }
+        }
+        r.reset();
+        assert_eq!(r.stats().live_blocks, 0);
+        // (more than the 256 bytes reached above)
+        assert_eq!(r.stats().high_water, 16 + 20 * 48);
+    }
+
+    #[test]
     fn reset_is_bulk_and_keeps_pages() {
         let mut r = region();
         for _ in 0..1000 {
