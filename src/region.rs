@@ -1655,9 +1655,11 @@ impl ChildCursor<'_> {
 
 /// The slow path of [`ChildCursor::alloc`]: write the top back, allocate through
 /// `alloc_child`, and return the state to continue with (inline again if the parent is still, or
-/// now, the tail root with room).
+/// now, the tail root with room). `#[inline]` rather than `#[inline(never)]`: it is then compiled
+/// into the caller's crate and called directly, not through a function pointer the caller's loop
+/// would keep in a register (being cold, it is still called, not inlined into the fast path).
 #[cold]
-#[inline(never)]
+#[inline]
 fn child_cursor_slow(
     region: &Region,
     parent: NonNull<u8>,
