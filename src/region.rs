@@ -1616,9 +1616,9 @@ impl ChildCursor<'_> {
     pub fn alloc(&mut self, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
         let top = self.top;
+        // Said so that the compiler rounds a constant size at compile time.
         // SAFETY: the cursor's top is the region's top or a tail block's end, both 16-aligned
-        // (`Region::top` invariant, and every extent is a multiple of 16). Saying so lets the
-        // compiler round a constant size at compile time.
+        // (`Region::top` invariant; every extent is a multiple of 16).
         unsafe { core::hint::assert_unchecked(top as usize % GRANULE == 0) };
         // The entry goes in first, before the block is known to fit: the slot at `top` belongs
         // to no block (tail blocks lie below the top), so a block that does not fit leaves only
