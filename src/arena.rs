@@ -9,7 +9,8 @@
 //! * every byte in `[0, committed)` is committed memory; nothing past `committed` is touched;
 //! * `committed <= limit` whenever the commit succeeded (the limit is checked at every commit,
 //!   not per chunk);
-//! * `high_water >= pos` is the largest `pos` ever reached.
+//! * `high_water >= pos` is the largest `pos` ever reached (noted at a reset, a slow path or a
+//!   stats call; a `forget` leaves it behind, for an owner that never reads it).
 //!
 //! The fast path ([`PageArena::alloc_layout`]) is a handful of instructions and one branch; the
 //! slow path (commit more, or fail) is a separate `#[cold]` function. `reset` only moves `pos`
@@ -241,7 +242,7 @@ pub struct PageArena {
     /// Offset of the end of committed memory (`== span.committed()`), cached next to `pos` for the
     /// fast path.
     end: Cell<usize>,
-    /// Largest `pos` reached.
+    /// Largest `pos` reached (at most it: positions reached before a `forget` are not noted).
     high_water: Cell<usize>,
     /// `span.base()`, cached for the fast path.
     base: NonNull<u8>,
@@ -325,10 +326,12 @@ impl PageArena {
         self.pos.set(0);
     }
 
-    /// True if nothing was allocated since the last reset (`reset` would change nothing).
+    /// [`reset`](Self::reset) without noting the high water: one store. For an owner that never
+    /// reads this arena's high water (a `Region`'s untracked arena: the region reports only its
+    /// committed and reserved bytes). The high water is then no longer exact (see its field).
     #[inline(always)]
-    pub(crate) fn is_unused(&self) -> bool {
-        self.pos.get() == 0
+    pub(crate) fn forget(&mut self) {
+        self.pos.set(0);
     }
 
     /// A bump cursor that keeps the arena's position in locals (registers) until it is dropped:

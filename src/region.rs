@@ -647,7 +647,8 @@ impl Region {
     ///
     /// Unlike `alloc`, the block does not take a dead slot of its size class: it starts a new
     /// pending tail whenever the committed arena has room, so that its children are bumped
-    /// inline (dead slots are left to `alloc` and `alloc_child`).
+    /// inline (dead slots are left to `alloc` and `alloc_child`). A cursor that is leaked
+    /// (`mem::forget`) leaves the new block unallocated too, with its children.
     ///
     /// ```
     /// use core::alloc::Layout;
@@ -668,12 +669,23 @@ impl Region {
                 let top = self.top.get();
                 let limit = top.wrapping_add(LOG_WINDOW);
                 if limit as usize <= self.fast_end.get() as usize {
-                    // As `alloc`'s new tail (with no tail pending), without the dead-slot check.
+                    // As `alloc`'s new tail (with no tail pending), without the dead-slot check,
+                    // and without announcing it: the region's `root` and `top` stay as they are
+                    // (no tail, the old top) until the cursor writes them back (its drop, or its
+                    // slow path before anything else). A leaked cursor thus leaves the region as
+                    // it was, the new root unallocated; a cursor dropped just before a `reset`
+                    // costs no store of them at all.
                     let ext = (size + (GRANULE - 1)) & !(GRANULE - 1);
-                    self.start_tail(top, ext, size, NONE, limit);
+                    let log = self.log_buf.start();
+                    // SAFETY: entry 0 is the log's first 4 bytes.
+                    unsafe { log.cast::<u32>().write(size as u32) };
+                    let log_k = log.wrapping_sub(top as usize);
+                    self.log_k.set(log_k);
+                    self.last.set(core::ptr::null_mut());
+                    self.limit.set(limit);
                     // SAFETY: top lies inside the reservation, derived from its base: non-null.
                     let p = unsafe { NonNull::new_unchecked(top) };
-                    break 'inline (p, (top.wrapping_add(ext), limit, self.log_k.get()));
+                    break 'inline (p, (top.wrapping_add(ext), limit, log_k));
                 }
             }
             self.alloc_with_cursor_slow(layout)?
@@ -1481,36 +1493,39 @@ impl Region {
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
     #[inline]
     pub fn reset(&mut self) {
+        // The top and the root are forgotten first, whatever path follows (the old top goes to
+        // the slow path as an argument): a store to the top just before, such as a child
+        // cursor's write-back, is then dead, and the compiler drops it.
+        let top = self.top.get();
+        self.top.set(self.base.as_ptr());
+        self.root.set(core::ptr::null_mut());
         // Nothing recorded since the last reset (a request that stayed one pending tail): only
-        // the tail and the untracked arena are forgotten. With no record there is no free-list
-        // entry and no `big_align` entry either. The table is as it was, so `fast_end` stays
-        // right as it is (if it sends roots to the slow path, that path restores it once it has
-        // made room). A region that scrubs on reset never takes this path (`reset_gate`).
+        // the high water is noted and the untracked arena forgotten. With no record there is no
+        // free-list entry and no `big_align` entry either. The table is as it was, so `fast_end`
+        // stays right as it is (if it sends roots to the slow path, that path restores it once it
+        // has made room). A region that scrubs on reset never takes this path (`reset_gate`).
         if self.table.get_mut().count == self.reset_gate {
             debug_assert!(self.big_align.get_mut().is_empty(), "big_align entry without a record");
-            self.note_high_water();
-            self.top.set(self.base.as_ptr());
-            self.root.set(core::ptr::null_mut());
-            // An untracked arena that was not used since its last reset has nothing to forget.
-            if !self.untracked.is_unused() {
-                self.untracked.reset();
+            if top as usize > self.high_water.get() as usize {
+                self.high_water.set(top);
             }
+            self.untracked.forget();
             return;
         }
-        self.reset_slow();
+        self.reset_slow(top);
     }
 
     #[cold]
     #[inline(never)]
-    fn reset_slow(&mut self) {
-        self.note_high_water();
-        let top = self.top_off();
+    fn reset_slow(&mut self, top: *mut u8) {
+        if top as usize > self.high_water.get() as usize {
+            self.high_water.set(top);
+        }
+        let top = self.off_of(top);
         if self.scrub.on_reset && top > 0 {
             // SAFETY: [0, top) is committed arena memory and no block is live after the reset.
             unsafe { self.base.as_ptr().write_bytes(0, top) };
         }
-        self.top.set(self.base.as_ptr());
-        self.root.set(core::ptr::null_mut());
         self.table.get_mut().reset();
         if self.fast_end.get() != self.end.get() {
             self.refresh_fast_end();
@@ -1520,7 +1535,7 @@ impl Region {
             big.clear();
             self.slow_free.set(self.scrub.on_free);
         }
-        self.untracked.reset();
+        self.untracked.forget();
     }
 
     /// Give committed memory beyond `retain` bytes (and beyond what is in use) back to the OS.
@@ -1609,7 +1624,11 @@ pub struct ChildCursor<'a> {
     /// otherwise a copy of the region's `top`.
     top: *mut u8,
     /// Not null: `parent` is the tail root and `limit` is the region's `limit`, with
-    /// `top <= limit <= min(end, root + LOG_WINDOW)` (`alloc_child`'s inline bound).
+    /// `top <= limit <= min(end, root + LOG_WINDOW)` (`alloc_child`'s inline bound). The region's
+    /// `root` may then still be null (a tail started by `alloc_with_cursor` is announced only
+    /// when the cursor writes back: its drop, or its slow path first thing), but the region's
+    /// `limit`, `log_k` and `last` are those of the tail already, and nothing but the cursor can
+    /// touch the region meanwhile (it holds it borrowed).
     /// Null: every allocation takes `alloc_child`'s path (a non-null `new <= null` never holds).
     limit: *mut u8,
     /// With the log's provenance, such that `log_k + top` is a 4-aligned `u32` inside the log's
@@ -1629,6 +1648,10 @@ impl ChildCursor<'_> {
     pub fn alloc(&mut self, layout: Layout) -> Result<NonNull<u8>, Error> {
         let size = layout.size();
         let top = self.top;
+        // Said so that the compiler rounds a constant size at compile time.
+        // SAFETY: the cursor's top is the region's top or a tail block's end, both 16-aligned
+        // (`Region::top` invariant; every extent is a multiple of 16).
+        unsafe { core::hint::assert_unchecked(top as usize % GRANULE == 0) };
         // The entry goes in first, before the block is known to fit: the slot at `top` belongs
         // to no block (tail blocks lie below the top), so a block that does not fit leaves only
         // a stray entry past the tail, which is never read; one that fits has its entry.
@@ -1648,7 +1671,7 @@ impl ChildCursor<'_> {
         }
         // The cursor's fields go by value, so its address never escapes and the fast path can
         // keep them in registers.
-        let (r, top, limit, log_k) = child_cursor_slow(self.region, self.parent, self.top, layout);
+        let (r, top, limit, log_k) = child_cursor_slow(self.region, self.parent, self.top, self.limit, layout);
         self.top = top;
         self.limit = limit;
         self.log_k = log_k;
@@ -1664,15 +1687,22 @@ impl ChildCursor<'_> {
 
 /// The slow path of [`ChildCursor::alloc`]: write the top back, allocate through
 /// `alloc_child`, and return the state to continue with (inline again if the parent is still, or
-/// now, the tail root with room).
+/// now, the tail root with room). `#[inline]` rather than `#[inline(never)]`: it is then compiled
+/// into the caller's crate and called directly, not through a function pointer the caller's loop
+/// would keep in a register (being cold, it is still called, not inlined into the fast path).
 #[cold]
-#[inline(never)]
+#[inline]
 fn child_cursor_slow(
     region: &Region,
     parent: NonNull<u8>,
     top: *mut u8,
+    limit: *mut u8,
     layout: Layout,
 ) -> (Result<NonNull<u8>, Error>, *mut u8, *mut u8, *mut u8) {
+    // The write-back of the drop first (see `ChildCursor::limit`).
+    if !limit.is_null() {
+        region.root.set(parent.as_ptr());
+    }
     region.top.set(top);
     let r = region.alloc_child(parent, layout);
     let (top, limit, log_k) = region.cursor_state(parent);
@@ -1682,6 +1712,12 @@ fn child_cursor_slow(
 impl Drop for ChildCursor<'_> {
     #[inline]
     fn drop(&mut self) {
+        // With a non-null limit the parent is the tail root: it may not be announced yet (a
+        // cursor from `alloc_with_cursor`'s inline path), and storing it again is harmless.
+        // Stored unconditionally (the root as it is otherwise), so that a `reset` right after
+        // makes both stores dead and the compiler drops them.
+        let root = if self.limit.is_null() { self.region.root.get() } else { self.parent.as_ptr() };
+        self.region.root.set(root);
         self.region.top.set(self.top);
     }
 }
@@ -1841,7 +1877,9 @@ mod tests {
         assert_eq!(r.stats().live_blocks, 12);
         r.reset();
         assert_eq!(r.stats().live_blocks, 0);
-        // A leaked cursor's blocks are not allocated: the books stay exact.
+        // A leaked cursor's blocks are not allocated, nor is the root `alloc_with_cursor` made
+        // for it (the tail is announced at the write-back): the books stay exact and the memory
+        // is handed out again.
         let h = {
             let mut c = r.alloc_with_cursor(l(16)).unwrap();
             c.alloc(l(16)).unwrap();
@@ -1849,8 +1887,33 @@ mod tests {
             core::mem::forget(c);
             h
         };
-        assert!(r.owns(h));
+        assert!(!r.owns(h));
+        assert_eq!(r.stats().live_blocks, 0);
+        let again = r.alloc(l(16)).unwrap();
+        assert_eq!(again, h);
         assert_eq!(r.stats().live_blocks, 1);
+        // A cursor of the tail root (announced) that is leaked leaves the root allocated.
+        let k = {
+            let mut c = r.child_cursor(again).unwrap();
+            let k = c.alloc(l(16)).unwrap();
+            core::mem::forget(c);
+            k
+        };
+        assert!(r.owns(again));
+        assert!(!r.owns(k));
+        assert_eq!(r.stats().live_blocks, 1);
+        // A cursor whose slow path ran before the leak has announced its root.
+        r.reset();
+        let big = {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            c.alloc(l(4000)).unwrap();
+            let p = c.parent();
+            core::mem::forget(c);
+            p
+        };
+        assert!(r.owns(big));
+        assert_eq!(r.size_of(big), Some(16));
+        assert_eq!(r.stats().live_blocks, 2);
     }
 
     #[test]
@@ -2203,6 +2266,42 @@ mod tests {
         let freed = r.trim(0).unwrap();
         assert_eq!(r.stats().committed, before - freed);
         assert!(r.alloc(l(16)).is_ok());
+    }
+
+    #[test]
+    fn reset_notes_the_high_water_and_forgets_the_untracked_arena() {
+        let mut r = region();
+        for recorded in [false, true] {
+            let u = r.alloc_untracked(l(100)).unwrap();
+            let h = r.alloc(l(16)).unwrap();
+            r.alloc_child(h, l(200)).unwrap();
+            if recorded {
+                // a new root records the pending tail: the reset takes its slow path
+                r.alloc(l(32)).unwrap();
+                assert_eq!(r.table().count, 2);
+            }
+            r.reset();
+            let s = r.stats();
+            assert_eq!((s.live_blocks, s.live_bytes, s.free_slots), (0, 0, 0), "recorded: {recorded}");
+            let used = if recorded { 16 + 208 + 32 } else { 16 + 208 };
+            assert_eq!(s.high_water, used, "recorded: {recorded}");
+            assert!(!r.owns(h));
+            // the untracked arena starts over, and so does the tracked one
+            assert_eq!(r.alloc_untracked(l(100)).unwrap(), u);
+            assert_eq!(r.alloc(l(16)).unwrap(), h);
+            r.reset();
+        }
+        // A child cursor dropped just before the reset: its write-back is forgotten with the rest.
+        {
+            let mut c = r.alloc_with_cursor(l(16)).unwrap();
+            for _ in 0..20 {
+                c.alloc(l(48)).unwrap();
+            }
+        }
+        r.reset();
+        assert_eq!(r.stats().live_blocks, 0);
+        // (more than the 256 bytes reached above)
+        assert_eq!(r.stats().high_water, 16 + 20 * 48);
     }
 
     #[test]
