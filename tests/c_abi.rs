@@ -188,11 +188,7 @@ fn compile(src: &Path, link: Link, tag: &str, extra: &[String]) -> Result<PathBu
     let mut cmd = Command::new(cc);
     cmd.args(flags).arg("-I").arg(root().join("include")).arg(src).arg("-o").arg(&exe);
     cmd.args(extra);
-    // NAPALLOC_C_CFLAGS adds compiler flags to every client, e.g. "-fsanitize=address" (with its
-    // LeakSanitizer, this checks the C side and leaks of the whole program).
-    if let Ok(more) = std::env::var("NAPALLOC_C_CFLAGS") {
-        cmd.args(more.split_whitespace());
-    }
+    cmd.args(extra_cflags());
     cmd.arg(format!("-L{}", b.lib_dir.display()));
     match link {
         Link::Static => {
@@ -217,9 +213,21 @@ fn compile(src: &Path, link: Link, tag: &str, extra: &[String]) -> Result<PathBu
     Ok(exe)
 }
 
+/// NAPALLOC_C_CFLAGS adds compiler flags to every client, e.g. "-fsanitize=address" (with its
+/// LeakSanitizer, this checks the C side and leaks of the whole program; a library built with
+/// the sanitizer also needs its runtime in the program that loads it).
+fn extra_cflags() -> Vec<String> {
+    std::env::var("NAPALLOC_C_CFLAGS").map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
 /// Run `exe` (no arguments, no input) with a time limit. `Ok` holds its output if it exited with
 /// status 0; `Err` says how it ended and holds its output.
 fn run(exe: &Path) -> Result<String, String> {
+    run_with_args(exe, &[])
+}
+
+/// [`run`] with command-line arguments for `exe`.
+fn run_with_args(exe: &Path, exe_args: &[&std::ffi::OsStr]) -> Result<String, String> {
     let stdout_path = exe.with_extension("stdout");
     let stderr_path = exe.with_extension("stderr");
     // NAPALLOC_C_RUNNER runs every client under a checker, e.g.
@@ -235,6 +243,7 @@ fn run(exe: &Path) -> Result<String, String> {
         }
         None => Command::new(exe),
     };
+    cmd.args(exe_args);
     let mut child = cmd
         // cargo points LD_LIBRARY_PATH at target/<profile> and its deps/; it would override the
         // rpath and could load a stale libnapalloc.so. A client finds its library on its own.
@@ -426,13 +435,21 @@ fn a_late_dlopen_of_the_shared_library_works() {
     let b = build();
     let src = root().join("tests").join("c_dlopen").join("dlopen_late.c");
     let exe = b.out_dir.join("dlopen_late");
-    let out =
-        Command::new("gcc").args(C_FLAGS).arg(&src).arg("-o").arg(&exe).args(SYSTEM_LIBS).output().expect("run gcc");
+    // Not linked with the library, but compiled like every client (NAPALLOC_C_CFLAGS) and run
+    // under the same checker (NAPALLOC_C_RUNNER).
+    let out = Command::new("gcc")
+        .args(C_FLAGS)
+        .args(extra_cflags())
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .args(SYSTEM_LIBS)
+        .output()
+        .expect("run gcc");
     assert!(out.status.success(), "compile failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let so = b.lib_dir.join("libnapalloc.so");
-    let run = Command::new(&exe).arg(&so).output().expect("run dlopen_late");
-    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    assert!(run.status.success() && stdout.contains("all checks passed"), "{stdout}{stderr}");
+    let out = run_with_args(&exe, &[so.as_os_str()]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("all checks passed"), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------
