@@ -24,12 +24,8 @@ RUST_BIN=target/release/examples/com_way
 C_BIN=$OUT/com-way-c
 gcc -O2 -Iinclude -o "$C_BIN" benches/c/com_way.c -Ltarget/release -lnapalloc -Wl,-rpath,"$PWD/target/release"
 
-ir() {
-    local file=$1
-    shift
-    valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>"$file.log"
-    awk '/^(summary|totals):/ { print $2; exit }' "$file"
-}
+# shellcheck source=benches/ir.sh
+. benches/ir.sh
 
 declare -A PER
 measure() { # lang mode binary

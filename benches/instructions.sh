@@ -27,13 +27,9 @@ gcc -O2 -o "$C_BIN" benches/c/canonical.c
 RUST_MODES=(floor hand-bump bumpalo system mimalloc untracked cursor tracked-free tracked-reset tracked-cursor com com-scope)
 C_MODES=(floor glibc bump)
 
-# Total instructions of one run.
-ir() {
-    local file=$1
-    shift
-    valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>"$file.log"
-    awk '/^(summary|totals):/ { print $2; exit }' "$file"
-}
+# `ir FILE CMD...`: the total instructions of one run under callgrind.
+# shellcheck source=benches/ir.sh
+. benches/ir.sh
 
 declare -A PER
 measure() { # lang mode binary

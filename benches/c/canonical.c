@@ -12,24 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define WARMUP 64
-#define BLOCKS 16
-
-/* Keep a pointer opaque to the optimizer (Rust's black_box). */
-#define OPAQUE(p) __asm__ volatile("" : "+r"(p) : : "memory")
-
-static uint64_t rng = 0x243F6A8885A308D3ull;
-
-static inline uint64_t next(void) {
-    uint64_t x = rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    rng = x;
-    return x;
-}
-
-static inline size_t block_size(uint64_t r) { return 16 + (size_t)(((r >> 32) * 241) >> 32); }
+#include "request.h"
 
 static unsigned char floor_buf[4096];
 
