@@ -13,7 +13,7 @@
 
 use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
 use crate::host::{self, CriticalLevel, Source};
-use crate::table::{self, Rec, Table, GRANULE, NONE, PARENT};
+use crate::table::{self, Table, GRANULE, NONE, PARENT};
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
@@ -554,15 +554,10 @@ impl Region {
         let t = self.table();
         let i = t.heads[class];
         debug_assert!(i != NONE, "reuse from an empty free list");
+        debug_assert!(t.is_dead(i), "free list of class {class} holds a live record {i}");
         // SAFETY: free-list entries are dead records below count.
-        let r = unsafe { t.rec(i) };
-        debug_assert_eq!(r.prev, table::DEAD, "free list of class {class} holds a live record {i}");
-        let next = r.next;
-        let off = r.off as usize * GRANULE;
-        r.size = size as u32;
-        r.prev = NONE;
-        r.child = NONE;
-        r.next = NONE;
+        let off = unsafe { t.get(i) }.off as usize * GRANULE;
+        let next = t.revive(i, size);
         t.heads[class] = next;
         t.hints[off / GRANULE % table::HINTS] = i;
         if parent != NONE {
@@ -788,8 +783,7 @@ impl Region {
         // Trusted only for a record below count that starts at `g` (see `Table::hints`).
         // SAFETY: h < count <= cap.
         if h < t.count && unsafe { t.get(h).off } as usize == g {
-            // SAFETY: as above.
-            return (unsafe { t.get(h).prev } != table::DEAD).then_some(h);
+            return (!t.is_dead(h)).then_some(h);
         }
         t.find(g)
     }
@@ -1037,8 +1031,7 @@ impl Region {
             return Err(Error::NotABlock);
         }
         let i = self.find_hinted(off / GRANULE).ok_or(Error::NotABlock)?;
-        // SAFETY: i is live.
-        Ok(unsafe { self.table().get(i).size } as usize)
+        Ok(self.table().size(i))
     }
 
     fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
@@ -1107,8 +1100,7 @@ impl Region {
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
         let t = self.table();
-        // SAFETY: i is live.
-        let leaf = unsafe { t.rec(i).child } == NONE;
+        let leaf = t.child(i) == NONE;
         if leaf && !self.slow_free.get() {
             // A leaf (every CoTaskMem block): no subtree walk.
             t.free_leaf(i);
@@ -1194,16 +1186,16 @@ impl Region {
                 // reservation, so this pointer does not alias the table's fields.
                 let rp = unsafe { t.recs.add(i as usize) };
                 // `prev` and `child`, adjacent in the `repr(C)` record, read at once: a root
-                // without children has both `NONE` (all ones; `DEAD` is not).
-                // SAFETY: bytes 8..16 of a live record: its `prev` and `child` fields.
-                let prev_child = unsafe { rp.cast::<u8>().add(8).cast::<u64>().read_unaligned() };
+                // without children has both `NONE` (0 encoded; `DEAD` is not).
+                // SAFETY: bytes `LEAF_WORD..LEAF_WORD + 4` of a record: its `prev` and `child`.
+                let prev_child = unsafe { rp.cast::<u8>().add(table::LEAF_WORD).cast::<u32>().read_unaligned() };
                 // SAFETY: as above.
                 let r = unsafe { &mut *rp };
-                if prev_child == u64::MAX {
+                if prev_child == 0 {
                     t.free_root_leaf(i, r);
                     return true;
                 }
-                if r.child == NONE && r.prev != table::DEAD {
+                if r.childless() && !r.is_dead() {
                     t.free_leaf(i);
                     return true;
                 }
@@ -1348,11 +1340,11 @@ impl Region {
         // SAFETY: no other reference to the map is alive (see `table()`).
         let big = unsafe { &mut *self.big_align.get() };
         let has_big = !big.is_empty();
-        t.free_subtree(i, |idx, r: &Rec| {
+        t.free_subtree(i, |idx, off, size| {
             if scrub {
-                let len = table::extent_granules(r.size as usize) * GRANULE;
+                let len = table::extent_granules(size) * GRANULE;
                 // SAFETY: the slot [off, off + extent) is committed arena memory of this block.
-                unsafe { base.add(r.off as usize * GRANULE).write_bytes(0, len) };
+                unsafe { base.add(off as usize * GRANULE).write_bytes(0, len) };
             }
             if has_big {
                 big.remove(&idx);
@@ -1391,12 +1383,9 @@ impl Region {
     fn realloc_move(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
         let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
         let t = self.table();
-        // SAFETY: i is live.
-        let old = unsafe { t.get(i) };
-        let old_size = old.size as usize;
+        let old_size = t.size(i);
         if table::extent_granules(new_size) == table::extent_granules(old_size) {
-            // SAFETY: i is live.
-            unsafe { t.rec(i).size = new_size as u32 };
+            t.set_size(i, new_size);
             t.live_bytes = t.live_bytes - old_size + new_size;
             return Ok(ptr);
         }
@@ -1409,31 +1398,28 @@ impl Region {
         self.materialize();
         let t = self.table();
         let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
-        // Put j where i is in the tree, give it i's children, then free i alone.
-        // SAFETY: i and j are live materialized records; j is a root without children.
-        unsafe {
-            let ri = t.get(i);
-            let rj = t.rec(j);
-            rj.prev = ri.prev;
-            rj.next = ri.next;
-            rj.child = ri.child;
-            if ri.prev != NONE {
-                if ri.prev & PARENT != 0 {
-                    t.rec(ri.prev & !PARENT).child = j;
-                } else {
-                    t.rec(ri.prev).next = j;
-                }
+        // Put j where i is in the tree, give it i's children, then free i alone. i and j are
+        // live materialized records; j is a root without children. (The table re-encodes every
+        // link relative to its new holder, far or near.)
+        let (prev, next, child) = (t.prev(i), t.next(i), t.child(i));
+        t.set_prev(i, NONE);
+        t.set_next(i, NONE);
+        t.set_child(i, NONE);
+        t.set_prev(j, prev);
+        t.set_next(j, next);
+        t.set_child(j, child);
+        if prev != NONE {
+            if prev & PARENT != 0 {
+                t.set_child(prev & !PARENT, j);
+            } else {
+                t.set_next(prev, j);
             }
-            if ri.next != NONE {
-                t.rec(ri.next).prev = j;
-            }
-            if ri.child != NONE {
-                t.rec(ri.child).prev = PARENT | j;
-            }
-            let me = t.rec(i);
-            me.prev = NONE;
-            me.next = NONE;
-            me.child = NONE;
+        }
+        if next != NONE {
+            t.set_prev(next, j);
+        }
+        if child != NONE {
+            t.set_prev(child, PARENT | j);
         }
         self.free_record(i);
         Ok(new)

@@ -1,24 +1,31 @@
 //! The side table: one record per block, the embedded-pointer tree, and address lookup.
 //!
 //! No metadata lives next to user data: an overrun of a user block can only damage other user
-//! bytes, never the books. The table is three arrays in their own reservations, committed on
-//! demand like the arena:
+//! bytes, never the books. The table is two arrays in their own reservations, committed on
+//! demand like the arena, and one overflow map:
 //!
-//! * `recs[i]`: a [`Rec`] per block slot, **in address order** (the arena bumps upward, a freed
-//!   slot is reused only at the same address, and rewinds truncate). 20 bytes.
+//! * `recs[i]`: a 12-byte [`Rec`] per block slot, **in address order** (the arena bumps upward,
+//!   a freed slot is reused only at the same address, and rewinds truncate). The tree links are
+//!   16-bit deltas between record indices, and the size is 16 bits: both cover what a request
+//!   builds (its blocks are recorded next to each other, and are small).
 //! * `windows[w]`: for every 1 KiB window `w` of the arena (64 granules), a bitmap of the
 //!   granules where a recorded block starts, and the index of the first record in the window.
 //!   Records are in address order, so the record of a block starting at granule `g` is
-//!   `first + popcount(bits below g)`: O(1), a handful of instructions, no search. 16 bytes per
-//!   KiB of arena.
-//! * per size class, a free list of dead slots threaded through `Rec::next`.
+//!   `first + popcount(bits below g)`: O(1), a handful of instructions, no search. 12 bytes per
+//!   KiB of arena, committed for exactly the committed arena (rounded up to pages).
+//! * `far`: the values that do not fit their field: a link to a record more than 16 K (`prev`)
+//!   or 32 K (`child`, `next`) records away, and a size of 65 535 bytes or more. Keyed by
+//!   record and field; an entry exists exactly while its field holds the escape value.
+//! * per size class, a free list of dead slots threaded through the records.
 //!
 //! ## The tree
 //! `prev` is "previous sibling, or `PARENT | parent` for a first child, or `NONE` for a root, or
 //! `DEAD`"; `child` is the first child; `next` the next sibling. So unlinking any block is O(1)
-//! and freeing a subtree is O(size of the subtree) with no allocation (the walk uses the dead
-//! records' `next` as its stack). Cycles are impossible by construction: a block is linked only
+//! and freeing a subtree is O(size of the subtree) with no allocation (the walk keeps its stack
+//! in the records being freed). Cycles are impossible by construction: a block is linked only
 //! under a block that was live when it was allocated, and realloc replaces a node in place.
+//! The fields hold these values encoded (see [`Rec`]); the table's accessors ([`Table::prev`],
+//! [`Table::set_prev`], ...) take and return them decoded, as absolute record indices.
 //!
 //! ## The pending tail
 //! The table holds only *materialized* blocks. The newest blocks of a region may instead be
@@ -28,6 +35,7 @@
 use crate::arena::Span;
 use crate::host::{CriticalLevel, Source};
 use crate::Error;
+use std::collections::HashMap;
 
 /// No record.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -51,24 +59,120 @@ pub(crate) const HINTS: usize = 512;
 const EXACT_CLASSES: usize = 64;
 pub(crate) const NUM_CLASSES: usize = EXACT_CLASSES + 4 * 32;
 
-/// One block slot. Invariants (for `i < count`):
+/// `Rec::prev` of a dead slot (as a delta: -16 384 with no tag, never a link).
+const PREV_DEAD: i16 = i16::MIN;
+/// `Rec::prev` whose value is in `Table::far` (-16 384 with the tag, never a link).
+const PREV_FAR: i16 = i16::MIN + 1;
+/// `Rec::child` / `Rec::next` whose value is in `Table::far` (-32 768, never a link).
+const LINK_FAR: i16 = i16::MIN;
+/// Farthest record a `prev` delta reaches (15 bits, signed; the low bit is the tag).
+const PREV_REACH: u32 = (1 << 14) - 1;
+/// Farthest record a `child` / `next` delta reaches.
+const LINK_REACH: u32 = i16::MAX as u32;
+/// `Rec::size` of a block of at least this many bytes: the size is in `Table::far`.
+const SIZE_BIG: u16 = u16::MAX;
+
+/// The field of a record an entry of `Table::far` stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Prev = 0,
+    Child = 1,
+    Next = 2,
+    Size = 3,
+}
+
+/// The key of `field` of record `i` in `Table::far`.
+#[inline(always)]
+fn far_key(i: u32, field: Field) -> u64 {
+    (u64::from(i) << 2) | field as u64
+}
+
+/// The delta from record `i` to record `v` if a `child` / `next` field holds it (never 0 or
+/// `LINK_FAR`: a record never links to itself).
+#[inline(always)]
+fn link_delta(i: u32, v: u32) -> Option<i16> {
+    let d = v.wrapping_sub(i) as i32;
+    (d.unsigned_abs() <= LINK_REACH).then_some(d as i16)
+}
+
+/// `prev` of record `i` for the value `v` (a sibling, or `PARENT | p`), if a delta holds it.
+#[inline(always)]
+fn prev_delta(i: u32, v: u32) -> Option<i16> {
+    let d = (v & !PARENT).wrapping_sub(i) as i32;
+    (d.unsigned_abs() <= PREV_REACH).then_some(((d << 1) | (v >> 31) as i32) as i16)
+}
+
+/// One block slot: 12 bytes. Every field is stored compactly; a value that does not fit is an
+/// escape in the field and an entry in `Table::far` (decoded by the table's accessors).
+///
+/// Invariants (for `i < count`):
 /// * `off` is the block's start in granules from the arena base; `off` strictly increases with `i`;
-/// * `size` is the requested size in bytes; the slot spans `extent(size)` bytes;
-/// * live: `prev` is `NONE`, `PARENT | p` (`p` live, `recs[p].child == i`) or a sibling `s`
-///   (`recs[s].next == i`); `child`/`next` are `NONE` or live records whose `prev` points back;
-/// * dead: `prev == DEAD`, `next` links the free list of `class_of(size)`.
+/// * `size` is the requested size in bytes if below `SIZE_BIG`, else `SIZE_BIG` with the size in
+///   `far` (live records only; a dead record's size is 0: its class is its free list's); the
+///   slot spans `extent(size)` bytes;
+/// * links are deltas between record indices: `child` and `next` hold `target - i` (0: `NONE`;
+///   `LINK_FAR`: the absolute index is in `far`); `prev` holds `(target - i) << 1 | tag`, the tag
+///   set for `PARENT | target` (0: `NONE`; `PREV_FAR`: the value, tag included, is in `far`;
+///   `PREV_DEAD`: `DEAD`);
+/// * live: `prev` is `NONE`, `PARENT | p` (`p` live, `p.child == i`) or a sibling `s`
+///   (`s.next == i`); `child`/`next` are `NONE` or live records whose `prev` points back; a
+///   root's `next` is `NONE`;
+/// * dead: `prev == PREV_DEAD`, and the 4 bytes of `child` and `next` hold the absolute index of
+///   the next slot on the free list of its class (low half in `child`). A dead record has no
+///   entry in `far`, and neither has any record at or past `count`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Rec {
     pub off: u32,
-    pub size: u32,
-    pub prev: u32,
-    pub child: u32,
-    pub next: u32,
+    size: u16,
+    prev: i16,
+    child: i16,
+    next: i16,
 }
 
-// `Region::try_free_leaf` reads `prev` and `child` as one 8-byte word.
-const _: () = assert!(core::mem::offset_of!(Rec, prev) == 8 && core::mem::offset_of!(Rec, child) == 12);
+const _: () = assert!(core::mem::size_of::<Rec>() == 12);
+// `Region::try_free_leaf` reads `prev` and `child` as one 4-byte word (`LEAF_WORD`): 0 for a
+// root without children.
+const _: () = assert!(core::mem::offset_of!(Rec, prev) == 6 && core::mem::offset_of!(Rec, child) == 8);
+/// Byte offset in a [`Rec`] of the 4-byte word `prev`, `child`: 0 iff the record is a live root
+/// without children.
+pub(crate) const LEAF_WORD: usize = 6;
+
+impl Rec {
+    /// The free-list link of a dead record.
+    #[inline(always)]
+    fn free_link(&self) -> u32 {
+        u32::from(self.child as u16) | (u32::from(self.next as u16) << 16)
+    }
+
+    /// Mark the record dead, with `link` the next slot of its free list. Its `far` entries must
+    /// be gone.
+    #[inline(always)]
+    fn set_dead(&mut self, link: u32) {
+        self.size = 0;
+        self.prev = PREV_DEAD;
+        self.child = link as u16 as i16;
+        self.next = (link >> 16) as u16 as i16;
+    }
+
+    /// True for a dead slot.
+    #[inline(always)]
+    pub(crate) fn is_dead(&self) -> bool {
+        self.prev == PREV_DEAD
+    }
+
+    /// True for a live record without children (or a dead one).
+    #[inline(always)]
+    pub(crate) fn childless(&self) -> bool {
+        self.child == 0
+    }
+
+    /// The size in bytes, if it is below `SIZE_BIG` (else it is in `far`).
+    #[inline(always)]
+    pub(crate) fn small_size(&self) -> Option<usize> {
+        (self.size != SIZE_BIG).then_some(self.size as usize)
+    }
+}
 
 /// Granules a block of `size` bytes occupies (zero-size blocks take one: they must be unique).
 #[inline(always)]
@@ -123,16 +227,19 @@ pub(crate) fn extent_granules(size: usize) -> usize {
     }
 }
 
-/// The lookup index of one 1 KiB window of the arena. Invariant (for windows below
-/// `init_windows`): bit `k` of `bits` is set iff a record starts at granule `64 w + k`, and
-/// `first` is the index of the first record at or after granule `64 w`.
-#[repr(C)]
+/// The lookup index of one 1 KiB window of the arena: 12 bytes (`packed(4)`: the bitmap is read
+/// with one unaligned load, which costs nothing on the targets we build for, and the 4 bytes of
+/// padding a `u64`-aligned struct would carry are 25% of the index). Invariant (for windows
+/// below `init_windows`): bit `k` of `bits` is set iff a record starts at granule `64 w + k`,
+/// and `first` is the index of the first record at or after granule `64 w`.
+#[repr(C, packed(4))]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Window {
     pub bits: u64,
     pub first: u32,
-    _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Window>() == 12);
 
 /// The record arrays and free lists of one region.
 #[derive(Debug)]
@@ -160,6 +267,16 @@ pub(crate) struct Table {
     pub hints: [u32; HINTS],
     /// Requested bytes of the live blocks.
     pub live_bytes: usize,
+    /// The values that do not fit their record field (see [`Rec`]), keyed by [`far_key`]: an
+    /// entry exists exactly while the field holds its escape (`PREV_FAR`, `LINK_FAR`,
+    /// `SIZE_BIG`) in a live record below `count`. Only links between records more than 16 K
+    /// apart and blocks of 64 KiB or more have entries: a request's blocks are recorded next to
+    /// each other, so the map stays empty in the common case and its size follows the far links
+    /// and big blocks that are live (every write of a field drops the entry of the value it
+    /// replaces; a record that dies drops its entries). A std `HashMap` (as the region's
+    /// `big_align`): its memory comes from the process allocator, never from napalloc, so an
+    /// insert cannot re-enter a region; it is touched only on those rare links and sizes.
+    far: HashMap<u64, u32>,
     recs_span: Span,
     first_span: Span,
 }
@@ -180,6 +297,7 @@ impl Table {
             hints: [NONE; HINTS],
             live_blocks: 0,
             live_bytes: 0,
+            far: HashMap::new(),
             recs_span,
             first_span,
         })
@@ -243,11 +361,208 @@ impl Table {
         unsafe { *self.recs.add(i as usize) }
     }
 
+    // ---- The fields, decoded. Every accessor takes a record below `count` (so below `cap`):
+    // ---- the callers' invariant, as for `rec`.
+
+    /// `prev` of live or dead record `i`: `NONE`, `DEAD`, `PARENT | p` or a sibling.
+    #[inline(always)]
+    pub(crate) fn prev(&self, i: u32) -> u32 {
+        // SAFETY: i < count <= cap (see above).
+        let raw = unsafe { self.get(i) }.prev;
+        match raw {
+            0 => NONE,
+            PREV_DEAD => DEAD,
+            PREV_FAR => self.far_get(i, Field::Prev),
+            _ => i.wrapping_add((raw >> 1) as i32 as u32) | ((raw as u32 & 1) << 31),
+        }
+    }
+
+    /// `child` of live record `i` (`NONE` if it has none).
+    #[inline(always)]
+    pub(crate) fn child(&self, i: u32) -> u32 {
+        // SAFETY: i < count <= cap (see above).
+        let raw = unsafe { self.get(i) }.child;
+        self.link(i, raw, Field::Child)
+    }
+
+    /// `next` of live record `i` (`NONE` if it is the last sibling).
+    #[inline(always)]
+    pub(crate) fn next(&self, i: u32) -> u32 {
+        // SAFETY: i < count <= cap (see above).
+        let raw = unsafe { self.get(i) }.next;
+        self.link(i, raw, Field::Next)
+    }
+
+    #[inline(always)]
+    fn link(&self, i: u32, raw: i16, field: Field) -> u32 {
+        match raw {
+            0 => NONE,
+            LINK_FAR => self.far_get(i, field),
+            _ => i.wrapping_add(raw as i32 as u32),
+        }
+    }
+
+    /// The requested size of live record `i`.
+    #[inline(always)]
+    pub(crate) fn size(&self, i: u32) -> usize {
+        // SAFETY: i < count <= cap (see above).
+        match unsafe { self.get(i) }.small_size() {
+            Some(s) => s,
+            None => self.far_get(i, Field::Size) as usize,
+        }
+    }
+
+    /// True if record `i` is a dead slot.
+    #[inline(always)]
+    pub(crate) fn is_dead(&self, i: u32) -> bool {
+        // SAFETY: i < count <= cap (see above).
+        unsafe { self.get(i) }.is_dead()
+    }
+
+    /// Set `prev` of live record `i` to `v` (`NONE`, `PARENT | p` or a sibling; not `DEAD`).
+    #[inline(always)]
+    pub(crate) fn set_prev(&mut self, i: u32, v: u32) {
+        debug_assert!(v != DEAD && v & !PARENT != i, "prev of {i}: {v:#x}");
+        // SAFETY: i < count <= cap (see above).
+        let old = unsafe { self.get(i) }.prev;
+        debug_assert!(old != PREV_DEAD, "set_prev of dead record {i}");
+        if old == PREV_FAR {
+            self.far_drop(i, Field::Prev);
+        }
+        let raw = if v == NONE {
+            0
+        } else {
+            match prev_delta(i, v) {
+                Some(d) => d,
+                None => self.far_put(i, Field::Prev, v),
+            }
+        };
+        // SAFETY: as above.
+        unsafe { self.rec(i).prev = raw };
+    }
+
+    /// Set `child` of live record `i` to `v` (`NONE` or a record).
+    #[inline(always)]
+    pub(crate) fn set_child(&mut self, i: u32, v: u32) {
+        // SAFETY: i < count <= cap (see above).
+        let old = unsafe { self.get(i) }.child;
+        let raw = self.set_link(i, old, v, Field::Child);
+        // SAFETY: as above.
+        unsafe { self.rec(i).child = raw };
+    }
+
+    /// Set `next` of live record `i` to `v` (`NONE` or a record).
+    #[inline(always)]
+    pub(crate) fn set_next(&mut self, i: u32, v: u32) {
+        // SAFETY: i < count <= cap (see above).
+        let old = unsafe { self.get(i) }.next;
+        let raw = self.set_link(i, old, v, Field::Next);
+        // SAFETY: as above.
+        unsafe { self.rec(i).next = raw };
+    }
+
+    /// The raw `child`/`next` for `v`, replacing the raw `old`: drops the entry of an old escape
+    /// and adds one for a new escape.
+    #[inline(always)]
+    fn set_link(&mut self, i: u32, old: i16, v: u32, field: Field) -> i16 {
+        debug_assert!(v != i && v != DEAD && v & PARENT == 0 || v == NONE, "{field:?} of {i}: {v:#x}");
+        if old == LINK_FAR {
+            self.far_drop(i, field);
+        }
+        if v == NONE {
+            return 0;
+        }
+        match link_delta(i, v) {
+            Some(d) => d,
+            None => self.far_put(i, field, v),
+        }
+    }
+
+    /// Set the size of live record `i` (whose size field holds no escape: a dead or fresh record,
+    /// or one whose old size was small).
+    #[inline(always)]
+    fn init_size(&mut self, i: u32, size: usize) {
+        let raw = if size < SIZE_BIG as usize { size as u16 } else { self.far_put_size(i, size) };
+        // SAFETY: i < count <= cap (see above).
+        unsafe { self.rec(i).size = raw };
+    }
+
+    /// Set the size of live record `i`.
+    #[inline]
+    pub(crate) fn set_size(&mut self, i: u32, size: usize) {
+        // SAFETY: i < count <= cap (see above).
+        if unsafe { self.get(i) }.small_size().is_none() {
+            self.far_drop(i, Field::Size);
+        }
+        self.init_size(i, size);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn far_get(&self, i: u32, field: Field) -> u32 {
+        let v = self.far.get(&far_key(i, field)).copied();
+        debug_assert!(v.is_some(), "escape without an entry: {field:?} of record {i}");
+        // An escape always has its entry (`far` invariant); `NONE` keeps a broken table from
+        // panicking on a public path.
+        v.unwrap_or(NONE)
+    }
+
+    /// Store `v` as `field` of `i` in `far`; returns the escape for the field.
+    #[cold]
+    #[inline(never)]
+    fn far_put(&mut self, i: u32, field: Field, v: u32) -> i16 {
+        self.far.insert(far_key(i, field), v);
+        if field == Field::Prev {
+            PREV_FAR
+        } else {
+            LINK_FAR
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn far_put_size(&mut self, i: u32, size: usize) -> u16 {
+        // Sizes are below 2^32 (the region refuses larger ones).
+        self.far.insert(far_key(i, Field::Size), size as u32);
+        SIZE_BIG
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn far_drop(&mut self, i: u32, field: Field) {
+        self.far.remove(&far_key(i, field));
+    }
+
+    /// Entries in the overflow map (far links and big sizes of live records).
+    #[cfg(test)]
+    pub(crate) fn far_len(&self) -> usize {
+        self.far.len()
+    }
+
+    /// Make dead record `i` (taken off its free list) live: a root without children of `size`
+    /// bytes. Returns the next slot of its free list.
+    #[inline(always)]
+    pub(crate) fn revive(&mut self, i: u32, size: usize) -> u32 {
+        // SAFETY: i < count <= cap (see above).
+        let r = unsafe { self.rec(i) };
+        debug_assert!(r.is_dead(), "revive of live record {i}");
+        let next = r.free_link();
+        // A dead record has no `far` entries: plain stores.
+        r.prev = 0;
+        r.child = 0;
+        r.next = 0;
+        self.init_size(i, size);
+        next
+    }
+
     /// Commit the window index for an arena of `arena_committed` bytes. Called whenever the
-    /// arena commits more, so that [`push`](Self::push) never needs more of it.
+    /// arena commits more, so that [`push`](Self::push) never needs more of it. It commits what
+    /// that arena needs (rounded up to pages), not a doubling step ahead: the arena's own commits
+    /// grow geometrically, so these calls are few, and an index committed ahead of the arena
+    /// would be paid per block at no gain.
     pub(crate) fn ensure_windows(&mut self, arena_committed: usize) -> Result<(), Error> {
         let windows = (arena_committed >> (WINDOW_SHIFT as usize + 4)) + 1;
-        self.first_span.ensure(windows * core::mem::size_of::<Window>())
+        self.first_span.ensure_exact(windows * core::mem::size_of::<Window>())
     }
 
     /// Bytes of arena, from its start, whose blocks the committed window index covers.
@@ -282,15 +597,17 @@ impl Table {
         while self.init_windows <= w {
             // SAFETY: init_windows <= w and the index covers the committed arena
             // (`ensure_windows`), which contains every block.
-            unsafe { *self.windows.add(self.init_windows) = Window { bits: 0, first: i, _pad: 0 } };
+            unsafe { self.windows.add(self.init_windows).write(Window { bits: 0, first: i }) };
             self.init_windows += 1;
         }
         // SAFETY: w < init_windows.
         unsafe { (*self.windows.add(w)).bits |= 1 << (off & 63) };
+        // A record at `count` has no `far` entries (`Rec` invariant): plain stores.
         // SAFETY: i < cap.
-        unsafe { *self.rec(i) = Rec { off, size, prev: NONE, child: NONE, next: NONE } };
-        self.hints[off as usize % HINTS] = i;
+        unsafe { *self.rec(i) = Rec { off, size: 0, prev: 0, child: 0, next: 0 } };
         self.count = i + 1;
+        self.init_size(i, size as usize);
+        self.hints[off as usize % HINTS] = i;
         if parent != NONE {
             self.link_under(i, parent);
         }
@@ -299,52 +616,44 @@ impl Table {
         i
     }
 
-    /// Make live record `i` the first child of live record `p` (`i.prev` becomes `PARENT | p`).
+    /// Make live root `i` the first child of live record `p` (`i.prev` becomes `PARENT | p`).
     #[inline]
     pub(crate) fn link_under(&mut self, i: u32, p: u32) {
-        // SAFETY: i and p are records below count <= cap (callers' invariant).
-        unsafe {
-            let old = self.rec(p).child;
-            self.rec(p).child = i;
-            let me = self.rec(i);
-            me.prev = PARENT | p;
-            me.next = old;
-            if old != NONE {
-                self.rec(old).prev = i;
-            }
+        let old = self.child(p);
+        self.set_child(p, i);
+        self.set_prev(i, PARENT | p);
+        self.set_next(i, old);
+        if old != NONE {
+            self.set_prev(old, i);
         }
     }
 
     /// Unlink live, materialized record `i` from its parent's (or its siblings') list.
     #[inline]
     pub(crate) fn unlink(&mut self, i: u32) {
-        // SAFETY: i is a live materialized record; its neighbours are live records (invariant).
-        unsafe {
-            let prev = self.rec(i).prev;
-            if prev == NONE {
-                return;
-            }
-            let next = self.rec(i).next;
-            if prev & PARENT != 0 {
-                self.rec(prev & !PARENT).child = next;
-            } else {
-                self.rec(prev).next = next;
-            }
-            if next != NONE {
-                self.rec(next).prev = prev;
-            }
-            let me = self.rec(i);
-            me.prev = NONE;
-            me.next = NONE;
+        let prev = self.prev(i);
+        if prev == NONE {
+            return;
         }
+        let next = self.next(i);
+        if prev & PARENT != 0 {
+            self.set_child(prev & !PARENT, next);
+        } else {
+            self.set_next(prev, next);
+        }
+        if next != NONE {
+            self.set_prev(next, prev);
+        }
+        self.set_prev(i, NONE);
+        self.set_next(i, NONE);
     }
 
     /// The record whose block starts at granule `g`, if it is live. O(1).
     #[inline]
     pub(crate) fn find(&self, g: usize) -> Option<u32> {
         let i = self.slot(g)?;
-        // SAFETY: a set bit has a record (window invariant), so i < count <= cap.
-        (unsafe { self.get(i).prev } != DEAD).then_some(i)
+        // A set bit has a record (window invariant), so i < count.
+        (!self.is_dead(i)).then_some(i)
     }
 
     /// The record (live or dead) whose block starts at granule `g`, if any. O(1).
@@ -355,7 +664,7 @@ impl Table {
             return None;
         }
         // SAFETY: w < init_windows.
-        let win = unsafe { &*self.windows.add(w) };
+        let win = unsafe { self.windows.add(w).read() };
         // Shift bit `g % 64` to the top: the sign says whether a record starts at `g`, and the
         // bits left are those at or below `g`.
         let up = win.bits << (63 - (g & 63));
@@ -369,31 +678,62 @@ impl Table {
     /// free list.
     #[inline(always)]
     pub(crate) fn free_root_leaf(&mut self, i: u32, r: &mut Rec) {
-        debug_assert!(r.prev == NONE && r.child == NONE && r.next == NONE, "record {i} is not a root leaf");
+        debug_assert!(r.prev == 0 && r.child == 0 && r.next == 0, "record {i} is not a root leaf");
         let size = r.size as usize;
         let class = size.wrapping_sub(1) / GRANULE;
-        let class = if class < EXACT_CLASSES { class } else { class_of_size(size) };
-        // SAFETY: class_of_size is below NUM_CLASSES.
+        if class >= EXACT_CLASSES {
+            // size 0, a grouped class, or a big size (`SIZE_BIG` is past the exact classes)
+            self.free_leaf_slow(i);
+            return;
+        }
+        // SAFETY: class < EXACT_CLASSES < NUM_CLASSES.
         let head = unsafe { self.heads.get_unchecked_mut(class) };
-        r.prev = DEAD;
-        r.next = *head;
+        r.set_dead(*head);
         *head = i;
+        self.live_blocks -= 1;
+        self.live_bytes -= size;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_leaf_slow(&mut self, i: u32) {
+        self.kill(i);
+    }
+
+    /// Put live record `i`, unlinked (no parent, no sibling, no child), on its free list.
+    #[inline]
+    fn kill(&mut self, i: u32) {
+        let size = self.size(i);
+        // SAFETY: i < count <= cap.
+        let r = unsafe { self.get(i) };
+        debug_assert!(r.prev == 0 && r.child == 0 && r.next == 0, "kill of linked record {i}");
+        if r.size == SIZE_BIG {
+            self.far_drop(i, Field::Size);
+        }
+        self.bury(i, size);
+    }
+
+    /// Mark record `i` of `size` bytes dead and push it on its free list. Its `far` entries
+    /// must be gone.
+    #[inline(always)]
+    fn bury(&mut self, i: u32, size: usize) {
+        let class = class_of_size(size);
+        let head = self.heads[class];
+        // SAFETY: i < count <= cap.
+        unsafe { self.rec(i) }.set_dead(head);
+        self.heads[class] = i;
         self.live_blocks -= 1;
         self.live_bytes -= size;
     }
 
     /// Make every child of live record `i` a root (O(children)).
     pub(crate) fn detach_children(&mut self, i: u32) {
-        // SAFETY: i is live; its children are live records.
-        let mut c = unsafe { self.rec(i).child };
-        // SAFETY: as above.
-        unsafe { self.rec(i).child = NONE };
+        let mut c = self.child(i);
+        self.set_child(i, NONE);
         while c != NONE {
-            // SAFETY: c is a live child.
-            let r = unsafe { self.rec(c) };
-            let next = r.next;
-            r.prev = NONE;
-            r.next = NONE;
+            let next = self.next(c);
+            self.set_prev(c, NONE);
+            self.set_next(c, NONE);
             c = next;
         }
     }
@@ -401,67 +741,85 @@ impl Table {
     /// Free live record `i`, which has no children: unlink it and put it on its free list.
     #[inline]
     pub(crate) fn free_leaf(&mut self, i: u32) {
+        debug_assert_eq!(self.child(i), NONE, "free_leaf of a record with children");
         self.unlink(i);
-        // SAFETY: i is a live record below count.
-        let size = unsafe { self.rec(i).size } as usize;
-        let class = class_of_size(size);
-        let head = self.heads[class];
-        // SAFETY: as above.
-        let me = unsafe { self.rec(i) };
-        debug_assert_eq!(me.child, NONE, "free_leaf of a record with children");
-        me.prev = DEAD;
-        me.next = head;
-        self.heads[class] = i;
-        self.live_blocks -= 1;
-        self.live_bytes -= size;
+        self.kill(i);
     }
 
     /// Free live, materialized record `root` and all its descendants; returns how many blocks
-    /// were freed. `on_free(index, rec)` is called for each (before it is marked dead).
-    pub(crate) fn free_subtree(&mut self, root: u32, mut on_free: impl FnMut(u32, &Rec)) -> usize {
+    /// were freed. `on_free(index, off, size)` is called for each (before it is marked dead).
+    pub(crate) fn free_subtree(&mut self, root: u32, mut on_free: impl FnMut(u32, u32, usize)) -> usize {
         self.unlink(root);
-        // Depth-first walk; the stack is threaded through the `next` of records already popped
-        // (they are dead, so their `next` is free until they are pushed on a free list).
+        // Depth-first walk. A record on the stack needs only its `child` (to push its children
+        // when it is popped): its `prev` and `next` (2 + 2 bytes) hold the stack link, the
+        // absolute index of the record below it (`stack_link`), once their `far` entries are
+        // dropped (`set_stack_link`). The root is unlinked: both are 0, no entries.
         let mut stack = root;
-        // SAFETY: root is live; we reuse its `next` as the stack link.
-        unsafe { self.rec(root).next = NONE };
+        self.set_stack_link(root, NONE);
         let mut freed = 0;
         while stack != NONE {
             let i = stack;
-            // SAFETY: every record on the stack is a live record of the subtree.
-            let r = unsafe { *self.rec(i) };
-            stack = r.next;
+            stack = self.stack_link(i);
             // push the children
-            let mut c = r.child;
+            let mut c = self.child(i);
             while c != NONE {
-                // SAFETY: children of a live record are live records.
-                let cn = unsafe { self.rec(c).next };
-                // SAFETY: as above.
-                unsafe { self.rec(c).next = stack };
+                let cn = self.next(c);
+                self.set_stack_link(c, stack);
                 stack = c;
                 c = cn;
             }
-            on_free(i, &r);
-            self.live_blocks -= 1;
-            self.live_bytes -= r.size as usize;
-            let class = class_of_size(r.size as usize);
-            let head = self.heads[class];
-            // SAFETY: i is below count.
-            let me = unsafe { self.rec(i) };
-            me.prev = DEAD;
-            me.child = NONE;
-            me.next = head;
-            self.heads[class] = i;
+            let size = self.size(i);
+            // SAFETY: i < count <= cap.
+            let r = unsafe { self.get(i) };
+            on_free(i, r.off, size);
+            if r.child == LINK_FAR {
+                self.far_drop(i, Field::Child);
+            }
+            if r.size == SIZE_BIG {
+                self.far_drop(i, Field::Size);
+            }
+            self.bury(i, size);
             freed += 1;
         }
         freed
     }
 
-    /// Forget every record in O(number of classes).
+    /// Overwrite `prev` and `next` of live record `i` (being freed) with a stack link `v`,
+    /// dropping their `far` entries first.
+    #[inline(always)]
+    fn set_stack_link(&mut self, i: u32, v: u32) {
+        // SAFETY: i < count <= cap.
+        let r = unsafe { self.get(i) };
+        if r.prev == PREV_FAR {
+            self.far_drop(i, Field::Prev);
+        }
+        if r.next == LINK_FAR {
+            self.far_drop(i, Field::Next);
+        }
+        // SAFETY: as above.
+        let r = unsafe { self.rec(i) };
+        r.prev = v as u16 as i16;
+        r.next = (v >> 16) as u16 as i16;
+    }
+
+    /// The stack link that [`set_stack_link`](Self::set_stack_link) stored in record `i`.
+    #[inline(always)]
+    fn stack_link(&self, i: u32) -> u32 {
+        // SAFETY: i < count <= cap.
+        let r = unsafe { self.get(i) };
+        u32::from(r.prev as u16) | (u32::from(r.next as u16) << 16)
+    }
+
+    /// Forget every record in O(number of classes), plus O(entries of `far`): the map is
+    /// cleared only if it holds any, which only far links (> 16 K records apart) and live blocks
+    /// of 64 KiB or more create.
     pub(crate) fn reset(&mut self) {
         if self.count as usize != self.live_blocks {
             // some slot is dead; when none is, every head is NONE: skip the 768-byte store
             self.heads = [NONE; NUM_CLASSES];
+        }
+        if !self.far.is_empty() {
+            self.far.clear();
         }
         self.count = 0;
         self.init_windows = 0;
