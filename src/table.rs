@@ -539,6 +539,77 @@ impl Table {
         self.far.len()
     }
 
+    /// Check every invariant of the records, the free lists and `far` (tests only; O(count)).
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        let (mut live, mut bytes, mut escapes) = (0usize, 0usize, 0usize);
+        for i in 0..self.count {
+            // SAFETY: i < count <= cap.
+            let r = unsafe { self.get(i) };
+            if i > 0 {
+                // SAFETY: as above.
+                assert!(unsafe { self.get(i - 1) }.off < r.off, "records out of address order at {i}");
+            }
+            if r.is_dead() {
+                for f in [Field::Prev, Field::Child, Field::Next, Field::Size] {
+                    assert!(!self.far.contains_key(&far_key(i, f)), "dead record {i} has a {f:?} entry");
+                }
+                continue;
+            }
+            live += 1;
+            bytes += self.size(i);
+            let (p, c, n) = (self.prev(i), self.child(i), self.next(i));
+            // An escape only where the value does not fit, and never without its entry.
+            if r.prev == PREV_FAR {
+                escapes += 1;
+                assert!(self.far.contains_key(&far_key(i, Field::Prev)));
+                assert_eq!(prev_delta(i, p), None, "prev {p:#x} of {i} escaped but fits");
+            }
+            for (raw, v, f) in [(r.child, c, Field::Child), (r.next, n, Field::Next)] {
+                if raw == LINK_FAR {
+                    escapes += 1;
+                    assert!(self.far.contains_key(&far_key(i, f)));
+                    assert_eq!(link_delta(i, v), None, "{f:?} {v} of {i} escaped but fits");
+                }
+            }
+            if r.size == SIZE_BIG {
+                escapes += 1;
+                assert!(self.size(i) >= SIZE_BIG as usize, "size {} of {i} escaped but fits", self.size(i));
+            }
+            if p == NONE {
+                assert_eq!(n, NONE, "root {i} has a sibling");
+            } else if p & PARENT != 0 {
+                assert!(p & !PARENT < self.count && !self.is_dead(p & !PARENT), "parent of {i}");
+                assert_eq!(self.child(p & !PARENT), i, "{i} is not the first child of its parent");
+            } else {
+                assert!(p < self.count && !self.is_dead(p), "previous sibling of {i}");
+                assert_eq!(self.next(p), i, "{i} is not the next of its previous sibling");
+            }
+            if c != NONE {
+                assert!(c < self.count, "child of {i}");
+                assert_eq!(self.prev(c), PARENT | i, "first child of {i} does not point back");
+            }
+            if n != NONE {
+                assert!(n < self.count, "next of {i}");
+                assert_eq!(self.prev(n), i, "next sibling of {i} does not point back");
+            }
+        }
+        assert_eq!(escapes, self.far.len(), "entries of far without an escape");
+        assert_eq!((live, bytes), (self.live_blocks, self.live_bytes), "the books");
+        let mut dead = 0usize;
+        for (class, &head) in self.heads.iter().enumerate() {
+            let mut d = head;
+            while d != NONE {
+                assert!(d < self.count && self.is_dead(d), "free list {class} holds {d}");
+                dead += 1;
+                assert!(dead <= self.count as usize, "a cycle in free list {class}");
+                // SAFETY: d < count <= cap.
+                d = unsafe { self.get(d) }.free_link();
+            }
+        }
+        assert_eq!(dead, self.count as usize - self.live_blocks, "dead slots off the free lists");
+    }
+
     /// Make dead record `i` (taken off its free list) live: a root without children of `size`
     /// bytes. Returns the next slot of its free list.
     #[inline(always)]
@@ -883,5 +954,303 @@ mod tests {
         for g in 65..top / 2 {
             assert!(class_granules(class_of_granules(g)) * 4 <= g * 5, "{g}");
         }
+    }
+}
+
+#[cfg(test)]
+mod far_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A table for up to `recs` records, each placed one granule after the one before (the
+    /// table itself never looks at extents), with the window index committed for all of them.
+    fn table(recs: usize) -> Table {
+        let arena = ((recs + 64) * GRANULE).next_power_of_two();
+        let mut t = Table::new(&Source::os(), arena, CriticalLevel::Task).unwrap();
+        t.ensure_windows(arena).unwrap();
+        t.reserve(recs).unwrap();
+        t
+    }
+
+    fn push(t: &mut Table, size: u32, parent: u32) -> u32 {
+        let off = t.count;
+        t.push(off, size, parent).unwrap()
+    }
+
+    /// `n` roots: they put `n` records between the records pushed before and after.
+    fn spacers(t: &mut Table, n: usize) {
+        for _ in 0..n {
+            push(t, 16, NONE);
+        }
+    }
+
+    /// What `Region::reuse` does: the head of `size`'s free list, live again under `parent`.
+    fn reuse(t: &mut Table, size: usize, parent: u32) -> u32 {
+        let class = class_of_size(size);
+        let i = t.heads[class];
+        assert_ne!(i, NONE, "a dead slot of class {class}");
+        t.heads[class] = t.revive(i, size);
+        if parent != NONE {
+            t.link_under(i, parent);
+        }
+        t.live_blocks += 1;
+        t.live_bytes += size;
+        i
+    }
+
+    /// Enough records between two to put them out of a `child`/`next` delta's reach.
+    const FAR: usize = LINK_REACH as usize + 1;
+
+    #[test]
+    fn the_deltas_reach_exactly_as_far_as_documented() {
+        let base = 1u32 << 20;
+        assert_eq!(link_delta(base, base + LINK_REACH), Some(i16::MAX));
+        assert_eq!(link_delta(base, base - LINK_REACH), Some(-i16::MAX));
+        assert_eq!(link_delta(base, base + LINK_REACH + 1), None);
+        assert_eq!(link_delta(base, base - LINK_REACH - 1), None, "-32768 is the escape");
+        for v in [base + PREV_REACH, base - PREV_REACH, PARENT | (base + PREV_REACH), PARENT | (base - PREV_REACH)] {
+            let d = prev_delta(base, v).unwrap_or_else(|| panic!("{v:#x} fits"));
+            assert!(d != PREV_DEAD && d != PREV_FAR && d != 0);
+        }
+        for v in [base + PREV_REACH + 1, base - PREV_REACH - 1, PARENT | (base - PREV_REACH - 1)] {
+            assert_eq!(prev_delta(base, v), None, "{v:#x} is out of reach");
+        }
+    }
+
+    #[test]
+    fn far_links_are_exact_through_link_unlink_and_free() {
+        let mut t = table(2 * FAR + 64);
+        let a = push(&mut t, 16, NONE);
+        spacers(&mut t, FAR);
+        let b = push(&mut t, 16, a);
+        t.check();
+        assert_eq!((t.child(a), t.prev(b), t.next(b)), (b, PARENT | a, NONE));
+        assert_eq!(t.far_len(), 2, "a.child and b.prev are far");
+        let c = push(&mut t, 24, a);
+        t.check();
+        assert_eq!((t.child(a), t.prev(c), t.next(c), t.prev(b)), (c, PARENT | a, b, c));
+        assert_eq!(t.far_len(), 2, "b.prev is near again: its entry is gone");
+        // unlinking the first child hands the far link on to the second
+        t.free_leaf(c);
+        t.check();
+        assert_eq!((t.child(a), t.prev(b)), (b, PARENT | a));
+        assert_eq!(t.far_len(), 2);
+        // grandchildren far from their parent, freed by the walk that keeps its stack in the
+        // records (over their escapes)
+        let d = push(&mut t, 16, b);
+        spacers(&mut t, FAR);
+        let e = push(&mut t, 100_000, b);
+        t.check();
+        assert_eq!((t.child(b), t.next(e), t.prev(d)), (e, d, e));
+        assert!(t.far_len() >= 5, "b.child, e.prev, e.next, d.prev, e's size: {}", t.far_len());
+        let mut seen = vec![];
+        assert_eq!(t.free_subtree(a, |i, _, size| seen.push((i, size))), 4);
+        seen.sort_unstable();
+        assert_eq!(seen, [(a, 16), (b, 16), (d, 16), (e, 100_000)]);
+        t.check();
+        assert_eq!(t.far_len(), 0, "the dead records dropped their entries");
+        assert_eq!(t.live_blocks, t.count as usize - 5, "c and a's tree are dead");
+    }
+
+    #[test]
+    fn a_free_joins_two_near_links_into_a_far_one() {
+        let mut t = table(2 * PREV_REACH as usize + 64);
+        let p = push(&mut t, 16, NONE);
+        let c1 = push(&mut t, 16, p);
+        spacers(&mut t, PREV_REACH as usize - 10);
+        let c2 = push(&mut t, 16, p);
+        spacers(&mut t, PREV_REACH as usize - 10);
+        let c3 = push(&mut t, 16, p);
+        t.check();
+        // c3 -> c2 -> c1, every sibling link within a prev delta's reach
+        assert_eq!((t.next(c3), t.next(c2), t.prev(c1), t.prev(c2)), (c2, c1, c2, c3));
+        assert_eq!(t.far_len(), 1, "only c3.prev = PARENT | p is far");
+        t.free_leaf(c2);
+        t.check();
+        assert_eq!((t.next(c3), t.prev(c1)), (c1, c3));
+        assert_eq!(t.far_len(), 2, "c1.prev = c3 spans twice the reach");
+        // and splitting them again makes it near
+        t.free_leaf(c3);
+        t.check();
+        assert_eq!((t.child(p), t.prev(c1)), (c1, PARENT | p));
+        assert_eq!(t.far_len(), 0);
+    }
+
+    #[test]
+    fn a_dead_slot_far_away_is_reused_under_a_far_parent() {
+        let mut t = table(FAR + 64);
+        let old = push(&mut t, 32, NONE);
+        let _keep = push(&mut t, 32, NONE);
+        t.free_leaf(old);
+        spacers(&mut t, FAR);
+        let p = push(&mut t, 16, NONE);
+        let sib = push(&mut t, 16, p);
+        let again = reuse(&mut t, 30, p);
+        assert_eq!(again, old, "the dead slot comes back");
+        t.check();
+        assert_eq!((t.child(p), t.prev(again), t.next(again), t.prev(sib)), (again, PARENT | p, sib, again));
+        assert_eq!(t.far_len(), 4, "every link of the reused slot is far");
+        assert_eq!(t.size(again), 30);
+        t.detach_children(p);
+        t.check();
+        assert_eq!((t.child(p), t.prev(again), t.next(again), t.prev(sib)), (NONE, NONE, NONE, NONE));
+        assert_eq!(t.far_len(), 0);
+    }
+
+    #[test]
+    fn big_sizes_are_exact_and_their_entries_follow_the_record() {
+        let mut t = table(64);
+        let sizes = [0, 1, 65_534, 65_535, 65_536, 1 << 20, u32::MAX];
+        let recs: Vec<u32> = sizes.iter().map(|&s| push(&mut t, s, NONE)).collect();
+        t.check();
+        for (&i, &s) in recs.iter().zip(&sizes) {
+            assert_eq!(t.size(i), s as usize);
+        }
+        assert_eq!(t.far_len(), 4, "sizes of 65 535 bytes and more");
+        t.set_size(recs[6], 10);
+        t.set_size(recs[1], 70_000);
+        t.live_bytes = t.live_bytes - u32::MAX as usize + 10 - 1 + 70_000;
+        t.check();
+        assert_eq!((t.size(recs[6]), t.size(recs[1])), (10, 70_000));
+        assert_eq!(t.far_len(), 4);
+        t.free_leaf(recs[4]);
+        t.check();
+        assert_eq!(t.far_len(), 3);
+        // a dead big slot reused with a small size, and the other way round
+        let i = reuse(&mut t, 65_536, NONE);
+        assert_eq!((i, t.size(i)), (recs[4], 65_536));
+        t.check();
+        assert_eq!(t.far_len(), 4);
+        t.reset();
+        assert_eq!((t.far_len(), t.count, t.live_blocks, t.live_bytes), (0, 0, 0, 0));
+        let j = push(&mut t, 65_535, NONE);
+        t.check();
+        assert_eq!((t.size(j), t.far_len()), (65_535, 1));
+    }
+
+    #[test]
+    fn reset_forgets_far_links() {
+        let mut t = table(FAR + 64);
+        let a = push(&mut t, 16, NONE);
+        spacers(&mut t, FAR);
+        push(&mut t, 16, a);
+        assert_eq!(t.far_len(), 2);
+        t.reset();
+        assert_eq!(t.far_len(), 0);
+        // the records at the old indices are new: no stale entry may decode into them
+        let a = push(&mut t, 16, NONE);
+        spacers(&mut t, FAR);
+        let b = push(&mut t, 16, NONE);
+        t.check();
+        assert_eq!((t.child(a), t.prev(b)), (NONE, NONE));
+    }
+
+    /// Random programs over a table with long runs of spacers between the blocks they link,
+    /// against a model of the tree (each live record's parent); the table's invariants and the
+    /// model are checked after every step, and `far` must not outgrow the far links and big
+    /// sizes that are live.
+    #[test]
+    #[cfg_attr(miri, ignore = "hundreds of thousands of records: too long for Miri")]
+    fn random_trees_over_far_records_match_the_model() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut peak = 0;
+        for _round in 0..3 {
+            let mut t = table(4 * FAR);
+            // live record -> parent
+            let mut model: BTreeMap<u32, Option<u32>> = BTreeMap::new();
+            for step in 0..200 {
+                let live: Vec<u32> = model.keys().copied().collect();
+                let any = |r: &mut dyn FnMut(usize) -> usize| live[r(live.len())];
+                let size = if rnd(8) == 0 { 65_535 + rnd(100_000) } else { rnd(300) };
+                match rnd(10) {
+                    0 if (t.count as usize) < 3 * FAR => {
+                        let n = PREV_REACH as usize + rnd(FAR);
+                        let first = t.count;
+                        spacers(&mut t, n);
+                        for i in first..t.count {
+                            t.free_leaf(i); // dead, so the model stays small
+                        }
+                    }
+                    1 | 2 if !live.is_empty() => {
+                        let p = any(&mut rnd);
+                        let class = class_of_size(size);
+                        let i = if t.heads[class] != NONE && rnd(2) == 0 {
+                            reuse(&mut t, size, p)
+                        } else {
+                            push(&mut t, size as u32, p)
+                        };
+                        model.insert(i, Some(p));
+                    }
+                    3 if !live.is_empty() => {
+                        let i = any(&mut rnd);
+                        let gone = t.free_subtree(i, |_, _, _| {});
+                        let mut doomed = vec![i];
+                        let mut k = 0;
+                        while k < doomed.len() {
+                            let d = doomed[k];
+                            doomed.extend(model.iter().filter(|(_, p)| **p == Some(d)).map(|(c, _)| *c));
+                            k += 1;
+                        }
+                        assert_eq!(gone, doomed.len(), "step {step}: subtree size");
+                        for d in doomed {
+                            model.remove(&d);
+                        }
+                    }
+                    4 if !live.is_empty() => {
+                        let i = any(&mut rnd);
+                        if t.child(i) == NONE {
+                            t.free_leaf(i);
+                            model.remove(&i);
+                        } else {
+                            t.detach_children(i);
+                            for p in model.values_mut() {
+                                if *p == Some(i) {
+                                    *p = None;
+                                }
+                            }
+                        }
+                    }
+                    5 if !live.is_empty() => {
+                        let i = any(&mut rnd);
+                        let old = t.size(i);
+                        t.set_size(i, size);
+                        t.live_bytes = t.live_bytes - old + size;
+                    }
+                    _ => {
+                        let class = class_of_size(size);
+                        let i = if t.heads[class] != NONE && rnd(2) == 0 {
+                            reuse(&mut t, size, NONE)
+                        } else {
+                            push(&mut t, size as u32, NONE)
+                        };
+                        model.insert(i, None);
+                    }
+                }
+                t.check();
+                assert_eq!(t.live_blocks, model.len(), "step {step}");
+                for (&i, &p) in &model {
+                    // the parent: walk `prev` back to the first child
+                    let mut q = t.prev(i);
+                    let mut hops = 0;
+                    while q != NONE && q & PARENT == 0 {
+                        q = t.prev(q);
+                        hops += 1;
+                        assert!(hops <= model.len(), "a cycle of siblings");
+                    }
+                    let got = (q != NONE).then_some(q & !PARENT);
+                    assert_eq!(got, p, "step {step}: parent of {i}");
+                }
+                // every entry belongs to a live escape (check), so at most four per live record
+                assert!(t.far_len() <= 4 * model.len(), "far grew to {} for {} live", t.far_len(), model.len());
+                peak = peak.max(t.far_len());
+            }
+        }
+        assert!(peak >= 8, "the programs made far links and big sizes (at most {peak} at once)");
     }
 }
