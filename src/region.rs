@@ -2352,4 +2352,199 @@ mod tests {
         drop(v);
         assert_eq!(r.stats().live_blocks, 0);
     }
+
+    /// Far links and big sizes: a region whose tree spans more records than the side table's
+    /// 16-bit deltas reach.
+    mod far {
+        use super::*;
+
+        /// More records than a `child`/`next` delta reaches.
+        const FAR: usize = 33_000;
+
+        fn big_region() -> Region {
+            // (Miri's page backend allocates the whole reservation.)
+            Region::builder().reserve(if cfg!(miri) { 4 << 20 } else { 1 << 30 }).build().unwrap()
+        }
+
+        /// `n` live roots: `n` records between the blocks allocated before and after.
+        fn spacers(r: &Region, n: usize) -> Vec<NonNull<u8>> {
+            (0..n).map(|_| r.alloc(l(16)).unwrap()).collect()
+        }
+
+        fn fill(p: NonNull<u8>, len: usize, tag: u8) {
+            // SAFETY: `p` is a live block of at least `len` bytes.
+            unsafe { p.as_ptr().write_bytes(tag, len) };
+        }
+
+        fn holds(p: NonNull<u8>, len: usize, tag: u8) -> bool {
+            // SAFETY: `p` is a live block of at least `len` bytes.
+            (0..len).all(|k| unsafe { *p.as_ptr().add(k) } == tag)
+        }
+
+        /// Check the table after recording the pending tail.
+        fn check(r: &Region) {
+            r.materialize();
+            r.table().check();
+        }
+
+        #[test]
+        #[cfg_attr(miri, ignore = "100 000 blocks: too long for Miri")]
+        fn realloc_moves_a_node_with_far_links_and_frees_follow_the_tree() {
+            let r = big_region();
+            let p = r.alloc(l(16)).unwrap();
+            let _s1 = spacers(&r, FAR);
+            let a = r.alloc_child(p, l(40)).unwrap();
+            let a_kid = r.alloc_child(a, l(24)).unwrap();
+            let _s2 = spacers(&r, FAR);
+            let b = r.alloc_child(p, l(40)).unwrap(); // b.next = a: far, as p.child and b.prev
+            fill(b, 40, 0xB1);
+            let _s3 = spacers(&r, FAR);
+            let b_kid = r.alloc_child(b, l(8)).unwrap(); // far below b
+            check(&r);
+            assert!(r.table().far_len() >= 5, "far links: {}", r.table().far_len());
+            let live = r.stats().live_blocks;
+            // SAFETY: b is live; only b2 is used afterwards.
+            let b2 = unsafe { r.realloc(b, 5000) }.unwrap();
+            assert_ne!(b2, b, "a new size class moves the block");
+            check(&r);
+            assert!(holds(b2, 40, 0xB1), "realloc kept the contents");
+            assert_eq!((r.size_of(b2), r.owns(b), r.stats().live_blocks), (Some(5000), false, live));
+            // The tree moved with it: freeing `a` frees only its own child; freeing `p` frees b2
+            // and b's child.
+            // SAFETY: a is live; a_kid goes with it.
+            unsafe { r.free(a).unwrap() };
+            check(&r);
+            assert_eq!((r.owns(a_kid), r.owns(b_kid), r.stats().live_blocks), (false, true, live - 2));
+            // SAFETY: p is live; b2 and b_kid go with it.
+            unsafe { r.free(p).unwrap() };
+            check(&r);
+            assert_eq!((r.owns(b2), r.owns(b_kid), r.stats().live_blocks), (false, false, 3 * FAR));
+            assert_eq!(r.table().far_len(), 0, "no far link is left");
+        }
+
+        #[test]
+        #[cfg_attr(miri, ignore = "100 000 blocks: too long for Miri")]
+        fn a_slot_reused_far_away_and_reset_with_far_links() {
+            let mut r = big_region();
+            for round in 0..2 {
+                let old = r.alloc(l(48)).unwrap();
+                let _keep = r.alloc(l(16)).unwrap();
+                // SAFETY: old is live and not used again.
+                unsafe { r.free(old).unwrap() };
+                let _s = spacers(&r, FAR);
+                let p = r.alloc(l(16)).unwrap();
+                let q = r.alloc(l(16)).unwrap(); // records p
+                let c = r.alloc_child(p, l(40)).unwrap();
+                assert_eq!(c, old, "round {round}: the dead slot far below is reused");
+                check(&r);
+                assert_eq!(r.table().far_len(), 2, "p.child and c.prev");
+                // SAFETY: p is live; c goes with it.
+                unsafe { r.free(p).unwrap() };
+                assert!(!r.owns(c));
+                let d = r.alloc_child(q, l(40)).unwrap();
+                assert_eq!(d, old, "and again");
+                check(&r);
+                assert!(r.table().far_len() > 0);
+                r.reset();
+                assert_eq!((r.table().far_len(), r.stats().live_blocks), (0, 0));
+            }
+        }
+
+        #[test]
+        fn big_sizes_through_size_of_realloc_and_free() {
+            let r = big_region();
+            let top = if cfg!(miri) { 70_000 } else { 300_000 };
+            let sizes = [65_534, 65_535, 65_536, 70_000, top];
+            let mut blocks = vec![];
+            for (k, &size) in sizes.iter().enumerate() {
+                let p = r.alloc(l(size)).unwrap();
+                fill(p, size.min(4096), k as u8);
+                blocks.push((p, size));
+            }
+            let _end = r.alloc(l(16)).unwrap(); // records every big block
+            check(&r);
+            assert_eq!(r.table().far_len(), 4, "four sizes past 65 534");
+            for &(p, size) in &blocks {
+                assert_eq!(r.size_of(p), Some(size));
+            }
+            let total: usize = sizes.iter().sum::<usize>() + 16;
+            assert_eq!(r.stats().live_bytes, total);
+            // in place (same extent): the size entry is replaced
+            let (p, _) = blocks[3];
+            // SAFETY: p is live.
+            assert_eq!(unsafe { r.realloc(p, 70_001) }, Ok(p));
+            assert_eq!(r.size_of(p), Some(70_001));
+            // big to small and small to big: moves
+            let (q, _) = blocks[1];
+            // SAFETY: q is live; only q2 is used afterwards.
+            let q2 = unsafe { r.realloc(q, 100) }.unwrap();
+            assert!(holds(q2, 100, 1));
+            let (s, _) = blocks[0];
+            // SAFETY: s is live; only s2 is used afterwards.
+            let s2 = unsafe { r.realloc(s, 131_072) }.unwrap();
+            assert!(holds(s2, 4096, 0));
+            let _end2 = r.alloc(l(16)).unwrap();
+            check(&r);
+            assert_eq!((r.size_of(q2), r.size_of(s2)), (Some(100), Some(131_072)));
+            assert_eq!(r.stats().live_bytes, total + 1 - 65_535 + 100 - 65_534 + 131_072 + 16);
+            for p in [q2, s2, blocks[2].0, blocks[3].0, blocks[4].0] {
+                // SAFETY: each live, freed once.
+                unsafe { r.free(p).unwrap() };
+            }
+            check(&r);
+            assert_eq!(r.table().far_len(), 0);
+            assert_eq!(r.stats().live_bytes, 32);
+            // a freed big slot is reused with an exact size again
+            let again = r.alloc(l(65_600)).unwrap();
+            let _end3 = r.alloc(l(16)).unwrap();
+            check(&r);
+            assert_eq!(r.size_of(again), Some(65_600));
+        }
+
+        /// Children come and go under a parent far below them, some of them big: the overflow
+        /// map holds only what the live blocks need, however long it runs.
+        #[test]
+        #[cfg_attr(miri, ignore = "long: too long for Miri")]
+        fn far_entries_do_not_accumulate() {
+            let r = big_region();
+            let p = r.alloc(l(16)).unwrap();
+            let _s = spacers(&r, FAR);
+            let mut x = 0x243F_6A88_85A3_08D3u64;
+            let mut kids: Vec<NonNull<u8>> = vec![];
+            let mut peak = 0;
+            for cycle in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let size = if x % 16 == 0 { 65_535 + (x >> 40) as usize % 4096 } else { 16 + (x >> 40) as usize % 200 };
+                kids.push(r.alloc_child(p, l(size)).unwrap());
+                if kids.len() > 40 {
+                    let k = kids.swap_remove((x >> 20) as usize % kids.len());
+                    // SAFETY: k is live and dropped from the list.
+                    unsafe {
+                        if x & 0x100 == 0 {
+                            r.free(k).unwrap();
+                        } else {
+                            r.free_one(k).unwrap();
+                        }
+                    }
+                }
+                if cycle % 1000 == 0 {
+                    check(&r);
+                }
+                // p.child and its first child's prev, a size per big child: 2 + 41
+                let n = r.table().far_len();
+                assert!(n <= 2 + kids.len(), "cycle {cycle}: {n} entries for {} children", kids.len());
+                peak = peak.max(n);
+            }
+            assert!(peak >= 3, "far links and big sizes were made: at most {peak} at once");
+            for k in kids {
+                // SAFETY: each live, freed once.
+                unsafe { r.free(k).unwrap() };
+            }
+            check(&r);
+            assert_eq!(r.table().far_len(), 0);
+            assert_eq!(r.stats().live_blocks, FAR + 1);
+        }
+    }
 }
