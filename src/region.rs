@@ -3,7 +3,8 @@
 //! Every block has a record (start, requested size, parent, children) in the side table
 //! (`table.rs`); nothing is stored inline with user data. A block can be hung under
 //! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
-//! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
+//! block with everything hanging off it. [`Region::reset`] frees everything in O(1) (plus the
+//! side table's overflow entries, if it has any: see [`Region::reset`]).
 //!
 //! Fast paths (small, inlined) and slow paths (cold, out of line) are kept apart:
 //! * `alloc` of up to 1 KiB with alignment <= 16 (it starts a new tail), and `alloc_child` of
@@ -845,7 +846,14 @@ impl Region {
             } else {
                 root_idx
             };
-            let i = t.push_reserved((off / GRANULE) as u32, size as u32, parent);
+            let i = if k == 0 {
+                t.push_reserved((off / GRANULE) as u32, size as u32, parent)
+            } else {
+                // The parent and its children so far are blocks of this tail, recorded just now.
+                let i = t.push_reserved((off / GRANULE) as u32, size as u32, NONE);
+                t.link_in_tail(i, parent);
+                i
+            };
             if k == 0 {
                 root_idx = i;
             }
@@ -1477,6 +1485,11 @@ impl Region {
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
+    ///
+    /// One exception: the side table's overflow map (links between blocks recorded more than
+    /// 16 K records apart, and sizes of blocks of 64 KiB or more) is cleared, in O(its entries),
+    /// when it holds any. A region whose trees stay within a request's blocks and that holds no
+    /// block that large (the common case) has none, and its reset stays O(1).
     #[inline]
     pub fn reset(&mut self) {
         // The top and the root are forgotten first, whatever path follows (the old top goes to

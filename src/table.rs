@@ -35,6 +35,7 @@
 use crate::arena::Span;
 use crate::host::{CriticalLevel, Source};
 use crate::Error;
+use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::HashMap;
 
 /// No record.
@@ -87,6 +88,30 @@ fn far_key(i: u32, field: Field) -> u64 {
     (u64::from(i) << 2) | field as u64
 }
 
+/// The hasher of `Table::far`. Its keys are record indices and field numbers that only the table
+/// makes (nothing outside chooses them), so one multiply by an odd constant does: it maps
+/// distinct low bits to distinct low bits (the bucket) and mixes them into the high ones (the
+/// tag), at a fraction of the cost of the default SipHash.
+#[derive(Clone, Copy, Debug, Default)]
+struct FarHasher(u64);
+
+impl Hasher for FarHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(26) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The delta from record `i` to record `v` if a `child` / `next` field holds it (never 0 or
 /// `LINK_FAR`: a record never links to itself).
 #[inline(always)]
@@ -108,8 +133,8 @@ fn prev_delta(i: u32, v: u32) -> Option<i16> {
 /// Invariants (for `i < count`):
 /// * `off` is the block's start in granules from the arena base; `off` strictly increases with `i`;
 /// * `size` is the requested size in bytes if below `SIZE_BIG`, else `SIZE_BIG` with the size in
-///   `far` (live records only; a dead record's size is 0: its class is its free list's); the
-///   slot spans `extent(size)` bytes;
+///   `far` (live records only: a dead record's `size` means nothing, its class is its free
+///   list's, and it has no entry); the slot spans `extent(size)` bytes;
 /// * links are deltas between record indices: `child` and `next` hold `target - i` (0: `NONE`;
 ///   `LINK_FAR`: the absolute index is in `far`); `prev` holds `(target - i) << 1 | tag`, the tag
 ///   set for `PARENT | target` (0: `NONE`; `PREV_FAR`: the value, tag included, is in `far`;
@@ -149,7 +174,6 @@ impl Rec {
     /// be gone.
     #[inline(always)]
     fn set_dead(&mut self, link: u32) {
-        self.size = 0;
         self.prev = PREV_DEAD;
         self.child = link as u16 as i16;
         self.next = (link >> 16) as u16 as i16;
@@ -274,9 +298,11 @@ pub(crate) struct Table {
     /// each other, so the map stays empty in the common case and its size follows the far links
     /// and big blocks that are live (every write of a field drops the entry of the value it
     /// replaces; a record that dies drops its entries). A std `HashMap` (as the region's
-    /// `big_align`): its memory comes from the process allocator, never from napalloc, so an
-    /// insert cannot re-enter a region; it is touched only on those rare links and sizes.
-    far: HashMap<u64, u32>,
+    /// `big_align`, with a cheap hasher: [`FarHasher`]): its memory comes from the process
+    /// allocator, never from napalloc, so an
+    /// insert cannot re-enter a region; it is touched only on those rare links and sizes. (Its
+    /// memory is not in `Stats::table_committed`: that counts the arrays.)
+    far: HashMap<u64, u32, BuildHasherDefault<FarHasher>>,
     recs_span: Span,
     first_span: Span,
 }
@@ -297,7 +323,7 @@ impl Table {
             hints: [NONE; HINTS],
             live_blocks: 0,
             live_bytes: 0,
-            far: HashMap::new(),
+            far: HashMap::default(),
             recs_span,
             first_span,
         })
@@ -361,6 +387,18 @@ impl Table {
         unsafe { *self.recs.add(i as usize) }
     }
 
+    /// Record `i`, shared (the accessors read single fields through it).
+    ///
+    /// # Safety
+    /// `i < self.cap`.
+    #[inline(always)]
+    unsafe fn at(&self, i: u32) -> &Rec {
+        debug_assert!(i < self.cap, "record {i} beyond committed {}", self.cap);
+        // SAFETY: `i < cap`: committed and inside `recs`; records are written only through
+        // `&mut self`.
+        unsafe { &*self.recs.add(i as usize) }
+    }
+
     // ---- The fields, decoded. Every accessor takes a record below `count` (so below `cap`):
     // ---- the callers' invariant, as for `rec`.
 
@@ -368,7 +406,7 @@ impl Table {
     #[inline(always)]
     pub(crate) fn prev(&self, i: u32) -> u32 {
         // SAFETY: i < count <= cap (see above).
-        let raw = unsafe { self.get(i) }.prev;
+        let raw = unsafe { self.at(i) }.prev;
         match raw {
             0 => NONE,
             PREV_DEAD => DEAD,
@@ -377,11 +415,23 @@ impl Table {
         }
     }
 
+    /// `prev` of live record `i` that is not a root: a sibling or `PARENT | p`.
+    #[inline(always)]
+    fn prev_linked(&self, i: u32) -> u32 {
+        // SAFETY: i < count <= cap (see above).
+        let raw = unsafe { self.at(i) }.prev;
+        debug_assert!(raw != 0 && raw != PREV_DEAD, "prev_linked of {i}");
+        if raw == PREV_FAR {
+            return self.far_get(i, Field::Prev);
+        }
+        i.wrapping_add((raw >> 1) as i32 as u32) | ((raw as u32 & 1) << 31)
+    }
+
     /// `child` of live record `i` (`NONE` if it has none).
     #[inline(always)]
     pub(crate) fn child(&self, i: u32) -> u32 {
         // SAFETY: i < count <= cap (see above).
-        let raw = unsafe { self.get(i) }.child;
+        let raw = unsafe { self.at(i) }.child;
         self.link(i, raw, Field::Child)
     }
 
@@ -389,7 +439,7 @@ impl Table {
     #[inline(always)]
     pub(crate) fn next(&self, i: u32) -> u32 {
         // SAFETY: i < count <= cap (see above).
-        let raw = unsafe { self.get(i) }.next;
+        let raw = unsafe { self.at(i) }.next;
         self.link(i, raw, Field::Next)
     }
 
@@ -406,7 +456,7 @@ impl Table {
     #[inline(always)]
     pub(crate) fn size(&self, i: u32) -> usize {
         // SAFETY: i < count <= cap (see above).
-        match unsafe { self.get(i) }.small_size() {
+        match unsafe { self.at(i) }.small_size() {
             Some(s) => s,
             None => self.far_get(i, Field::Size) as usize,
         }
@@ -416,7 +466,7 @@ impl Table {
     #[inline(always)]
     pub(crate) fn is_dead(&self, i: u32) -> bool {
         // SAFETY: i < count <= cap (see above).
-        unsafe { self.get(i) }.is_dead()
+        unsafe { self.at(i) }.is_dead()
     }
 
     /// Set `prev` of live record `i` to `v` (`NONE`, `PARENT | p` or a sibling; not `DEAD`).
@@ -424,7 +474,7 @@ impl Table {
     pub(crate) fn set_prev(&mut self, i: u32, v: u32) {
         debug_assert!(v != DEAD && v & !PARENT != i, "prev of {i}: {v:#x}");
         // SAFETY: i < count <= cap (see above).
-        let old = unsafe { self.get(i) }.prev;
+        let old = unsafe { self.at(i) }.prev;
         debug_assert!(old != PREV_DEAD, "set_prev of dead record {i}");
         if old == PREV_FAR {
             self.far_drop(i, Field::Prev);
@@ -445,7 +495,7 @@ impl Table {
     #[inline(always)]
     pub(crate) fn set_child(&mut self, i: u32, v: u32) {
         // SAFETY: i < count <= cap (see above).
-        let old = unsafe { self.get(i) }.child;
+        let old = unsafe { self.at(i) }.child;
         let raw = self.set_link(i, old, v, Field::Child);
         // SAFETY: as above.
         unsafe { self.rec(i).child = raw };
@@ -455,7 +505,7 @@ impl Table {
     #[inline(always)]
     pub(crate) fn set_next(&mut self, i: u32, v: u32) {
         // SAFETY: i < count <= cap (see above).
-        let old = unsafe { self.get(i) }.next;
+        let old = unsafe { self.at(i) }.next;
         let raw = self.set_link(i, old, v, Field::Next);
         // SAFETY: as above.
         unsafe { self.rec(i).next = raw };
@@ -491,7 +541,7 @@ impl Table {
     #[inline]
     pub(crate) fn set_size(&mut self, i: u32, size: usize) {
         // SAFETY: i < count <= cap (see above).
-        if unsafe { self.get(i) }.small_size().is_none() {
+        if unsafe { self.at(i) }.small_size().is_none() {
             self.far_drop(i, Field::Size);
         }
         self.init_size(i, size);
@@ -654,7 +704,7 @@ impl Table {
 
     /// [`push`](Self::push) into capacity that is already committed (`count < cap`): never
     /// commits, never fails.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push_reserved(&mut self, off: u32, size: u32, parent: u32) -> u32 {
         assert!(self.count < self.cap, "push_reserved beyond the committed records");
         let i = self.count;
@@ -687,9 +737,74 @@ impl Table {
         i
     }
 
-    /// Make live root `i` the first child of live record `p` (`i.prev` becomes `PARENT | p`).
+    /// Make live root `i`, without children or siblings (fresh, or just revived), the first
+    /// child of live record `p` (`i.prev` becomes `PARENT | p`).
     #[inline]
     pub(crate) fn link_under(&mut self, i: u32, p: u32) {
+        debug_assert!(self.prev(i) == NONE && self.next(i) == NONE, "link_under of linked record {i}");
+        // The common case in place: every delta within a `prev` delta's reach and no escape to
+        // replace; `i.prev` and `i.next` hold 0 (no entries). Else the general accessors.
+        // SAFETY: p < count <= cap (callers' invariant, as for the accessors).
+        let pc = unsafe { self.at(p) }.child;
+        let d = i.wrapping_sub(p) as i32; // p -> i
+        let near = d.unsigned_abs() <= PREV_REACH;
+        if pc == 0 && near {
+            // SAFETY: p, i < count <= cap.
+            unsafe {
+                self.rec(p).child = d as i16;
+                self.rec(i).prev = ((-d << 1) | 1) as i16;
+            }
+            return;
+        }
+        if pc != 0 && pc != LINK_FAR && near {
+            let old = p.wrapping_add(pc as i32 as u32);
+            let e = old.wrapping_sub(i) as i32; // i -> old
+                                                // SAFETY: old is p's first child, a live record below count.
+            if e.unsigned_abs() <= PREV_REACH && unsafe { self.at(old) }.prev != PREV_FAR {
+                // SAFETY: p, i, old < count <= cap.
+                unsafe {
+                    self.rec(p).child = d as i16;
+                    let me = self.rec(i);
+                    me.prev = ((-d << 1) | 1) as i16;
+                    me.next = e as i16;
+                    self.rec(old).prev = (-e << 1) as i16;
+                }
+                return;
+            }
+        }
+        self.link_under_far(i, p);
+    }
+
+    /// [`link_under`](Self::link_under) of fresh root `i` under `p` where `p` and every child
+    /// of `p` were pushed at most `LOG_CAP` (256) records before `i` (a tail block under a
+    /// block of the same tail, materialized together): every delta is then well within reach,
+    /// and no field involved holds an escape.
+    #[inline(always)]
+    pub(crate) fn link_in_tail(&mut self, i: u32, p: u32) {
+        // SAFETY: p < count <= cap (callers' invariant, as for the accessors).
+        let pc = unsafe { self.at(p) }.child;
+        let d = i.wrapping_sub(p) as i32; // p -> i
+        debug_assert!(d > 0 && d <= 256 && pc != LINK_FAR, "link_in_tail({i}, {p}): not within one tail");
+        // SAFETY: p, i < count <= cap.
+        unsafe {
+            self.rec(p).child = d as i16;
+            self.rec(i).prev = ((-d << 1) | 1) as i16;
+        }
+        if pc != 0 {
+            let old = p.wrapping_add(pc as i32 as u32);
+            let e = old.wrapping_sub(i) as i32; // i -> old, in (-256, 0)
+                                                // SAFETY: old is p's first child, a live record below count.
+            unsafe {
+                debug_assert!(self.at(old).prev != PREV_FAR);
+                self.rec(i).next = e as i16;
+                self.rec(old).prev = (-e << 1) as i16;
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn link_under_far(&mut self, i: u32, p: u32) {
         let old = self.child(p);
         self.set_child(p, i);
         self.set_prev(i, PARENT | p);
@@ -702,6 +817,55 @@ impl Table {
     /// Unlink live, materialized record `i` from its parent's (or its siblings') list.
     #[inline]
     pub(crate) fn unlink(&mut self, i: u32) {
+        // SAFETY: i < count <= cap (callers' invariant, as for the accessors).
+        let r = unsafe { *self.at(i) };
+        if r.prev == 0 {
+            return;
+        }
+        // The common case in place: `i`'s links are deltas, the new one fits a `prev` delta and
+        // replaces no escape. The holder `t` of the link to `i` (parent or previous sibling) is
+        // within a `prev` delta's reach, so its link to `i` is a delta too (an escape only where
+        // a delta does not fit).
+        if r.prev != PREV_FAR && r.next != LINK_FAR {
+            let t = i.wrapping_add((r.prev >> 1) as i32 as u32);
+            let tag = r.prev & 1;
+            if r.next == 0 {
+                // SAFETY: t and i are live records below count.
+                unsafe {
+                    if tag != 0 {
+                        self.rec(t).child = 0;
+                    } else {
+                        self.rec(t).next = 0;
+                    }
+                    self.rec(i).prev = 0;
+                }
+                return;
+            }
+            let n = i.wrapping_add(r.next as i32 as u32);
+            let dn = n.wrapping_sub(t) as i32; // t -> n
+                                               // SAFETY: n is i's next sibling, a live record below count.
+            if dn.unsigned_abs() <= PREV_REACH && unsafe { self.at(n) }.prev != PREV_FAR {
+                // SAFETY: t, n and i are live records below count.
+                unsafe {
+                    if tag != 0 {
+                        self.rec(t).child = dn as i16;
+                    } else {
+                        self.rec(t).next = dn as i16;
+                    }
+                    self.rec(n).prev = ((-dn << 1) | tag as i32) as i16;
+                    let me = self.rec(i);
+                    me.prev = 0;
+                    me.next = 0;
+                }
+                return;
+            }
+        }
+        self.unlink_far(i);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unlink_far(&mut self, i: u32) {
         let prev = self.prev(i);
         if prev == NONE {
             return;
@@ -821,64 +985,81 @@ impl Table {
     /// were freed. `on_free(index, off, size)` is called for each (before it is marked dead).
     pub(crate) fn free_subtree(&mut self, root: u32, mut on_free: impl FnMut(u32, u32, usize)) -> usize {
         self.unlink(root);
-        // Depth-first walk. A record on the stack needs only its `child` (to push its children
-        // when it is popped): its `prev` and `next` (2 + 2 bytes) hold the stack link, the
-        // absolute index of the record below it (`stack_link`), once their `far` entries are
-        // dropped (`set_stack_link`). The root is unlinked: both are 0, no entries.
-        let mut stack = root;
-        self.set_stack_link(root, NONE);
-        let mut freed = 0;
-        while stack != NONE {
-            let i = stack;
-            stack = self.stack_link(i);
-            // push the children
-            let mut c = self.child(i);
-            while c != NONE {
-                let cn = self.next(c);
-                self.set_stack_link(c, stack);
-                stack = c;
-                c = cn;
+        // A post-order walk that needs neither a stack nor a write but the deaths: down the first
+        // children to a leaf; then on to the next sibling's subtree, or, from a last child, back
+        // along `prev` freeing it and its elder siblings (whose subtrees are done) up to the
+        // parent, whose subtree is then done too. A record is freed only after its links were
+        // last read.
+        // `far` only shrinks meanwhile: if it is empty now, no record of the tree has an escape.
+        let any_far = !self.far.is_empty();
+        let mut freed = 1;
+        let mut cur = root;
+        'down: loop {
+            loop {
+                let c = self.child(cur);
+                if c == NONE {
+                    break;
+                }
+                cur = c;
             }
-            let size = self.size(i);
-            // SAFETY: i < count <= cap.
-            let r = unsafe { self.get(i) };
-            on_free(i, r.off, size);
-            if r.child == LINK_FAR {
-                self.far_drop(i, Field::Child);
+            loop {
+                if cur == root {
+                    self.free_walked(root, any_far, &mut on_free);
+                    return freed;
+                }
+                let n = self.next(cur);
+                if n != NONE {
+                    cur = n;
+                    continue 'down;
+                }
+                loop {
+                    // not a root: a sibling or `PARENT | parent`, never `NONE` or `DEAD`
+                    let p = self.prev_linked(cur);
+                    self.free_walked(cur, any_far, &mut on_free);
+                    freed += 1;
+                    if p & PARENT != 0 {
+                        cur = p & !PARENT;
+                        break;
+                    }
+                    cur = p;
+                }
             }
-            if r.size == SIZE_BIG {
-                self.far_drop(i, Field::Size);
-            }
-            self.bury(i, size);
-            freed += 1;
         }
-        freed
     }
 
-    /// Overwrite `prev` and `next` of live record `i` (being freed) with a stack link `v`,
-    /// dropping their `far` entries first.
+    /// Free record `i` of a subtree being freed: its entries go, it goes on its free list.
     #[inline(always)]
-    fn set_stack_link(&mut self, i: u32, v: u32) {
-        // SAFETY: i < count <= cap.
-        let r = unsafe { self.get(i) };
+    fn free_walked(&mut self, i: u32, any_far: bool, on_free: &mut impl FnMut(u32, u32, usize)) {
+        // SAFETY: i is a live record of the subtree, below count <= cap.
+        let (off, size) = unsafe { (self.at(i).off, self.at(i).small_size()) };
+        let size = match size {
+            Some(s) => s,
+            None => self.far_get(i, Field::Size) as usize,
+        };
+        on_free(i, off, size);
+        if any_far {
+            // SAFETY: as above.
+            let r = unsafe { *self.at(i) };
+            self.drop_entries(i, &r);
+        }
+        self.bury(i, size);
+    }
+
+    /// Drop the `far` entries of record `r` (index `i`).
+    #[inline]
+    fn drop_entries(&mut self, i: u32, r: &Rec) {
         if r.prev == PREV_FAR {
             self.far_drop(i, Field::Prev);
+        }
+        if r.child == LINK_FAR {
+            self.far_drop(i, Field::Child);
         }
         if r.next == LINK_FAR {
             self.far_drop(i, Field::Next);
         }
-        // SAFETY: as above.
-        let r = unsafe { self.rec(i) };
-        r.prev = v as u16 as i16;
-        r.next = (v >> 16) as u16 as i16;
-    }
-
-    /// The stack link that [`set_stack_link`](Self::set_stack_link) stored in record `i`.
-    #[inline(always)]
-    fn stack_link(&self, i: u32) -> u32 {
-        // SAFETY: i < count <= cap.
-        let r = unsafe { self.get(i) };
-        u32::from(r.prev as u16) | (u32::from(r.next as u16) << 16)
+        if r.size == SIZE_BIG {
+            self.far_drop(i, Field::Size);
+        }
     }
 
     /// Forget every record in O(number of classes), plus O(entries of `far`): the map is
