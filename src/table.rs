@@ -1200,7 +1200,7 @@ mod far_tests {
 
     #[test]
     fn far_links_are_exact_through_link_unlink_and_free() {
-        let mut t = table(2 * FAR + 64);
+        let mut t = table(FAR + 64);
         let a = push(&mut t, 16, NONE);
         spacers(&mut t, FAR);
         let b = push(&mut t, 16, a);
@@ -1216,14 +1216,12 @@ mod far_tests {
         t.check();
         assert_eq!((t.child(a), t.prev(b)), (b, PARENT | a));
         assert_eq!(t.far_len(), 2);
-        // grandchildren far from their parent, freed by the walk that keeps its stack in the
-        // records (over their escapes)
+        // grandchildren, one of them big, freed by the walk with the escapes above
         let d = push(&mut t, 16, b);
-        spacers(&mut t, FAR);
         let e = push(&mut t, 100_000, b);
         t.check();
         assert_eq!((t.child(b), t.next(e), t.prev(d)), (e, d, e));
-        assert!(t.far_len() >= 5, "b.child, e.prev, e.next, d.prev, e's size: {}", t.far_len());
+        assert_eq!(t.far_len(), 3, "a.child, b.prev, e's size");
         let mut seen = vec![];
         assert_eq!(t.free_subtree(a, |i, _, size| seen.push((i, size))), 4);
         seen.sort_unstable();
@@ -1231,6 +1229,18 @@ mod far_tests {
         t.check();
         assert_eq!(t.far_len(), 0, "the dead records dropped their entries");
         assert_eq!(t.live_blocks, t.count as usize - 5, "c and a's tree are dead");
+        // far grandchildren: the walk goes down and back along far links
+        let p = push(&mut t, 16, NONE);
+        let q = push(&mut t, 16, p);
+        let _near = push(&mut t, 16, q);
+        let far_kid = reuse(&mut t, 16, q); // a slot of a's tree, far below
+        t.check();
+        assert!(far_kid < a + 8, "a dead slot of the first records");
+        assert_eq!((t.child(q), t.prev(far_kid)), (far_kid, PARENT | q));
+        assert!(t.far_len() >= 3, "q.child, far_kid.prev and far_kid.next: {}", t.far_len());
+        assert_eq!(t.free_subtree(p, |_, _, _| {}), 4);
+        t.check();
+        assert_eq!(t.far_len(), 0);
     }
 
     #[test]
@@ -1318,12 +1328,11 @@ mod far_tests {
         assert_eq!(t.far_len(), 2);
         t.reset();
         assert_eq!(t.far_len(), 0);
-        // the records at the old indices are new: no stale entry may decode into them
+        // the records at the old indices are new
         let a = push(&mut t, 16, NONE);
-        spacers(&mut t, FAR);
-        let b = push(&mut t, 16, NONE);
+        let b = push(&mut t, 16, a);
         t.check();
-        assert_eq!((t.child(a), t.prev(b)), (NONE, NONE));
+        assert_eq!((t.child(a), t.prev(b), t.far_len()), (b, PARENT | a, 0));
     }
 
     /// Random programs over a table with long runs of spacers between the blocks they link,
