@@ -21,8 +21,8 @@
 //! ## The tree
 //! `prev` is "previous sibling, or `PARENT | parent` for a first child, or `NONE` for a root, or
 //! `DEAD`"; `child` is the first child; `next` the next sibling. So unlinking any block is O(1)
-//! and freeing a subtree is O(size of the subtree) with no allocation (the walk keeps its stack
-//! in the records being freed). Cycles are impossible by construction: a block is linked only
+//! and freeing a subtree is O(size of the subtree) with no allocation (the walk goes down first
+//! children and back along `prev`, and writes nothing but the deaths). Cycles are impossible by construction: a block is linked only
 //! under a block that was live when it was allocated, and realloc replaces a node in place.
 //! The fields hold these values encoded (see [`Rec`]); the table's accessors ([`Table::prev`],
 //! [`Table::set_prev`], ...) take and return them decoded, as absolute record indices.
@@ -138,7 +138,8 @@ fn prev_delta(i: u32, v: u32) -> Option<i16> {
 /// * links are deltas between record indices: `child` and `next` hold `target - i` (0: `NONE`;
 ///   `LINK_FAR`: the absolute index is in `far`); `prev` holds `(target - i) << 1 | tag`, the tag
 ///   set for `PARENT | target` (0: `NONE`; `PREV_FAR`: the value, tag included, is in `far`;
-///   `PREV_DEAD`: `DEAD`);
+///   `PREV_DEAD`: `DEAD`). A field holds an escape only where the delta does not fit (the fast
+///   paths of `link_under` and `unlink` rely on it: a near link is a delta at both ends);
 /// * live: `prev` is `NONE`, `PARENT | p` (`p` live, `p.child == i`) or a sibling `s`
 ///   (`s.next == i`); `child`/`next` are `NONE` or live records whose `prev` points back; a
 ///   root's `next` is `NONE`;
@@ -185,7 +186,7 @@ impl Rec {
         self.prev == PREV_DEAD
     }
 
-    /// True for a live record without children (or a dead one).
+    /// True if `child` holds 0: for a live record, no children (meaningless for a dead one).
     #[inline(always)]
     pub(crate) fn childless(&self) -> bool {
         self.child == 0
@@ -299,9 +300,9 @@ pub(crate) struct Table {
     /// and big blocks that are live (every write of a field drops the entry of the value it
     /// replaces; a record that dies drops its entries). A std `HashMap` (as the region's
     /// `big_align`, with a cheap hasher: [`FarHasher`]): its memory comes from the process
-    /// allocator, never from napalloc, so an
-    /// insert cannot re-enter a region; it is touched only on those rare links and sizes. (Its
-    /// memory is not in `Stats::table_committed`: that counts the arrays.)
+    /// allocator, never from napalloc, so an insert cannot re-enter a region; it is touched only
+    /// on those rare links and sizes. (Its memory is not in `Stats::table_committed`, which
+    /// counts the arrays.)
     far: HashMap<u64, u32, BuildHasherDefault<FarHasher>>,
     recs_span: Span,
     first_span: Span,
