@@ -139,7 +139,8 @@ fn prev_delta(i: u32, v: u32) -> Option<i16> {
 ///   `LINK_FAR`: the absolute index is in `far`); `prev` holds `(target - i) << 1 | tag`, the tag
 ///   set for `PARENT | target` (0: `NONE`; `PREV_FAR`: the value, tag included, is in `far`;
 ///   `PREV_DEAD`: `DEAD`). A field holds an escape only where the delta does not fit (the fast
-///   paths of `link_under` and `unlink` rely on it: a near link is a delta at both ends);
+///   paths of `link_under` and `unlink` rely on it: a link within a `prev` delta's reach is a
+///   delta at both ends);
 /// * live: `prev` is `NONE`, `PARENT | p` (`p` live, `p.child == i`) or a sibling `s`
 ///   (`s.next == i`); `child`/`next` are `NONE` or live records whose `prev` points back; a
 ///   root's `next` is `NONE`;
