@@ -1200,8 +1200,8 @@ mod far_tests {
     #[test]
     fn the_deltas_reach_exactly_as_far_as_documented() {
         let base = 1u32 << 20;
-        assert_eq!(link_delta(base, base + LINK_REACH), Some(i16::MAX));
-        assert_eq!(link_delta(base, base - LINK_REACH), Some(-i16::MAX));
+        assert_eq!(link_delta(base, base + LINK_REACH), Some(LINK_REACH as i16));
+        assert_eq!(link_delta(base, base - LINK_REACH), Some(-(LINK_REACH as i16)));
         assert_eq!(link_delta(base, base + LINK_REACH + 1), None);
         assert_eq!(link_delta(base, base - LINK_REACH - 1), None, "-32768 is the escape");
         for v in [base + PREV_REACH, base - PREV_REACH, PARENT | (base + PREV_REACH), PARENT | (base - PREV_REACH)] {
@@ -1355,8 +1355,9 @@ mod far_tests {
     /// model are checked after every step, and `far` must not outgrow the far links and big
     /// sizes that are live.
     #[test]
-    #[cfg_attr(miri, ignore = "hundreds of thousands of records: too long for Miri")]
     fn random_trees_over_far_records_match_the_model() {
+        // (Miri: one short program over the shorter reaches, the O(count) check every 8 steps.)
+        let (rounds, steps, every) = if cfg!(miri) { (1, 24, 8) } else { (3, 200, 1) };
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut rnd = move |n: usize| {
             x ^= x << 13;
@@ -1365,11 +1366,11 @@ mod far_tests {
             (x % n as u64) as usize
         };
         let mut peak = 0;
-        for _round in 0..3 {
+        for _round in 0..rounds {
             let mut t = table(4 * FAR);
             // live record -> parent
             let mut model: BTreeMap<u32, Option<u32>> = BTreeMap::new();
-            for step in 0..200 {
+            for step in 0..steps {
                 let live: Vec<u32> = model.keys().copied().collect();
                 let any = |r: &mut dyn FnMut(usize) -> usize| live[r(live.len())];
                 let size = if rnd(8) == 0 { 65_535 + rnd(100_000) } else { rnd(300) };
@@ -1437,7 +1438,9 @@ mod far_tests {
                         model.insert(i, None);
                     }
                 }
-                t.check();
+                if step % every == every - 1 {
+                    t.check();
+                }
                 assert_eq!(t.live_blocks, model.len(), "step {step}");
                 for (&i, &p) in &model {
                     // the parent: walk `prev` back to the first child
@@ -1456,6 +1459,9 @@ mod far_tests {
                 peak = peak.max(t.far_len());
             }
         }
-        assert!(peak >= 8, "the programs made far links and big sizes (at most {peak} at once)");
+        assert!(
+            peak >= if cfg!(miri) { 2 } else { 8 },
+            "the programs made far links and big sizes (at most {peak} at once)"
+        );
     }
 }
