@@ -773,8 +773,9 @@ impl Table {
         }
         if pc != 0 && pc != LINK_FAR && near {
             let old = p.wrapping_add(pc as i32 as u32);
-            let e = old.wrapping_sub(i) as i32; // i -> old
-                                                // SAFETY: old is p's first child, a live record below count.
+            // the delta i -> old
+            let e = old.wrapping_sub(i) as i32;
+            // SAFETY: old is p's first child, a live record below count.
             if e.unsigned_abs() <= PREV_REACH && unsafe { self.at(old) }.prev != PREV_FAR {
                 // SAFETY: p, i, old < count <= cap.
                 unsafe {
@@ -807,8 +808,9 @@ impl Table {
         }
         if pc != 0 {
             let old = p.wrapping_add(pc as i32 as u32);
-            let e = old.wrapping_sub(i) as i32; // i -> old, in (-256, 0)
-                                                // SAFETY: old is p's first child, a live record below count.
+            // the delta i -> old, in (-256, 0)
+            let e = old.wrapping_sub(i) as i32;
+            // SAFETY: old is p's first child, a live record below count.
             unsafe {
                 debug_assert!(self.at(old).prev != PREV_FAR);
                 self.rec(i).next = e as i16;
@@ -833,18 +835,19 @@ impl Table {
     #[inline]
     pub(crate) fn unlink(&mut self, i: u32) {
         // SAFETY: i < count <= cap (callers' invariant, as for the accessors).
-        let r = unsafe { *self.at(i) };
-        if r.prev == 0 {
+        let r = unsafe { self.at(i) };
+        let (prev, next) = (r.prev, r.next);
+        if prev == 0 {
             return;
         }
         // The common case in place: `i`'s links are deltas, the new one fits a `prev` delta and
         // replaces no escape. The holder `t` of the link to `i` (parent or previous sibling) is
         // within a `prev` delta's reach, so its link to `i` is a delta too (an escape only where
         // a delta does not fit).
-        if r.prev != PREV_FAR && r.next != LINK_FAR {
-            let t = i.wrapping_add((r.prev >> 1) as i32 as u32);
-            let tag = r.prev & 1;
-            if r.next == 0 {
+        if prev != PREV_FAR && next != LINK_FAR {
+            let t = i.wrapping_add((prev >> 1) as i32 as u32);
+            let tag = prev & 1;
+            if next == 0 {
                 // SAFETY: t and i are live records below count.
                 unsafe {
                     if tag != 0 {
@@ -856,9 +859,10 @@ impl Table {
                 }
                 return;
             }
-            let n = i.wrapping_add(r.next as i32 as u32);
-            let dn = n.wrapping_sub(t) as i32; // t -> n
-                                               // SAFETY: n is i's next sibling, a live record below count.
+            let n = i.wrapping_add(next as i32 as u32);
+            // the delta t -> n
+            let dn = n.wrapping_sub(t) as i32;
+            // SAFETY: n is i's next sibling, a live record below count.
             if dn.unsigned_abs() <= PREV_REACH && unsafe { self.at(n) }.prev != PREV_FAR {
                 // SAFETY: t, n and i are live records below count.
                 unsafe {
@@ -953,14 +957,24 @@ impl Table {
     /// Put live record `i`, unlinked (no parent, no sibling, no child), on its free list.
     #[inline]
     fn kill(&mut self, i: u32) {
-        let size = self.size(i);
         // SAFETY: i < count <= cap.
-        let r = unsafe { self.get(i) };
-        debug_assert!(r.prev == 0 && r.child == 0 && r.next == 0, "kill of linked record {i}");
-        if r.size == SIZE_BIG {
-            self.far_drop(i, Field::Size);
-        }
+        debug_assert!(
+            unsafe { (self.at(i).prev, self.at(i).child, self.at(i).next) } == (0, 0, 0),
+            "kill of linked {i}"
+        );
+        // SAFETY: as above.
+        let size = match unsafe { self.at(i) }.small_size() {
+            Some(s) => s,
+            None => self.take_big_size(i),
+        };
         self.bury(i, size);
+    }
+
+    /// The size of record `i`, which is in `far`, taken out of it.
+    #[cold]
+    #[inline(never)]
+    fn take_big_size(&mut self, i: u32) -> usize {
+        self.far.remove(&far_key(i, Field::Size)).unwrap_or(0) as usize
     }
 
     /// Mark record `i` of `size` bytes dead and push it on its free list. Its `far` entries
