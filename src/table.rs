@@ -81,8 +81,7 @@ pub(crate) const PREV_REACH: u32 = 511;
 pub(crate) const LINK_REACH: u32 = i16::MAX as u32;
 #[cfg(miri)]
 pub(crate) const LINK_REACH: u32 = 1023;
-const _: () =
-    assert!(PREV_REACH < LINK_REACH && LINK_REACH <= i16::MAX as u32 && 2 * PREV_REACH + 1 <= i16::MAX as u32);
+const _: () = assert!(PREV_REACH < LINK_REACH && LINK_REACH <= i16::MAX as u32 && 2 * PREV_REACH < i16::MAX as u32);
 /// `Rec::size` of a block of at least this many bytes: the size is in `Table::far`.
 const SIZE_BIG: u16 = u16::MAX;
 
