@@ -700,8 +700,10 @@ fn churn_10m_keeps_committed_memory_flat() {
 /// steps of its own). While a request is still the pending tail, its blocks cost one 4-byte entry
 /// each in a fixed 4 KiB log, and no table memory at all.
 ///
-/// Commits grow geometrically, so the figure is taken just before a growth step of the table
-/// (its committed memory is then full); the average including headroom is printed too.
+/// The records' commits grow geometrically, so the figure is taken just before the table's last
+/// growth step (for this workload the records' last doubling: their committed memory is then
+/// full; the index grows with the arena's commits, which are fewer); the average including
+/// headroom is printed too.
 #[test]
 #[cfg_attr(miri, ignore = "too long for Miri")]
 fn side_table_cost_per_block() {
