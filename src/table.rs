@@ -298,7 +298,7 @@ pub(crate) struct Table {
     pub heads: [u32; NUM_CLASSES],
     /// A direct-mapped cache in front of the windows: `hints[g % HINTS]` is the record of the
     /// last block recorded or reused at a granule `g` with that remainder. Only a hint, never
-    /// cleared: [`slot_hinted`](Self::slot_hinted) trusts an entry only if it is below `count`
+    /// cleared: a lookup (`Region::find_hinted`) trusts an entry only if it is below `count`
     /// and its record starts at the granule looked up (offsets below `count` are unique, so such
     /// a record *is* the one the windows would find). Blocks freed soon after they were handed
     /// out (every `CoTaskMem` block) are found without the bitmap and popcount.
