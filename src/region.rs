@@ -2514,6 +2514,32 @@ mod tests {
             assert_eq!(r.size_of(again), Some(65_600));
         }
 
+        /// `try_free_leaf` of recorded root leaves whose size has no exact class (0, above 1 KiB,
+        /// big): the inline free's slow branch, with the exact sizes and no entry left behind.
+        #[test]
+        fn root_leaves_past_the_exact_classes_are_freed_inline() {
+            let r = big_region();
+            let sizes = [0, 2000, 65_535, 70_000];
+            let blocks: Vec<NonNull<u8>> = sizes.iter().map(|&s| r.alloc(l(s)).unwrap()).collect();
+            let end = r.alloc(l(16)).unwrap(); // records them all
+            check(&r);
+            assert_eq!(r.table().far_len(), 2, "two big sizes");
+            for (&p, &size) in blocks.iter().zip(&sizes) {
+                assert_eq!(r.size_of(p), Some(size));
+                // SAFETY: p is live and freed once.
+                assert!(unsafe { r.try_free_leaf(p.as_ptr()) }, "a recorded root leaf of {size} bytes");
+                assert!(!r.owns(p));
+            }
+            check(&r);
+            assert_eq!((r.table().far_len(), r.stats().live_blocks, r.stats().live_bytes), (0, 1, 16));
+            assert_eq!(r.stats().free_slots, 4);
+            // a freed big slot comes back with its exact size
+            let again = r.alloc(l(65_600)).unwrap();
+            assert_eq!(again, blocks[3], "the 70 000-byte slot (the same class) is reused");
+            assert_eq!(r.size_of(again), Some(65_600));
+            assert!(r.owns(end));
+        }
+
         /// Children come and go under a parent far below them, some of them big: the overflow
         /// map holds only what the live blocks need, however long it runs.
         #[test]

@@ -936,7 +936,7 @@ impl Table {
         let class = size.wrapping_sub(1) / GRANULE;
         if class >= EXACT_CLASSES {
             // size 0, a grouped class, or a big size (`SIZE_BIG` is past the exact classes)
-            self.free_leaf_slow(i);
+            self.free_root_leaf_slow(i, r);
             return;
         }
         // SAFETY: class < EXACT_CLASSES < NUM_CLASSES.
@@ -947,10 +947,22 @@ impl Table {
         self.live_bytes -= size;
     }
 
+    /// [`free_root_leaf`](Self::free_root_leaf) past the exact classes. The record is touched
+    /// only through `r`: the caller's reference to it is alive (a read through another path
+    /// would invalidate it).
     #[cold]
     #[inline(never)]
-    fn free_leaf_slow(&mut self, i: u32) {
-        self.kill(i);
+    fn free_root_leaf_slow(&mut self, i: u32, r: &mut Rec) {
+        let size = match r.small_size() {
+            Some(s) => s,
+            None => self.take_big_size(i),
+        };
+        let class = class_of_size(size);
+        let head = self.heads[class];
+        r.set_dead(head);
+        self.heads[class] = i;
+        self.live_blocks -= 1;
+        self.live_bytes -= size;
     }
 
     /// Put live record `i`, unlinked (no parent, no sibling, no child), on its free list.
