@@ -74,6 +74,18 @@ impl Span {
     #[cold]
     #[inline(never)]
     pub(crate) fn ensure(&self, need: usize) -> Result<(), Error> {
+        self.ensure_with(need, true)
+    }
+
+    /// Make sure `[0, need)` is committed, committing no more than that (rounded up to a page):
+    /// for a span that grows in step with another one whose commits already grow geometrically.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn ensure_exact(&self, need: usize) -> Result<(), Error> {
+        self.ensure_with(need, false)
+    }
+
+    fn ensure_with(&self, need: usize, geometric: bool) -> Result<(), Error> {
         let have = self.committed.get();
         if need <= have {
             return Ok(());
@@ -87,7 +99,8 @@ impl Span {
         let page = crate::os::page_size();
         // Grow by at least one chunk (or by what is already committed, so the number of commit
         // calls is logarithmic in the final size), but never past the limit or the reservation.
-        let want = need.max(have + self.chunk.max(have.min(16 << 20)));
+        // Without `geometric`, by just what is needed (rounded up to a page, below).
+        let want = if geometric { need.max(have + self.chunk.max(have.min(16 << 20))) } else { need };
         let cap = self.limit.get().min(self.reserved());
         let new = crate::os::round_up(want, page).map_or(cap, |w| w.min(cap));
         let new = new.max(crate::os::round_up(need, page).ok_or(Error::TooLarge)?);

@@ -3,7 +3,8 @@
 //! Every block has a record (start, requested size, parent, children) in the side table
 //! (`table.rs`); nothing is stored inline with user data. A block can be hung under
 //! another with [`Region::alloc_child`] (an *embedded pointer*), and [`Region::free`] releases a
-//! block with everything hanging off it. [`Region::reset`] frees everything in O(1).
+//! block with everything hanging off it. [`Region::reset`] frees everything in O(1) (plus the
+//! side table's overflow entries, if it has any: see [`Region::reset`]).
 //!
 //! Fast paths (small, inlined) and slow paths (cold, out of line) are kept apart:
 //! * `alloc` of up to 1 KiB with alignment <= 16 (it starts a new tail), and `alloc_child` of
@@ -13,7 +14,7 @@
 
 use crate::arena::{PageArena, Span, DEFAULT_COMMIT_CHUNK, DEFAULT_RESERVE};
 use crate::host::{self, CriticalLevel, Source};
-use crate::table::{self, Rec, Table, GRANULE, NONE, PARENT};
+use crate::table::{self, Table, GRANULE, NONE, PARENT};
 use crate::Error;
 use core::alloc::Layout;
 use core::cell::{Cell, UnsafeCell};
@@ -163,6 +164,8 @@ const LOG_WINDOW: usize = LOG_CAP * GRANULE;
 const LOG_BYTES: usize = LOG_WINDOW + GRANULE;
 /// Log entry flag: the block's parent is the block logged just before it (else the tail root).
 const NESTED: u32 = 1 << 31;
+// A tail is materialized with plain deltas (`Table::link_in_tail`): it must fit a `prev` delta.
+const _: () = assert!(LOG_CAP <= table::PREV_REACH as usize);
 /// Largest size a log entry holds (larger blocks are recorded at once).
 const LOG_SIZE_MAX: usize = (1 << 30) - 1;
 
@@ -554,15 +557,10 @@ impl Region {
         let t = self.table();
         let i = t.heads[class];
         debug_assert!(i != NONE, "reuse from an empty free list");
+        debug_assert!(t.is_dead(i), "free list of class {class} holds a live record {i}");
         // SAFETY: free-list entries are dead records below count.
-        let r = unsafe { t.rec(i) };
-        debug_assert_eq!(r.prev, table::DEAD, "free list of class {class} holds a live record {i}");
-        let next = r.next;
-        let off = r.off as usize * GRANULE;
-        r.size = size as u32;
-        r.prev = NONE;
-        r.child = NONE;
-        r.next = NONE;
+        let off = unsafe { t.get(i) }.off as usize * GRANULE;
+        let next = t.revive(i, size);
         t.heads[class] = next;
         t.hints[off / GRANULE % table::HINTS] = i;
         if parent != NONE {
@@ -788,8 +786,7 @@ impl Region {
         // Trusted only for a record below count that starts at `g` (see `Table::hints`).
         // SAFETY: h < count <= cap.
         if h < t.count && unsafe { t.get(h).off } as usize == g {
-            // SAFETY: as above.
-            return (unsafe { t.get(h).prev } != table::DEAD).then_some(h);
+            return (!t.is_dead(h)).then_some(h);
         }
         t.find(g)
     }
@@ -851,7 +848,14 @@ impl Region {
             } else {
                 root_idx
             };
-            let i = t.push_reserved((off / GRANULE) as u32, size as u32, parent);
+            let i = if k == 0 {
+                t.push_reserved((off / GRANULE) as u32, size as u32, parent)
+            } else {
+                // The parent and its children so far are blocks of this tail, recorded just now.
+                let i = t.push_reserved((off / GRANULE) as u32, size as u32, NONE);
+                t.link_in_tail(i, parent);
+                i
+            };
             if k == 0 {
                 root_idx = i;
             }
@@ -1037,8 +1041,7 @@ impl Region {
             return Err(Error::NotABlock);
         }
         let i = self.find_hinted(off / GRANULE).ok_or(Error::NotABlock)?;
-        // SAFETY: i is live.
-        Ok(unsafe { self.table().get(i).size } as usize)
+        Ok(self.table().size(i))
     }
 
     fn report_bad(&self, what: &str, p: NonNull<u8>, e: Error) -> Error {
@@ -1107,8 +1110,7 @@ impl Region {
         }
         let i = self.lookup(ptr).map_err(|e| self.report_bad("free", ptr, e))?;
         let t = self.table();
-        // SAFETY: i is live.
-        let leaf = unsafe { t.rec(i).child } == NONE;
+        let leaf = t.child(i) == NONE;
         if leaf && !self.slow_free.get() {
             // A leaf (every CoTaskMem block): no subtree walk.
             t.free_leaf(i);
@@ -1194,16 +1196,16 @@ impl Region {
                 // reservation, so this pointer does not alias the table's fields.
                 let rp = unsafe { t.recs.add(i as usize) };
                 // `prev` and `child`, adjacent in the `repr(C)` record, read at once: a root
-                // without children has both `NONE` (all ones; `DEAD` is not).
-                // SAFETY: bytes 8..16 of a live record: its `prev` and `child` fields.
-                let prev_child = unsafe { rp.cast::<u8>().add(8).cast::<u64>().read_unaligned() };
+                // without children has both `NONE` (0 encoded; `DEAD` is not).
+                // SAFETY: bytes `LEAF_WORD..LEAF_WORD + 4` of a record: its `prev` and `child`.
+                let prev_child = unsafe { rp.cast::<u8>().add(table::LEAF_WORD).cast::<u32>().read_unaligned() };
                 // SAFETY: as above.
                 let r = unsafe { &mut *rp };
-                if prev_child == u64::MAX {
+                if prev_child == 0 {
                     t.free_root_leaf(i, r);
                     return true;
                 }
-                if r.child == NONE && r.prev != table::DEAD {
+                if r.childless() && !r.is_dead() {
                     t.free_leaf(i);
                     return true;
                 }
@@ -1348,11 +1350,11 @@ impl Region {
         // SAFETY: no other reference to the map is alive (see `table()`).
         let big = unsafe { &mut *self.big_align.get() };
         let has_big = !big.is_empty();
-        t.free_subtree(i, |idx, r: &Rec| {
+        t.free_subtree(i, |idx, off, size| {
             if scrub {
-                let len = table::extent_granules(r.size as usize) * GRANULE;
+                let len = table::extent_granules(size) * GRANULE;
                 // SAFETY: the slot [off, off + extent) is committed arena memory of this block.
-                unsafe { base.add(r.off as usize * GRANULE).write_bytes(0, len) };
+                unsafe { base.add(off as usize * GRANULE).write_bytes(0, len) };
             }
             if has_big {
                 big.remove(&idx);
@@ -1391,12 +1393,9 @@ impl Region {
     fn realloc_move(&self, ptr: NonNull<u8>, new_size: usize) -> Result<NonNull<u8>, Error> {
         let i = self.lookup(ptr).map_err(|e| self.report_bad("realloc", ptr, e))?;
         let t = self.table();
-        // SAFETY: i is live.
-        let old = unsafe { t.get(i) };
-        let old_size = old.size as usize;
+        let old_size = t.size(i);
         if table::extent_granules(new_size) == table::extent_granules(old_size) {
-            // SAFETY: i is live.
-            unsafe { t.rec(i).size = new_size as u32 };
+            t.set_size(i, new_size);
             t.live_bytes = t.live_bytes - old_size + new_size;
             return Ok(ptr);
         }
@@ -1409,31 +1408,28 @@ impl Region {
         self.materialize();
         let t = self.table();
         let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
-        // Put j where i is in the tree, give it i's children, then free i alone.
-        // SAFETY: i and j are live materialized records; j is a root without children.
-        unsafe {
-            let ri = t.get(i);
-            let rj = t.rec(j);
-            rj.prev = ri.prev;
-            rj.next = ri.next;
-            rj.child = ri.child;
-            if ri.prev != NONE {
-                if ri.prev & PARENT != 0 {
-                    t.rec(ri.prev & !PARENT).child = j;
-                } else {
-                    t.rec(ri.prev).next = j;
-                }
+        // Put j where i is in the tree, give it i's children, then free i alone. i and j are
+        // live materialized records; j is a root without children. (The table re-encodes every
+        // link relative to its new holder, far or near.)
+        let (prev, next, child) = (t.prev(i), t.next(i), t.child(i));
+        t.set_prev(i, NONE);
+        t.set_next(i, NONE);
+        t.set_child(i, NONE);
+        t.set_prev(j, prev);
+        t.set_next(j, next);
+        t.set_child(j, child);
+        if prev != NONE {
+            if prev & PARENT != 0 {
+                t.set_child(prev & !PARENT, j);
+            } else {
+                t.set_next(prev, j);
             }
-            if ri.next != NONE {
-                t.rec(ri.next).prev = j;
-            }
-            if ri.child != NONE {
-                t.rec(ri.child).prev = PARENT | j;
-            }
-            let me = t.rec(i);
-            me.prev = NONE;
-            me.next = NONE;
-            me.child = NONE;
+        }
+        if next != NONE {
+            t.set_prev(next, j);
+        }
+        if child != NONE {
+            t.set_prev(child, PARENT | j);
         }
         self.free_record(i);
         Ok(new)
@@ -1491,6 +1487,11 @@ impl Region {
     }
 
     /// Free everything in O(1): the side table is not walked. Pages stay committed.
+    ///
+    /// One exception: the side table's overflow map (links between blocks recorded more than
+    /// 16 K records apart, and sizes of blocks of 64 KiB or more) is cleared, in O(its entries),
+    /// when it holds any. A region whose trees stay within a request's blocks and that holds no
+    /// block that large (the common case) has none, and its reset stays O(1).
     #[inline]
     pub fn reset(&mut self) {
         // The top and the root are forgotten first, whatever path follows (the old top goes to
@@ -2365,5 +2366,224 @@ mod tests {
         assert_eq!(r.stats().live_blocks, 1);
         drop(v);
         assert_eq!(r.stats().live_blocks, 0);
+    }
+
+    /// Far links and big sizes: a region whose tree spans more records than the side table's
+    /// 16-bit deltas reach.
+    mod far {
+        use super::*;
+
+        /// More records than a `child`/`next` delta reaches.
+        const FAR: usize = table::LINK_REACH as usize + 233;
+
+        fn big_region() -> Region {
+            // (Miri's page backend allocates the whole reservation.)
+            Region::builder().reserve(if cfg!(miri) { 4 << 20 } else { 1 << 30 }).build().unwrap()
+        }
+
+        /// `n` live roots: `n` records between the blocks allocated before and after.
+        fn spacers(r: &Region, n: usize) -> Vec<NonNull<u8>> {
+            (0..n).map(|_| r.alloc(l(16)).unwrap()).collect()
+        }
+
+        fn fill(p: NonNull<u8>, len: usize, tag: u8) {
+            // SAFETY: `p` is a live block of at least `len` bytes.
+            unsafe { p.as_ptr().write_bytes(tag, len) };
+        }
+
+        fn holds(p: NonNull<u8>, len: usize, tag: u8) -> bool {
+            // SAFETY: `p` is a live block of at least `len` bytes.
+            (0..len).all(|k| unsafe { *p.as_ptr().add(k) } == tag)
+        }
+
+        /// Check the table after recording the pending tail.
+        fn check(r: &Region) {
+            r.materialize();
+            r.table().check();
+        }
+
+        #[test]
+        fn realloc_moves_a_node_with_far_links_and_frees_follow_the_tree() {
+            let r = big_region();
+            let p = r.alloc(l(16)).unwrap();
+            let _s1 = spacers(&r, FAR);
+            let a = r.alloc_child(p, l(40)).unwrap();
+            let a_kid = r.alloc_child(a, l(24)).unwrap();
+            let _s2 = spacers(&r, FAR);
+            let b = r.alloc_child(p, l(40)).unwrap(); // b.next = a: far, as p.child and b.prev
+            fill(b, 40, 0xB1);
+            let _s3 = spacers(&r, FAR);
+            let b_kid = r.alloc_child(b, l(8)).unwrap(); // far below b
+            check(&r);
+            assert!(r.table().far_len() >= 5, "far links: {}", r.table().far_len());
+            let live = r.stats().live_blocks;
+            // SAFETY: b is live; only b2 is used afterwards.
+            let b2 = unsafe { r.realloc(b, 5000) }.unwrap();
+            assert_ne!(b2, b, "a new size class moves the block");
+            check(&r);
+            assert!(holds(b2, 40, 0xB1), "realloc kept the contents");
+            assert_eq!((r.size_of(b2), r.owns(b), r.stats().live_blocks), (Some(5000), false, live));
+            // The tree moved with it: freeing `a` frees only its own child; freeing `p` frees b2
+            // and b's child.
+            // SAFETY: a is live; a_kid goes with it.
+            unsafe { r.free(a).unwrap() };
+            check(&r);
+            assert_eq!((r.owns(a_kid), r.owns(b_kid), r.stats().live_blocks), (false, true, live - 2));
+            // SAFETY: p is live; b2 and b_kid go with it.
+            unsafe { r.free(p).unwrap() };
+            check(&r);
+            assert_eq!((r.owns(b2), r.owns(b_kid), r.stats().live_blocks), (false, false, 3 * FAR));
+            assert_eq!(r.table().far_len(), 0, "no far link is left");
+        }
+
+        #[test]
+        fn a_slot_reused_far_away_and_reset_with_far_links() {
+            let mut r = big_region();
+            for round in 0..2 {
+                let old = r.alloc(l(48)).unwrap();
+                let _keep = r.alloc(l(16)).unwrap();
+                // SAFETY: old is live and not used again.
+                unsafe { r.free(old).unwrap() };
+                let _s = spacers(&r, FAR);
+                let p = r.alloc(l(16)).unwrap();
+                let q = r.alloc(l(16)).unwrap(); // records p
+                let c = r.alloc_child(p, l(40)).unwrap();
+                assert_eq!(c, old, "round {round}: the dead slot far below is reused");
+                check(&r);
+                assert_eq!(r.table().far_len(), 2, "p.child and c.prev");
+                // SAFETY: p is live; c goes with it.
+                unsafe { r.free(p).unwrap() };
+                assert!(!r.owns(c));
+                let d = r.alloc_child(q, l(40)).unwrap();
+                assert_eq!(d, old, "and again");
+                check(&r);
+                assert!(r.table().far_len() > 0);
+                r.reset();
+                assert_eq!((r.table().far_len(), r.stats().live_blocks), (0, 0));
+            }
+        }
+
+        #[test]
+        fn big_sizes_through_size_of_realloc_and_free() {
+            let r = big_region();
+            let top = if cfg!(miri) { 70_000 } else { 300_000 };
+            let sizes = [65_534, 65_535, 65_536, 70_000, top];
+            let mut blocks = vec![];
+            for (k, &size) in sizes.iter().enumerate() {
+                let p = r.alloc(l(size)).unwrap();
+                fill(p, size.min(4096), k as u8);
+                blocks.push((p, size));
+            }
+            let _end = r.alloc(l(16)).unwrap(); // records every big block
+            check(&r);
+            assert_eq!(r.table().far_len(), 4, "four sizes past 65 534");
+            for &(p, size) in &blocks {
+                assert_eq!(r.size_of(p), Some(size));
+            }
+            let total: usize = sizes.iter().sum::<usize>() + 16;
+            assert_eq!(r.stats().live_bytes, total);
+            // in place (same extent): the size entry is replaced
+            let (p, _) = blocks[3];
+            // SAFETY: p is live.
+            assert_eq!(unsafe { r.realloc(p, 70_001) }, Ok(p));
+            assert_eq!(r.size_of(p), Some(70_001));
+            // big to small and small to big: moves
+            let (q, _) = blocks[1];
+            // SAFETY: q is live; only q2 is used afterwards.
+            let q2 = unsafe { r.realloc(q, 100) }.unwrap();
+            assert!(holds(q2, 100, 1));
+            let (s, _) = blocks[0];
+            // SAFETY: s is live; only s2 is used afterwards.
+            let s2 = unsafe { r.realloc(s, 131_072) }.unwrap();
+            assert!(holds(s2, 4096, 0));
+            let _end2 = r.alloc(l(16)).unwrap();
+            check(&r);
+            assert_eq!((r.size_of(q2), r.size_of(s2)), (Some(100), Some(131_072)));
+            assert_eq!(r.stats().live_bytes, total + 1 - 65_535 + 100 - 65_534 + 131_072 + 16);
+            for p in [q2, s2, blocks[2].0, blocks[3].0, blocks[4].0] {
+                // SAFETY: each live, freed once.
+                unsafe { r.free(p).unwrap() };
+            }
+            check(&r);
+            assert_eq!(r.table().far_len(), 0);
+            assert_eq!(r.stats().live_bytes, 32);
+            // a freed big slot is reused with an exact size again
+            let again = r.alloc(l(65_600)).unwrap();
+            let _end3 = r.alloc(l(16)).unwrap();
+            check(&r);
+            assert_eq!(r.size_of(again), Some(65_600));
+        }
+
+        /// `try_free_leaf` of recorded root leaves whose size has no exact class (0, above 1 KiB,
+        /// big): the inline free's slow branch, with the exact sizes and no entry left behind.
+        #[test]
+        fn root_leaves_past_the_exact_classes_are_freed_inline() {
+            let r = big_region();
+            let sizes = [0, 2000, 65_535, 70_000];
+            let blocks: Vec<NonNull<u8>> = sizes.iter().map(|&s| r.alloc(l(s)).unwrap()).collect();
+            let end = r.alloc(l(16)).unwrap(); // records them all
+            check(&r);
+            assert_eq!(r.table().far_len(), 2, "two big sizes");
+            for (&p, &size) in blocks.iter().zip(&sizes) {
+                assert_eq!(r.size_of(p), Some(size));
+                // SAFETY: p is live and freed once.
+                assert!(unsafe { r.try_free_leaf(p.as_ptr()) }, "a recorded root leaf of {size} bytes");
+                assert!(!r.owns(p));
+            }
+            check(&r);
+            assert_eq!((r.table().far_len(), r.stats().live_blocks, r.stats().live_bytes), (0, 1, 16));
+            assert_eq!(r.stats().free_slots, 4);
+            // a freed big slot comes back with its exact size
+            let again = r.alloc(l(65_600)).unwrap();
+            assert_eq!(again, blocks[3], "the 70 000-byte slot (the same class) is reused");
+            assert_eq!(r.size_of(again), Some(65_600));
+            assert!(r.owns(end));
+        }
+
+        /// Children come and go under a parent far below them, some of them big: the overflow
+        /// map holds only what the live blocks need, however long it runs.
+        #[test]
+        #[cfg_attr(miri, ignore = "long: too long for Miri")]
+        fn far_entries_do_not_accumulate() {
+            let r = big_region();
+            let p = r.alloc(l(16)).unwrap();
+            let _s = spacers(&r, FAR);
+            let mut x = 0x243F_6A88_85A3_08D3u64;
+            let mut kids: Vec<NonNull<u8>> = vec![];
+            let mut peak = 0;
+            for cycle in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let size = if x % 16 == 0 { 65_535 + (x >> 40) as usize % 4096 } else { 16 + (x >> 40) as usize % 200 };
+                kids.push(r.alloc_child(p, l(size)).unwrap());
+                if kids.len() > 40 {
+                    let k = kids.swap_remove((x >> 20) as usize % kids.len());
+                    // SAFETY: k is live and dropped from the list.
+                    unsafe {
+                        if x & 0x100 == 0 {
+                            r.free(k).unwrap();
+                        } else {
+                            r.free_one(k).unwrap();
+                        }
+                    }
+                }
+                if cycle % 1000 == 0 {
+                    check(&r);
+                }
+                // p.child and its first child's prev, a size per big child: 2 + 41
+                let n = r.table().far_len();
+                assert!(n <= 2 + kids.len(), "cycle {cycle}: {n} entries for {} children", kids.len());
+                peak = peak.max(n);
+            }
+            assert!(peak >= 3, "far links and big sizes were made: at most {peak} at once");
+            for k in kids {
+                // SAFETY: each live, freed once.
+                unsafe { r.free(k).unwrap() };
+            }
+            check(&r);
+            assert_eq!(r.table().far_len(), 0);
+            assert_eq!(r.stats().live_blocks, FAR + 1);
+        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! # Why
 //! The canonical request done the COM way allocates and frees every block on its own. Through
-//! the region each such call finds, checks and relinks a 20-byte record of the side table; here
+//! the region each such call finds, checks and relinks a record of the side table; here
 //! an allocation pops a free list and a free pushes one, each a handful of instructions, and
 //! neither touches the block's memory.
 //!
