@@ -49,6 +49,17 @@ pub(crate) struct Span {
     level: Cell<CriticalLevel>,
 }
 
+/// How far a [`Span`] commits past what is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Growth {
+    /// At least a chunk, or as much as is committed (up to 16 MiB): few commits.
+    Double,
+    /// At least a chunk, or an eighth of what is committed: at most 12.5% (or a chunk) unused.
+    Eighth,
+    /// Just what is needed, rounded up to a page.
+    Exact,
+}
+
 impl Span {
     pub(crate) fn new(source: &Source, reserve: usize, chunk: usize, level: CriticalLevel) -> Result<Span, Error> {
         let pages = Pages::reserve(source, reserve, level)?;
@@ -74,7 +85,16 @@ impl Span {
     #[cold]
     #[inline(never)]
     pub(crate) fn ensure(&self, need: usize) -> Result<(), Error> {
-        self.ensure_with(need, true)
+        self.ensure_with(need, Growth::Double)
+    }
+
+    /// Make sure `[0, need)` is committed, growing by at least a chunk or an eighth of what is
+    /// committed: for metadata that must not cost much more than it holds (the side table's
+    /// records), at the price of more (still logarithmically many) commits.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn ensure_gradual(&self, need: usize) -> Result<(), Error> {
+        self.ensure_with(need, Growth::Eighth)
     }
 
     /// Make sure `[0, need)` is committed, committing no more than that (rounded up to a page):
@@ -82,10 +102,10 @@ impl Span {
     #[cold]
     #[inline(never)]
     pub(crate) fn ensure_exact(&self, need: usize) -> Result<(), Error> {
-        self.ensure_with(need, false)
+        self.ensure_with(need, Growth::Exact)
     }
 
-    fn ensure_with(&self, need: usize, geometric: bool) -> Result<(), Error> {
+    fn ensure_with(&self, need: usize, growth: Growth) -> Result<(), Error> {
         let have = self.committed.get();
         if need <= have {
             return Ok(());
@@ -97,10 +117,14 @@ impl Span {
             return Err(Error::LimitExceeded);
         }
         let page = crate::os::page_size();
-        // Grow by at least one chunk (or by what is already committed, so the number of commit
-        // calls is logarithmic in the final size), but never past the limit or the reservation.
-        // Without `geometric`, by just what is needed (rounded up to a page, below).
-        let want = if geometric { need.max(have + self.chunk.max(have.min(16 << 20))) } else { need };
+        // Grow by at least one chunk (or by a share of what is already committed, so the number
+        // of commit calls is logarithmic in the final size), but never past the limit or the
+        // reservation. `Exact`: by just what is needed (rounded up to a page, below).
+        let want = match growth {
+            Growth::Double => need.max(have + self.chunk.max(have.min(16 << 20))),
+            Growth::Eighth => need.max(have + self.chunk.max(have.min(16 << 20) / 8)),
+            Growth::Exact => need,
+        };
         let cap = self.limit.get().min(self.reserved());
         let new = crate::os::round_up(want, page).map_or(cap, |w| w.min(cap));
         let new = new.max(crate::os::round_up(need, page).ok_or(Error::TooLarge)?);

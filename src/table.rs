@@ -373,7 +373,9 @@ impl Table {
 
     fn grow_to(&mut self, recs: usize) -> Result<(), Error> {
         let need = recs.checked_mul(core::mem::size_of::<Rec>()).ok_or(Error::TooLarge)?;
-        self.recs_span.ensure(need)?;
+        // Records grow by an eighth at a time, not by doubling: committed and unused records
+        // would otherwise make the table cost up to twice its 12 bytes per block.
+        self.recs_span.ensure_gradual(need)?;
         self.cap = (self.recs_span.committed() / core::mem::size_of::<Rec>()).min(MAX_RECS) as u32;
         Ok(())
     }
