@@ -22,8 +22,9 @@
 //! `prev` is "previous sibling, or `PARENT | parent` for a first child, or `NONE` for a root, or
 //! `DEAD`"; `child` is the first child; `next` the next sibling. So unlinking any block is O(1)
 //! and freeing a subtree is O(size of the subtree) with no allocation (the walk goes down first
-//! children and back along `prev`, and writes nothing but the deaths). Cycles are impossible by construction: a block is linked only
-//! under a block that was live when it was allocated, and realloc replaces a node in place.
+//! children and back along `prev`, and writes nothing but the deaths). Cycles are impossible by
+//! construction: a block is linked only under a block that was live when it was allocated, and
+//! realloc replaces a node in place.
 //! The fields hold these values encoded (see [`Rec`]); the table's accessors ([`Table::prev`],
 //! [`Table::set_prev`], ...) take and return them decoded, as absolute record indices.
 //!
