@@ -1408,29 +1408,8 @@ impl Region {
         self.materialize();
         let t = self.table();
         let j = t.find(self.off_of(new.as_ptr()) / GRANULE).expect("the block just allocated is live");
-        // Put j where i is in the tree, give it i's children, then free i alone. i and j are
-        // live materialized records; j is a root without children. (The table re-encodes every
-        // link relative to its new holder, far or near.)
-        let (prev, next, child) = (t.prev(i), t.next(i), t.child(i));
-        t.set_prev(i, NONE);
-        t.set_next(i, NONE);
-        t.set_child(i, NONE);
-        t.set_prev(j, prev);
-        t.set_next(j, next);
-        t.set_child(j, child);
-        if prev != NONE {
-            if prev & PARENT != 0 {
-                t.set_child(prev & !PARENT, j);
-            } else {
-                t.set_next(prev, j);
-            }
-        }
-        if next != NONE {
-            t.set_prev(next, j);
-        }
-        if child != NONE {
-            t.set_prev(child, PARENT | j);
-        }
+        // Put j where i is in the tree, give it i's children, then free i alone.
+        t.replace(i, j);
         self.free_record(i);
         Ok(new)
     }

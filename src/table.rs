@@ -892,16 +892,46 @@ impl Table {
             return;
         }
         let next = self.next(i);
-        if prev & PARENT != 0 {
-            self.set_child(prev & !PARENT, next);
-        } else {
-            self.set_next(prev, next);
-        }
+        self.set_link_to(prev, next);
         if next != NONE {
             self.set_prev(next, prev);
         }
         self.set_prev(i, NONE);
         self.set_next(i, NONE);
+    }
+
+    /// Make the link a live record is reached by, given its `prev` (its parent's `child` for
+    /// `PARENT | p`, else its previous sibling's `next`), point at `v` (`NONE` or a record).
+    fn set_link_to(&mut self, prev: u32, v: u32) {
+        if prev & PARENT != 0 {
+            self.set_child(prev & !PARENT, v);
+        } else {
+            self.set_next(prev, v);
+        }
+    }
+
+    /// Put live record `j`, a root without children, where live record `i` is in the tree: `j`
+    /// takes `i`'s parent or siblings and `i`'s children, and `i` is left a root without
+    /// children (a realloc that moves a block). Every link is re-encoded relative to its new
+    /// holder, far or near.
+    pub(crate) fn replace(&mut self, i: u32, j: u32) {
+        debug_assert!(self.prev(j) == NONE && self.next(j) == NONE && self.child(j) == NONE, "{j} is linked");
+        let (prev, next, child) = (self.prev(i), self.next(i), self.child(i));
+        self.set_prev(i, NONE);
+        self.set_next(i, NONE);
+        self.set_child(i, NONE);
+        self.set_prev(j, prev);
+        self.set_next(j, next);
+        self.set_child(j, child);
+        if prev != NONE {
+            self.set_link_to(prev, j);
+        }
+        if next != NONE {
+            self.set_prev(next, j);
+        }
+        if child != NONE {
+            self.set_prev(child, PARENT | j);
+        }
     }
 
     /// The record whose block starts at granule `g`, if it is live. O(1).
