@@ -274,8 +274,9 @@ fn untag(item: *mut u8) -> (*mut u8, bool) {
 /// How far ahead of the item it frees the drain prefetches a node's items, and the bytes it
 /// prefetches of a node before it starts on it: a few lines, not the whole node at once (which
 /// stalls on the CPU's miss buffers).
-const AHEAD: usize = 32;
+const AHEAD: usize = 64;
 const LINE_ITEMS: usize = 64 / mem::size_of::<*mut u8>();
+const AHEAD_LINES: usize = AHEAD / LINE_ITEMS;
 const AHEAD_BYTES: usize = mem::size_of::<*mut u8>() * (AHEAD + 2);
 
 /// Ask the CPU to start loading the cache lines of `[p, p + len)` (a hint: no effect on memory
@@ -971,24 +972,17 @@ impl Held {
             // its reset.
             if b.gen == gen {
                 let items = &b.items[..b.len as usize];
-                for (i, &item) in items.iter().enumerate() {
-                    if i % LINE_ITEMS == 0 && i + AHEAD < items.len() {
-                        prefetch(items[i + AHEAD..].as_ptr().cast(), 1);
+                for (k, line) in items.chunks(LINE_ITEMS).enumerate() {
+                    if let Some(ahead) = items.get((k + AHEAD_LINES) * LINE_ITEMS) {
+                        prefetch((ahead as *const *mut u8).cast(), 64);
                     }
-                    let (ptr, tree) = untag(item);
-                    let Some(p) = NonNull::new(ptr) else { continue };
-                    // A leaf's tree is the leaf, and so is a small block without a proxy. The
-                    // freeing thread gave the block up; task-heap regions never scrub and only
-                    // hold 16-aligned blocks.
-                    // SAFETY: so; anything but a live block start is refused untouched.
-                    if s.try_free(ptr) || (!s.has_proxies() && unsafe { r.try_free_leaf_plain(ptr) }) {
-                        continue;
-                    }
-                    // SAFETY: as above; a bad pointer is refused (and reported) untouched. A
-                    // small block (or any other) goes through the general free.
-                    let res = unsafe { free_in(r, s, p, tree) };
-                    if res.is_err() {
-                        BAD.fetch_add(1, Ordering::Relaxed);
+                    // Small blocks in a run, as the common case; anything else one by one.
+                    let mut rest = line;
+                    while !rest.is_empty() {
+                        let n = s.free_run(rest, TREE);
+                        let Some(&item) = rest.get(n) else { break };
+                        free_queued(r, s, item);
+                        rest = &rest[n + 1..];
                     }
                 }
             }
@@ -1018,6 +1012,25 @@ impl Held {
                 h.state.store(IDLE, Ordering::SeqCst);
             }
         }
+    }
+}
+
+/// Free one queued item ([`tag`]) of the heap whose region and small arena these are (a drain,
+/// under the lock), as its freeing thread asked; a bad pointer is refused untouched, reported
+/// and counted.
+fn free_queued(r: &mut Region, s: &mut Small, item: *mut u8) {
+    let (ptr, tree) = untag(item);
+    let Some(p) = NonNull::new(ptr) else { return };
+    // A leaf's tree is the leaf, and so is a small block without a proxy. The freeing thread gave
+    // the block up; task-heap regions never scrub and only hold 16-aligned blocks.
+    // SAFETY: so; anything but a live block start is refused untouched.
+    if s.try_free(ptr) || (!s.has_proxies() && unsafe { r.try_free_leaf_plain(ptr) }) {
+        return;
+    }
+    // SAFETY: as above; a bad pointer is refused (and reported) untouched. A small block (or any
+    // other) goes through the general free.
+    if unsafe { free_in(r, s, p, tree) }.is_err() {
+        BAD.fetch_add(1, Ordering::Relaxed);
     }
 }
 
