@@ -561,6 +561,40 @@ mod tests {
     }
 
     #[test]
+    fn free_run_frees_up_to_the_first_item_it_cannot_free() {
+        let mut s = arena();
+        let b: Vec<_> = [16, 100, 0, 48, 1024].iter().map(|&n| s.alloc(n, CriticalLevel::Task).unwrap()).collect();
+        let proxied = s.alloc(32, CriticalLevel::Task).unwrap();
+        s.set_proxy(proxied.as_ptr(), NonNull::dangling());
+        let mut local = [0u8; 16];
+        // Tag bit 1 on the second item is ignored; the fourth item (interior) stops the run.
+        let items = [
+            b[0].as_ptr(),
+            b[1].as_ptr().wrapping_add(1),
+            b[2].as_ptr(),
+            b[3].as_ptr().wrapping_add(16),
+            b[4].as_ptr(),
+        ];
+        assert_eq!(s.free_run(&items, 1), 3);
+        assert_eq!(s.live(), (3, 48 + 1024 + 32, 1), "exactly the three, counted");
+        for p in &b[..3] {
+            assert_eq!(s.kind(p.as_ptr()), Kind::Bad, "freed");
+        }
+        assert_eq!(s.size_of(b[3].as_ptr()), Some(48), "the block of the interior pointer is untouched");
+        // Each kind of item it cannot free stops it, untouched.
+        for stop in
+            [b[0].as_ptr(), proxied.as_ptr(), local.as_mut_ptr(), b[4].as_ptr().wrapping_add(8), ptr::null_mut()]
+        {
+            assert_eq!(s.free_run(&[stop, b[4].as_ptr()], 1), 0);
+        }
+        assert_eq!(s.live(), (3, 48 + 1024 + 32, 1));
+        assert_eq!(s.free_run(&[b[4].as_ptr(), b[3].as_ptr()], 1), 2);
+        assert_eq!(s.live(), (1, 32, 1));
+        // The freed blocks are reused, LIFO within their class.
+        assert_eq!(s.alloc(48, CriticalLevel::Task).unwrap(), b[3]);
+    }
+
+    #[test]
     fn a_disabled_arena_serves_nothing() {
         let mut s = Small::disabled();
         assert!(s.try_alloc(0, false).is_none());
