@@ -806,7 +806,7 @@ NAPALLOC_CHECK_OFFSET(NapallocStats, trims, 48);
  * returns NULL; a failed grow returns NULL and leaves p valid. CoTaskMemFree(NULL) does nothing;
  * a foreign, interior or already freed pointer is ignored and reported (NapallocStats::
  * bad_pointer_reports). Any thread may free or reallocate a block another thread allocated.
- * A thread's frees of other threads' blocks are gathered (up to 31 blocks of one heap) and
+ * A thread's frees of other threads' blocks are gathered (up to 255 blocks of one heap) and
  * delivered together: when the batch fills, when the thread frees a block of another heap,
  * calls NapallocGetStats or NapallocHeapMinimize, queries or reallocates another thread's block,
  * allocates on a slow path, or exits; until then the owner counts those blocks as live.

@@ -729,7 +729,7 @@ fn remote_frees_wait_in_the_freeing_threads_batch_until_delivered() {
         blocks
     });
     from_freer.recv().unwrap();
-    // Freed, not yet delivered: still live in my heap (a batch holds up to 31 blocks).
+    // Freed, not yet delivered: still live in my heap (a batch holds up to 255 blocks).
     assert_eq!(mine().0, before.0);
     to_freer.send(()).unwrap();
     from_freer.recv().unwrap();
@@ -740,6 +740,72 @@ fn remote_frees_wait_in_the_freeing_threads_batch_until_delivered() {
     for a in blocks {
         assert_eq!(heap::did_alloc(a as *const u8), 0);
     }
+}
+
+#[test]
+fn full_batches_of_remote_frees_are_delivered_without_a_flush() {
+    // 600 frees by another thread: two full batches of 256 go out on their own, 88 wait.
+    let blocks: Vec<usize> = (0..600).map(|i| addr(filled(16 + i % 100, 3).cast())).collect();
+    let before = mine();
+    let (to_owner, from_freer) = mpsc::channel::<()>();
+    let (to_freer, from_owner) = mpsc::channel::<()>();
+    let freer = thread::spawn(move || {
+        for &a in &blocks {
+            // SAFETY: live blocks of the owner, each freed once.
+            unsafe { CoTaskMemFree(a as *mut c_void) };
+        }
+        to_owner.send(()).unwrap();
+        from_owner.recv().unwrap();
+        heap::flush_remote_frees();
+        to_owner.send(()).unwrap();
+        blocks
+    });
+    from_freer.recv().unwrap();
+    assert_eq!(mine().0, before.0 - 512, "two full batches delivered, the rest pending");
+    to_freer.send(()).unwrap();
+    from_freer.recv().unwrap();
+    assert_eq!(mine(), (before.0 - 600, before.1 - (0..600).map(|i| 16 + i % 100).sum::<u64>()));
+    for a in freer.join().unwrap() {
+        assert_eq!(heap::did_alloc(a as *const u8), 0);
+    }
+}
+
+#[test]
+fn misaligned_pointers_into_another_threads_heap_are_refused_at_once() {
+    // The remote queues tag tree frees in a pointer's low bit: a misaligned pointer must never
+    // be queued, or `p + 1` would read as "free p with its tree".
+    let p = filled(48, 5);
+    let parent = filled(32, 6);
+    let kid = heap::alloc_child(core::ptr::NonNull::new(parent).unwrap(), 24).unwrap().as_ptr();
+    // SAFETY: a fresh 24-byte child block.
+    unsafe { kid.write_bytes(8, 24) };
+    let before = mine();
+    let bad0 = bad_pointers();
+    let (a, pa) = (addr(p.cast()), addr(parent.cast()));
+    let refused = thread::spawn(move || {
+        let mut refused = 0;
+        for q in [a + 1, a + 4, a + 8, pa + 1, pa + 9] {
+            // SAFETY: refused untouched: none of these is a block start.
+            refused += !unsafe { heap::free(q as *mut u8) } as u32;
+            // SAFETY: as above.
+            refused += !unsafe { heap::free_tree(q as *mut u8) } as u32;
+        }
+        heap::flush_remote_frees();
+        refused
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused, 10, "every misaligned free is refused, not queued");
+    assert!(bad_pointers() >= bad0 + 10, "and counted");
+    assert_eq!(mine(), before, "nothing was freed");
+    assert!(all(p, 48, 5) && all(parent, 32, 6) && all(kid, 24, 8), "nothing was written");
+    assert_eq!(heap::size_of(kid), Some(24), "the child of the block whose address + 1 was freed lives");
+    // SAFETY: live; the tree frees the parent with its child.
+    unsafe {
+        CoTaskMemFree(p.cast());
+        assert!(heap::free_tree(parent));
+    }
+    assert_eq!(heap::did_alloc(kid), 0);
 }
 
 #[test]
