@@ -288,7 +288,7 @@ fn prefetch(p: *const u8, len: usize) {
     {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let mut a = p as usize & !63;
-        let end = p as usize + len;
+        let end = (p as usize).saturating_add(len);
         while a < end {
             // SAFETY: a prefetch never faults and changes nothing but the cache, for any address.
             #[allow(unused_unsafe)]
@@ -1089,8 +1089,8 @@ fn with_heap_of<R>(p: *const u8, f: impl FnOnce(&mut Region, &mut Small) -> R) -
     }
 }
 
-/// Free `p` (aligned to [`ALIGN`]) of `h` (not this thread's): into this thread's [`Outbox`] if a thread owns `h`, else
-/// sent at once and processed by this thread if it can take the lock.
+/// Free `p` (aligned to [`ALIGN`]) of `h` (not this thread's): into this thread's [`Outbox`] if
+/// a thread owns `h`, else sent at once and processed by this thread if it can take the lock.
 fn remote_free(h: &'static Heap, p: *mut u8, tree: bool) {
     if h.state.load(Ordering::SeqCst) == OWNED && OUTBOX.try_with(|o| o.add(h, p, tree)).is_ok() {
         return;
@@ -1137,7 +1137,7 @@ fn send(h: &'static Heap, batch: *mut RemoteBatch) {
 /// reset since (its `gen` moved on, which `add_to_last` checks).
 ///
 /// Invariant: `node` is null or a node owned by this thread (in no list) whose
-/// `items[..len]`, `1 <= len < BATCH`, are tagged frees ([`tag`]) of blocks of `heap`, stamped
+/// `items[..len]`, `len < BATCH`, are tagged frees ([`tag`]) of blocks of `heap`, stamped
 /// `gen` (the heap's `gen` when the first was added; the node's own `gen` holds the same);
 /// `node` is null when `heap` is [`NO_HEAP`] (no heap: never null, so that the hint's range
 /// check needs no test first, `NO_HEAP` containing nothing). `spare` is a `next`-linked list of
@@ -1229,6 +1229,9 @@ impl Outbox {
         // while the node is pending.
         let Some(h) = real(self.heap.get()) else {
             debug_assert!(false, "a pending batch without a heap");
+            // SAFETY: the node is ours: kept as a spare rather than lost.
+            unsafe { (*node).next = self.spare.get() };
+            self.spare.set(node);
             return;
         };
         send(h, node);
