@@ -271,16 +271,25 @@ impl Small {
     /// anything else. Never touches the memory at `p`. Calls nothing.
     #[inline(always)]
     pub(crate) fn try_free(&self, p: *const u8) -> bool {
-        let Some(g) = self.granule(p) else { return false };
+        self.free_at(p as usize, self.base as usize, self.bump.get())
+    }
+
+    /// [`try_free`](Self::try_free) of the address `a`, with the arena's `base` and `bump`
+    /// passed in (so that [`free_run`](Self::free_run) reads them once for a whole run).
+    #[inline(always)]
+    fn free_at(&self, a: usize, base: usize, bump: usize) -> bool {
+        // As `granule`: one compare rejects foreign, misaligned and unused addresses.
+        let g = a.wrapping_sub(base).rotate_right(SHIFT);
+        if g >= bump {
+            return false;
+        }
         // 0 (not a block start), free and `PROXY` entries all land above SMALL_MAX. (In `u32`:
         // one `add` on x86-64.)
-        let e = self.entry(g);
-        let size = e.wrapping_sub(LIVE);
+        let size = self.entry(g).wrapping_sub(LIVE);
         if size > SMALL_MAX as u32 {
             return false;
         }
-        let size = size as usize;
-        let head = &self.heads[(size + GRANULE - 1) >> SHIFT];
+        let head = &self.heads[(size as usize + GRANULE - 1) >> SHIFT];
         self.set_entry(g, head.get());
         head.set(g as u32);
         true
@@ -298,24 +307,7 @@ impl Small {
     #[inline]
     pub(crate) fn free_run(&self, items: &[*mut u8], tag: usize) -> usize {
         let (base, bump) = (self.base as usize, self.bump.get());
-        let mut n = 0;
-        for &item in items {
-            // As `granule`: one compare rejects foreign, misaligned and unused addresses.
-            let g = (item as usize & !tag).wrapping_sub(base).rotate_right(SHIFT);
-            if g >= bump {
-                break;
-            }
-            let e = self.entry(g);
-            let size = e.wrapping_sub(LIVE);
-            if size > SMALL_MAX as u32 {
-                break;
-            }
-            let head = &self.heads[(size as usize + GRANULE - 1) >> SHIFT];
-            self.set_entry(g, head.get());
-            head.set(g as u32);
-            n += 1;
-        }
-        n
+        items.iter().take_while(|&&item| self.free_at(item as usize & !tag, base, bump)).count()
     }
 
     /// What `p` is to this arena.
