@@ -1016,22 +1016,30 @@ impl Held {
 }
 
 /// Free one queued item ([`tag`]) of the heap whose region and small arena these are (a drain,
-/// under the lock), as its freeing thread asked; a bad pointer is refused untouched, reported
-/// and counted.
+/// under the lock), as its freeing thread asked.
 fn free_queued(r: &mut Region, s: &mut Small, item: *mut u8) {
     let (ptr, tree) = untag(item);
-    let Some(p) = NonNull::new(ptr) else { return };
+    free_now(r, s, ptr, tree);
+}
+
+/// Free `ptr` (with `tree`, its tree) in the heap whose region and small arena these are, under
+/// its lock: `false` if `ptr` is no live block, which is then refused untouched, reported and
+/// counted.
+fn free_now(r: &mut Region, s: &mut Small, ptr: *mut u8, tree: bool) -> bool {
+    let Some(p) = NonNull::new(ptr) else { return false };
     // A leaf's tree is the leaf, and so is a small block without a proxy. The freeing thread gave
     // the block up; task-heap regions never scrub and only hold 16-aligned blocks.
     // SAFETY: so; anything but a live block start is refused untouched.
     if s.try_free(ptr) || (!s.has_proxies() && unsafe { r.try_free_leaf_plain(ptr) }) {
-        return;
+        return true;
     }
     // SAFETY: as above; a bad pointer is refused (and reported) untouched. A small block (or any
     // other) goes through the general free.
     if unsafe { free_in(r, s, p, tree) }.is_err() {
         BAD.fetch_add(1, Ordering::Relaxed);
+        return false;
     }
+    true
 }
 
 impl Drop for Held {
@@ -1090,12 +1098,42 @@ fn with_heap_of<R>(p: *const u8, f: impl FnOnce(&mut Region, &mut Small) -> R) -
 }
 
 /// Free `p` (aligned to [`ALIGN`]) of `h` (not this thread's): into this thread's [`Outbox`] if
-/// a thread owns `h`, else sent at once and processed by this thread if it can take the lock.
-fn remote_free(h: &'static Heap, p: *mut u8, tree: bool) {
-    if h.state.load(Ordering::SeqCst) == OWNED && OUTBOX.try_with(|o| o.add(h, p, tree)).is_ok() {
-        return;
+/// a thread owns `h`; else freed at once under `h`'s lock if this thread can take it, so that the
+/// answer is the free's own (`false`: `p` was no block and is reported); else queued on `h` for
+/// whoever holds it. `true`: freed or queued.
+fn remote_free(h: &'static Heap, p: *mut u8, tree: bool) -> bool {
+    if h.state.load(Ordering::SeqCst) == OWNED {
+        if OUTBOX.try_with(|o| o.add(h, p, tree)).is_ok() {
+            return true;
+        }
+    } else if let Some(freed) = free_unowned(h, p, tree) {
+        return freed;
     }
     send(h, one_free(h, p, tree));
+    true
+}
+
+/// Free `p` of `h`, which no thread owns (abandoned by its thread, or an idle scope heap), now:
+/// `None` if `h`'s lock is taken, this thread holds a heap already, or `h` was adopted meanwhile
+/// (the caller queues the free instead).
+///
+/// What this thread freed before into `h` is delivered first, in order: a block freed alone
+/// before its parent's tree is then freed alone, not reported as a double free.
+#[cold]
+#[inline(never)]
+fn free_unowned(h: &'static Heap, p: *mut u8, tree: bool) -> Option<bool> {
+    flush_outbox();
+    let held = Held::acquire_unowned(h)?;
+    held.drain();
+    let (r, s) = held.both();
+    let freed = free_now(r, s, p, tree);
+    held.trim_if_empty();
+    drop(held);
+    // What was pushed while we held the lock (`acquire_unowned` leaves the re-check to us).
+    if h.attention.load(Ordering::SeqCst) & REMOTE != 0 {
+        try_drain(h);
+    }
+    Some(freed)
 }
 
 /// Queue `batch` (a node the caller owns and gives up) on `h` and raise `REMOTE`; process it at
@@ -1927,7 +1965,10 @@ fn alloc_child_slow(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 }
 
 /// `CoTaskMemFree`: free one block; NULL is a no-op; a bad pointer is reported and ignored.
-/// Returns whether a block was freed or, for a block of another thread's heap, queued for it.
+/// Returns whether a block was freed or, for a block of a heap another thread owns, queued for
+/// it. A block of a heap no thread owns (its thread exited) is freed at once, so `false` there
+/// means a bad pointer too, unless another thread held that heap at the moment (then it is
+/// queued, `true`, and checked when it is processed).
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
@@ -1956,7 +1997,8 @@ unsafe fn free_rest(p: *mut u8, tree: bool) -> bool {
     unsafe { free_slow(p, tree) }
 }
 
-/// Free `p` and every block recorded as its embedded pointer, recursively.
+/// Free `p` and every block recorded as its embedded pointer, recursively. Returns what [`free`]
+/// returns.
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it or its embedded blocks afterwards.
@@ -2030,10 +2072,7 @@ unsafe fn free_slow_rest(p: *mut u8, tree: bool) -> bool {
         };
     }
     match find_heap(p) {
-        Some(h) => {
-            remote_free(h, p, tree);
-            true
-        }
+        Some(h) => remote_free(h, p, tree),
         None => {
             bad(what, p, Error::ForeignPointer);
             false

@@ -112,4 +112,42 @@ fn process_wide_books() {
     assert!(s.committed_bytes < committed_before + 64 * 64 * 1024, "HeapMinimize decommitted the freed pages");
     assert_eq!((s.live_blocks, s.live_bytes), start);
     assert_eq!(s.bad_pointers, 0);
+
+    // 5. A free into a heap no thread owns is done at once, so its answer is the free's own: a
+    // stale, double or interior pointer is refused (`false`) and counted, not reported as queued.
+    //    a) An abandoned heap (its thread exited with blocks live).
+    let kept: Vec<usize> = thread::spawn(|| (0..3).map(|_| alloc(64)).collect()).join().unwrap();
+    // SAFETY: a live block of the exited thread, freed once.
+    assert!(unsafe { heap::free(kept[0] as *mut u8) }, "a live block is freed");
+    for (q, what) in [(kept[0], "freed"), (kept[1] + 32, "interior")] {
+        let bad = heap::stats().bad_pointers;
+        // SAFETY: not a block start: refused untouched.
+        assert!(!unsafe { heap::free(q as *mut u8) }, "free of a {what} pointer");
+        // SAFETY: as above.
+        assert!(!unsafe { heap::free_tree(q as *mut u8) }, "free_tree of a {what} pointer");
+        assert_eq!(heap::stats().bad_pointers, bad + 2, "both refusals are counted");
+    }
+    assert_eq!(live(), (2, 128), "the other blocks of the abandoned heap are untouched");
+    for &a in &kept[1..] {
+        // SAFETY: live blocks, freed once.
+        assert!(unsafe { heap::free_tree(a as *mut u8) });
+    }
+    //    b) An idle scope heap: the blocks of a left scope are gone with its reset.
+    let (left, leaked) = thread::spawn(|| {
+        let g = heap::enter_scope().unwrap();
+        let a = alloc(0);
+        let b = alloc(220);
+        g.leave().unwrap();
+        // SAFETY: blocks of the scope that was left: refused untouched.
+        let answers = unsafe { (heap::free_tree(a as *mut u8), heap::free(b as *mut u8)) };
+        (answers, b)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(left, (false, false), "frees of a left scope's blocks in that thread are refused");
+    let bad = heap::stats().bad_pointers;
+    // SAFETY: the scope's heap is idle now (its thread exited); the block went with its reset.
+    assert!(!unsafe { heap::free(leaked as *mut u8) }, "and from another thread too");
+    assert_eq!(heap::stats().bad_pointers, bad + 1);
+    assert_eq!(live(), start);
 }
