@@ -10,8 +10,8 @@
 //! the bars (about 40 s): each ratio is taken between measurements made milliseconds apart, in
 //! rounds that interleave the variants, and the median over the rounds is reported with its
 //! p10–p90 spread and the machine's load average:
-//! * `paired/com_way`: ns per request, one thread, floor / glibc / `heap::alloc` / the C exports,
-//!   and each ÷ glibc (bar: exports ≤ 0.70×);
+//! * `paired/com_way`: ns per request, one thread, floor / glibc / `heap::alloc` / the C exports
+//!   / mimalloc, and each ÷ glibc (bar: exports ≤ 0.70×);
 //! * `paired/threads`: requests/s with two threads ÷ with one, one- and two-thread phases
 //!   alternating in the same pair of threads, and that scaling ÷ the no-allocation floor's
 //!   scaling of the same round (what the machine gives two threads at that moment; bar ≥ 1.8×);

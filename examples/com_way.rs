@@ -17,8 +17,9 @@
 //! per second (an optional third argument sets its requests per hand-off, 32 by default),
 //! and so do `floor-same` / `heap-same` / `system-same` / `cotaskmem-same` (the same requests on
 //! one thread, the baseline of the pair). `paired-com-way`, `paired-threads` and
-//! `paired-cross-thread` print the paired reports of `benches/com.rs` (`-- paired`): N requests
-//! per measurement, an optional third argument for the rounds (40).
+//! `paired-cross-thread` print the paired reports of `benches/com.rs` (`-- paired`, mimalloc
+//! among the variants on Unix): N requests per measurement, an optional third argument for the
+//! rounds (40).
 //! Each run first does 64 warm-up requests, so the N = 0 run has the same start-up and lazily
 //! created state: `(Ir(N) - Ir(0)) / N` is the cost of one request.
 

@@ -134,6 +134,24 @@ impl<G: GlobalAlloc> Com for Global<G> {
     }
 }
 
+/// mimalloc (the `mimalloc` crate's `MiMalloc`, 16-aligned blocks): the allocator the paired
+/// reports compare with besides glibc, because its remote frees are the design napalloc's follow
+/// (a free by another thread goes back to the owner's page list without a lock).
+#[cfg(unix)]
+#[derive(Clone, Copy)]
+pub struct Mimalloc;
+#[cfg(unix)]
+impl Com for Mimalloc {
+    #[inline(always)]
+    fn alloc(&mut self, size: usize) -> *mut u8 {
+        Global(mimalloc::MiMalloc).alloc(size)
+    }
+    #[inline(always)]
+    fn free(&mut self, p: *mut u8, size: usize) {
+        Global(mimalloc::MiMalloc).free(p, size)
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn oom() -> ! {
@@ -461,6 +479,13 @@ pub fn scaling_round<A: Com, F: Fn() -> A + Sync>(make: &F, n: u64, pair_first: 
     (n as f64 / secs(solo), 2.0 * n as f64 / secs(pair[0].max(pair[1])))
 }
 
+/// The variants of the two-thread reports, in their index order (mimalloc only where the crate
+/// builds: Unix).
+#[cfg(unix)]
+const NAMES: &[&str] = &["floor", "system (glibc)", "heap::alloc/free", "CoTaskMemAlloc/Free", "mimalloc"];
+#[cfg(not(unix))]
+const NAMES: &[&str] = &["floor", "system (glibc)", "heap::alloc/free", "CoTaskMemAlloc/Free"];
+
 fn floor() -> Floor {
     Floor(Box::new([0; 4096]))
 }
@@ -478,7 +503,7 @@ fn one_thread<'a, A: Com + 'a>(name: &'static str, mut a: A) -> Timed<'a> {
 }
 
 /// The COM way on one thread, ns per request: floor, glibc (Rust's System allocator),
-/// `heap::alloc`/`free` and the C exports, `rounds` rounds of `n` requests each (see
+/// `heap::alloc`/`free`, the C exports and (on Unix) mimalloc, `rounds` rounds of `n` requests each (see
 /// [`rounds`]). Prints, for each variant, the median ns per request over the rounds and the
 /// median over the rounds of its ratio to glibc in the same round, total and above the floor.
 pub fn report_com_way(rounds_: usize, n: u64) -> String {
@@ -490,6 +515,8 @@ pub fn report_com_way(rounds_: usize, n: u64) -> String {
         one_thread("system (glibc)", system()),
         one_thread("heap::alloc/free", TaskHeap),
         one_thread("CoTaskMemAlloc/Free", CoTaskMem),
+        #[cfg(unix)]
+        one_thread("mimalloc", Mimalloc),
     ];
     let t = rounds(&mut v, rounds_, n);
     let ns = |d: &Duration| d.as_secs_f64() * 1e9 / n as f64;
@@ -528,7 +555,7 @@ pub fn report_threads(rounds_: usize, n: u64) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let load = load_average();
-    let names = ["floor", "system (glibc)", "heap::alloc/free", "CoTaskMemAlloc/Free"];
+    let names = NAMES;
     let mut s = vec![Vec::with_capacity(rounds_); names.len()];
     for r in 0..rounds_ {
         for j in 0..names.len() {
@@ -538,7 +565,10 @@ pub fn report_threads(rounds_: usize, n: u64) -> String {
                 0 => scaling_round(&floor, n, pf),
                 1 => scaling_round(&system, n, pf),
                 2 => scaling_round(&|| TaskHeap, n, pf),
-                _ => scaling_round(&|| CoTaskMem, n, pf),
+                3 => scaling_round(&|| CoTaskMem, n, pf),
+                #[cfg(unix)]
+                4 => scaling_round(&|| Mimalloc, n, pf),
+                _ => unreachable!(),
             };
             s[i].push((one, two));
         }
@@ -595,7 +625,7 @@ pub fn report_cross_thread(rounds_: usize, n: u64) -> String {
         }
     }
     let load = load_average();
-    let names = ["floor", "system (glibc)", "heap::alloc/free", "CoTaskMemAlloc/Free"];
+    let names = NAMES;
     let mut s = vec![Vec::with_capacity(rounds_); names.len()];
     for r in 0..rounds_ {
         for j in 0..names.len() {
@@ -605,7 +635,10 @@ pub fn report_cross_thread(rounds_: usize, n: u64) -> String {
                 0 => three(floor(), n, rev),
                 1 => three(system(), n, rev),
                 2 => three(TaskHeap, n, rev),
-                _ => three(CoTaskMem, n, rev),
+                3 => three(CoTaskMem, n, rev),
+                #[cfg(unix)]
+                4 => three(Mimalloc, n, rev),
+                _ => unreachable!(),
             });
         }
     }
