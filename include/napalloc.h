@@ -808,8 +808,13 @@ NAPALLOC_CHECK_OFFSET(NapallocStats, trims, 48);
  * bad_pointer_reports). Any thread may free or reallocate a block another thread allocated.
  * A thread's frees of other threads' blocks are gathered (up to 255 blocks of one heap) and
  * delivered together: when the batch fills, when the thread frees a block of another heap,
- * calls NapallocGetStats or NapallocHeapMinimize, queries or reallocates another thread's block,
- * allocates on a slow path, or exits; until then the owner counts those blocks as live.
+ * calls NapallocGetStats, NapallocHeapMinimize or NapallocFlushRemoteFrees, queries or
+ * reallocates another thread's block, allocates on a slow path, or exits; until then the owner
+ * counts those blocks as live. A delivered free is done before the owner's next allocation,
+ * free or query, so a double free across threads is refused and reported once the first free
+ * is delivered, whichever thread freed first. One case is not caught: if the first free still
+ * waits in a running thread's undelivered batch, and the owner frees the block again and
+ * reuses it before that batch arrives, the late free then frees the block's new occupant.
  * CoGetMalloc(1, &p) -> S_OK and the process-wide IMalloc; any other context -> E_INVALIDARG
  * and *ppMalloc = NULL. */
 #if !NAPALLOC_WINDOWS_SDK
@@ -909,6 +914,11 @@ NAPALLOC_API HRESULT NAPALLOC_CALL NapallocGetStats(NapallocStats *out);
 /* Return unused committed memory to the operating system (or the host); the same as
  * IMalloc::HeapMinimize. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocHeapMinimize(void);
+
+/* Deliver the calling thread's pending frees of other threads' blocks now (see CoTaskMemFree):
+ * call it before handing a thread the news that you freed its blocks, so that its counters and
+ * DidAlloc see them freed and a double free of one of them is refused. Always S_OK. */
+NAPALLOC_API HRESULT NAPALLOC_CALL NapallocFlushRemoteFrees(void);
 
 /* Request scopes. NapallocScopeEnter starts a scope on the calling thread and returns its handle:
  * task-allocator blocks (CoTaskMem*, IMalloc, the NapUtil Alloc* functions) allocated by this

@@ -225,6 +225,16 @@ pub extern "system" fn NapallocHeapMinimize() -> HRESULT {
     })
 }
 
+/// `HRESULT NapallocFlushRemoteFrees(void)`: deliver the calling thread's pending frees of other
+/// threads' blocks now (`heap::flush_remote_frees`). Always `S_OK`.
+#[no_mangle]
+pub extern "system" fn NapallocFlushRemoteFrees() -> HRESULT {
+    guard_hr(|| {
+        heap::flush_remote_frees();
+        S_OK
+    })
+}
+
 /// `HRESULT NapallocScopeEnter(NapallocScope **scope)`: start a request scope on the calling
 /// thread; NULL `scope` → `E_POINTER`; `E_OUTOFMEMORY` if no scope heap can be had.
 ///

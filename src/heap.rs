@@ -43,11 +43,14 @@
 //!   search of the registry. A full batch (or one cut short: see [`flush_remote_frees`]) is
 //!   pushed on the owner's `remote` stack (lock-free, push-only and taken
 //!   whole; the pointers are not touched, so a bad one cannot corrupt anything), and `REMOTE` is
-//!   set in its `attention` word unless it is set already. The owner's fast free path ignores
-//!   `REMOTE`; its fast allocation path then only reuses dead slots, and on a miss takes the
-//!   slow path, which takes every queued batch at once and frees them oldest first straight
-//!   into the free lists, validating each pointer as if it had been freed locally (a leaf by
-//!   the region's inline free); queries (`size_of`, `did_alloc`) drain first too. The emptied
+//!   set in its `attention` word unless it is set already. The owner's next operation of any
+//!   kind (allocation, free, query) then sees `attention != 0` and takes the slow path, which
+//!   takes every queued batch at once and frees them oldest first straight into the free
+//!   lists, validating each pointer as if it had been freed locally (a leaf by the region's
+//!   inline free), before it does what was asked. So a delivered free is always done before
+//!   the owner frees or reuses anything: a double free across threads whose first free has
+//!   arrived is refused and reported, whichever thread's free came first, and never frees the
+//!   slot's next block. The emptied
 //!   nodes go on the heap's `spare` stack, where freeing threads take them for their next
 //!   batches, so a batch allocates and copies nothing in steady state. So a
 //!   producer/consumer pair costs one push, one fence and one drain per batch rather than per
@@ -57,9 +60,13 @@
 //!   README for the figures).
 //!
 //!   The price: until its batch is delivered, a block freed by another thread still counts as
-//!   live for its owner, and a double free across threads (the owner frees a block another
-//!   thread has already freed into its batch, and reuses the slot) can free the slot's new block
-//!   when the batch arrives; a double free on one thread is refused at once as always.
+//!   live for its owner (`did_alloc`, `size_of`, the statistics). And a double free across
+//!   threads whose first free still waits in a *running* thread's undelivered batch (that
+//!   thread has not exited, flushed, filled the batch or done any of the things that deliver
+//!   it, [`flush_remote_frees`]) cannot be seen by the owner: if the owner frees the block again
+//!   and reuses the slot before the batch arrives, the late free takes the slot's next block.
+//!   A double free on one thread, or across threads once the first free was delivered, is
+//!   refused at once.
 //! * **Foreign access.** `realloc`, `size_of`, `did_alloc` and `alloc_child` of another heap's
 //!   block need that heap's region itself. The caller takes the heap's `lock`, sets `HELD` in
 //!   `attention`, issues the heavy side of an asymmetric barrier (`os::barrier`:
@@ -105,9 +112,9 @@
 //! | field | written by | values |
 //! | --- | --- | --- |
 //! | `busy` | the owner only, around each fast operation | `true` while the owner may touch the region without the lock |
-//! | `attention` | bits set/cleared with RMWs by anyone (see below); read by the owner on every operation | `0` or `REMOTE` alone: the fast path may run |
+//! | `attention` | bits set/cleared with RMWs by anyone (see below); read by the owner on every operation | `0`: the fast path may run |
 //! | `attention & HELD` | the `lock` holder, after locking and before unlocking | someone holds the region through the lock |
-//! | `attention & REMOTE` | remote freers set it after pushing (if clear); whoever drains clears it before draining; the fast path ignores it | `remote` may hold pointers |
+//! | `attention & REMOTE` | remote freers set it after pushing (if clear); whoever drains clears it before draining | `remote` may hold pointers: the owner's next operation drains first |
 //! | `attention & FENCED` | set at creation, never cleared | no asymmetric barrier: the owner must fence |
 //! | `attention & NOT_A_HEAP` | `NO_HEAP` only, for good | the thread has no heap yet |
 //! | `lock` | any thread (spin, then yield); every operation `SeqCst` | serializes everything but the owner's fast path |
@@ -116,7 +123,7 @@
 //! | `spare` | pushed by whoever drained `remote`; taken whole by freeing threads | empty batch nodes |
 //!
 //! The invariant: **the region is touched by exactly one thread at a time**: by the owner while
-//! its `busy` is true and it read no bit but `REMOTE` in `attention` after setting it, or by the holder of `lock`
+//! its `busy` is true and it read `attention == 0` after setting it, or by the holder of `lock`
 //! (for an `OWNED` heap only after it set `HELD`, issued the heavy barrier and saw `busy` false).
 //! Two owners never exist: a heap changes hands only under its lock (adoption, scope entry).
 //!
@@ -1374,9 +1381,12 @@ impl Held {
 // The fast path
 // ---------------------------------------------------------------------------------------------
 
-/// `fast!(|r, s, remote| body)`: run `body` on the current heap's region `r` and small arena
-/// `s` without the lock, if nothing but pending remote frees needs attention (`remote` says
-/// whether some are pending); `None` otherwise (`fast!(|r, remote| body)`: the region alone).
+/// `fast!(|r, s| body)`: run `body` on the current heap's region `r` and small arena `s`
+/// without the lock, if nothing needs attention; `None` otherwise (`fast!(|r| body)`: the
+/// region alone). Pending remote frees (`REMOTE`) need attention too: the slow path does them
+/// first, so that a block freed by another thread is freed before this thread frees or reuses
+/// anything (a double free across threads is then refused, not applied to the slot's next
+/// block; module doc).
 /// `body` must not call out (no page commits, no logging): it may not be re-entered. A macro
 /// rather than a function taking a closure, so that the body is always inlined into the caller
 /// (LLVM declined to inline the closure of the free path into the `CoTaskMemFree` export, which
@@ -1388,20 +1398,19 @@ impl Held {
 /// the `busy`/`attention` handshake is what keeps them out while the owner is inside. It costs
 /// two plain stores and one load of a line the owner keeps in its cache.
 macro_rules! fast {
-    (|$r:pat_param, $s:pat_param, $remote:pat_param| $body:expr) => {{
+    (|$r:pat_param, $s:pat_param| $body:expr) => {{
         // SAFETY: `CUR` is never null: a leaked heap or `NO_HEAP`, never freed.
         let h = unsafe { &*cur::get() };
         h.busy.store(true, Ordering::Relaxed);
         barrier::light();
         let att = h.attention.load(Ordering::Acquire);
-        let out = if att & !REMOTE == 0 {
+        let out = if att == 0 {
             // We own the heap, `busy` is set and nobody held it when we looked (module doc): the
             // region is ours until `busy` is cleared, and `body` does not call out.
             // SAFETY: so this is the only reference to the region while it lives.
             let $r: &Region = unsafe { &*h.region_ptr() };
             // SAFETY: the small arena is under the same rule as the region.
             let $s: &Small = unsafe { &*h.small_ptr() };
-            let $remote: bool = att != 0;
             $body
         } else {
             None
@@ -1409,24 +1418,24 @@ macro_rules! fast {
         h.busy.store(false, Ordering::Release);
         out
     }};
-    (|$r:ident, $remote:pat_param| $body:expr) => {
-        fast!(|$r, _, $remote| $body)
+    (|$r:ident| $body:expr) => {
+        fast!(|$r, _| $body)
     };
 }
 
 /// The fast path with a full fence, for a heap marked `FENCED` and nothing else.
 #[inline(never)]
-fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region, &Small, bool) -> Option<R>) -> Option<R> {
-    if h.attention.load(Ordering::Relaxed) & !REMOTE != FENCED {
+fn fenced<R>(h: &'static Heap, f: impl FnOnce(&Region, &Small) -> Option<R>) -> Option<R> {
+    if h.attention.load(Ordering::Relaxed) != FENCED {
         return None;
     }
     h.busy.store(true, Ordering::Relaxed);
     fence(Ordering::SeqCst);
     let att = h.attention.load(Ordering::Acquire);
-    let r = if att & !REMOTE == FENCED {
+    let r = if att == FENCED {
         // SAFETY: as in `fast`, with a real fence between the store of `busy` and the load.
         let (r, s) = unsafe { (&*h.region_ptr(), &*h.small_ptr()) };
-        f(r, s, att & REMOTE != 0)
+        f(r, s)
     } else {
         None
     };
@@ -1461,7 +1470,7 @@ pub fn report_bad_pointer(what: &str, p: *const u8) {
 /// side table (recording a finished tail asserts that the records fit).
 #[inline(always)]
 pub(crate) fn alloc_fast(size: usize) -> Option<NonNull<u8>> {
-    fast!(|r, s, remote| try_alloc_any(r, s, size, remote))
+    fast!(|r, s| try_alloc_any(r, s, size))
 }
 
 /// The first part of [`alloc_fast`]: a block of the small arena, or `None`. Calls nothing at
@@ -1475,7 +1484,7 @@ pub(crate) fn alloc_small_fast(size: usize) -> Option<NonNull<u8>> {
     if size > SMALL_MAX {
         return None;
     }
-    fast!(|_, s, remote| s.try_alloc(size, remote))
+    fast!(|_, s| s.try_alloc(size))
 }
 
 /// The first part of [`free_fast`]: free a plain live block of the small arena, or return
@@ -1485,37 +1494,31 @@ pub(crate) fn alloc_small_fast(size: usize) -> Option<NonNull<u8>> {
 /// As [`free`].
 #[inline(always)]
 pub(crate) unsafe fn free_small_fast(p: *mut u8) -> bool {
-    fast!(|_, s, _| s.try_free(p).then_some(())).is_some()
+    fast!(|_, s| s.try_free(p).then_some(())).is_some()
 }
 
 /// A fast allocation in the heap: small requests from the small arena, the others from the
 /// region ([`try_alloc_in`]).
 #[inline(always)]
-fn try_alloc_any(r: &Region, s: &Small, size: usize, remote: bool) -> Option<NonNull<u8>> {
+fn try_alloc_any(r: &Region, s: &Small, size: usize) -> Option<NonNull<u8>> {
     if size <= SMALL_MAX {
-        match s.try_alloc(size, remote) {
+        match s.try_alloc(size) {
             Some(p) => Some(p),
             // An enabled arena that needs pages takes the slow path (which commits them).
             None if s.serves(size) => None,
-            None => try_alloc_in(r, size, remote),
+            None => try_alloc_in(r, size),
         }
     } else {
-        try_alloc_in(r, size, remote)
+        try_alloc_in(r, size)
     }
 }
 
-/// The fast allocation in a region: with remote frees pending, only a dead slot of the size
-/// class; a miss then takes the slow path, which drains the queue first (so freed memory is
-/// reused while it is still in cache instead of the heap bumping into fresh memory).
-///
-/// The dead slot is tried first whatever `remote` says, so the common case (a slot of the class
-/// is free) does not test `remote` at all.
+/// The fast allocation in a region: a dead slot of the size class, else new memory at hand.
 #[inline(always)]
-fn try_alloc_in(r: &Region, size: usize, remote: bool) -> Option<NonNull<u8>> {
+fn try_alloc_in(r: &Region, size: usize) -> Option<NonNull<u8>> {
     match r.try_reuse(size) {
         Some(p) => Some(p),
-        None if !remote => r.try_alloc(size),
-        None => None,
+        None => r.try_alloc(size),
     }
 }
 
@@ -1539,7 +1542,7 @@ pub(crate) unsafe fn free_fast(p: *mut u8) -> bool {
     // same condition (a second try could only fail again). Task-heap regions never scrub and
     // only ever hold 16-aligned blocks (`ALIGN`).
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    fast!(|r, _, _| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
+    fast!(|r| unsafe { r.try_free_leaf_plain(p) }.then_some(())).is_some()
 }
 
 /// Free `p` in the heap whose region and small arena these are (a lock holder's free, or the
@@ -1707,7 +1710,7 @@ fn alloc_rest(size: usize) -> Option<NonNull<u8>> {
 /// Allocate with an explicit critical level: `Task` may fail at once; `AppDomain` and `Process`
 /// give idle memory back ([`heap_minimize`]) and retry before they fail.
 pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> {
-    if let Some(p) = fast!(|r, s, remote| try_alloc_any(r, s, size, remote)) {
+    if let Some(p) = fast!(|r, s| try_alloc_any(r, s, size)) {
         return Some(p);
     }
     alloc_slow(size, level)
@@ -1717,7 +1720,7 @@ pub fn alloc_critical(size: usize, level: CriticalLevel) -> Option<NonNull<u8>> 
 /// children): [`alloc`] without the small arena.
 #[inline]
 pub(crate) fn alloc_tracked(size: usize) -> Option<NonNull<u8>> {
-    if let Some(p) = fast!(|r, remote| try_alloc_in(r, size, remote)) {
+    if let Some(p) = fast!(|r| try_alloc_in(r, size)) {
         return Some(p);
     }
     alloc_slow_in(size, CriticalLevel::Task, false)
@@ -1743,11 +1746,11 @@ fn alloc_slow_in(size: usize, level: CriticalLevel, small: bool) -> Option<NonNu
         Err(true) => return shared_alloc(layout),
         Err(false) => return failed(),
     };
-    let fast = |r: &Region, s: &Small, remote| {
+    let fast = |r: &Region, s: &Small| {
         if small {
-            try_alloc_any(r, s, size, remote)
+            try_alloc_any(r, s, size)
         } else {
-            try_alloc_in(r, size, remote)
+            try_alloc_in(r, size)
         }
     };
     if let Some(p) = fenced(h, fast) {
@@ -1790,10 +1793,9 @@ fn shared_alloc(layout: Layout) -> Option<NonNull<u8>> {
 /// `parent` is not a live block or memory is short.
 #[inline]
 pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
-    // A parent in the current heap, a child that fits in memory at hand: lock-free. Pending
-    // remote frees are not drained first (the slow path drains them): a parent that another
-    // thread has freed already is a use after free by the caller either way.
-    if let Some(p) = fast!(|r, _| if r.contains(parent.as_ptr()) { r.try_alloc_child(parent, size) } else { None }) {
+    // A parent in the current heap, a child that fits in memory at hand: lock-free (pending
+    // remote frees are done first, on the slow path).
+    if let Some(p) = fast!(|r| if r.contains(parent.as_ptr()) { r.try_alloc_child(parent, size) } else { None }) {
         return Some(p);
     }
     alloc_child_slow(parent, size)
@@ -1805,9 +1807,9 @@ pub fn alloc_child(parent: NonNull<u8>, size: usize) -> Option<NonNull<u8>> {
 /// None))` if only the child failed (the caller frees `p`).
 #[inline]
 pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
-    // A new tail of the two blocks first (nothing pending, no dead slot of the class waiting),
-    // then the general fast path; with remote frees pending, no new tail (as `try_alloc_in`).
-    match fast!(|r, remote| (!remote).then(|| r.try_alloc_pair(size, child)).flatten()) {
+    // A new tail of the two blocks first (no dead slot of the class waiting), then the general
+    // fast path.
+    match fast!(|r| r.try_alloc_pair(size, child)) {
         Some((p, q)) => Some((p, Some(q))),
         None => alloc_with_child_slow(size, child),
     }
@@ -1818,7 +1820,7 @@ pub(crate) fn alloc_with_child(size: usize, child: usize) -> Option<(NonNull<u8>
 #[cold]
 #[inline(never)]
 fn alloc_with_child_slow(size: usize, child: usize) -> Option<(NonNull<u8>, Option<NonNull<u8>>)> {
-    let fast = fast!(|r, remote| try_alloc_in(r, size, remote).map(|p| (p, r.try_alloc_child(p, child))));
+    let fast = fast!(|r| try_alloc_in(r, size).map(|p| (p, r.try_alloc_child(p, child))));
     let (p, c) = match fast {
         Some(pc) => pc,
         None => (alloc_tracked(size)?, None),
@@ -1842,21 +1844,17 @@ pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
     }
     let mut field = Some(field);
     // `Some((a, q, Some(b)))`: all known; `Some((a, q, None))`: `q` needs the general query.
-    let fast = fast!(|r, s, remote| if remote {
-        None
-    } else {
-        match (query(r, s, p), field.take()) {
-            (None, f) => {
-                field = f; // not this heap's: the general query below
-                None
-            }
-            (Some(Some(a)), Some(f)) if a >= min => {
-                let q = f();
-                let b = if q.is_null() { Some(None) } else { query(r, s, q) };
-                Some((Some(a), q, b))
-            }
-            (Some(a), _) => Some((a, ptr::null(), Some(None))),
+    let fast = fast!(|r, s| match (query(r, s, p), field.take()) {
+        (None, f) => {
+            field = f; // not this heap's: the general query below
+            None
         }
+        (Some(Some(a)), Some(f)) if a >= min => {
+            let q = f();
+            let b = if q.is_null() { Some(None) } else { query(r, s, q) };
+            Some((Some(a), q, b))
+        }
+        (Some(a), _) => Some((a, ptr::null(), Some(None))),
     });
     match fast {
         Some((a, q, Some(b))) => (a, q, b),
@@ -1879,7 +1877,7 @@ pub(crate) fn size_of_pair<F: FnOnce() -> *const u8>(
 #[inline]
 pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    let done = fast!(|r, s, _| {
+    let done = fast!(|r, s| {
         // The region first: NapUtil structures and arrays live there (hand-built ones may not).
         // SAFETY: forwarded caller guarantee for `a`; anything but a live block start is refused.
         let da = a.is_null() || unsafe { r.try_free_leaf_plain(a) || r.try_pop_tail(a) } || s.try_free(a);
@@ -1902,7 +1900,7 @@ pub(crate) unsafe fn free_then_tree(a: *mut u8, b: *mut u8) {
 /// lookup).
 #[inline]
 pub(crate) fn tail_pair(p: *const u8) -> Option<(usize, *mut u8, usize, *const u8)> {
-    fast!(|r, _| r.tail_pair(p).map(|(size, q, q_size)| (size, q, q_size, r.tail_end())))
+    fast!(|r| r.tail_pair(p).map(|(size, q, q_size)| (size, q, q_size, r.tail_end())))
 }
 
 /// [`Region::try_free_tail_to`] in the current heap: `false` (nothing done) unless `p` is still
@@ -1914,15 +1912,15 @@ pub(crate) fn tail_pair(p: *const u8) -> Option<(usize, *mut u8, usize, *const u
 pub(crate) unsafe fn try_free_tail_to(p: *const u8, end: *const u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything else is refused untouched. Task-heap regions
     // never scrub.
-    fast!(|r, _| unsafe { r.try_free_tail_to(p, end) }.then_some(())).is_some()
+    fast!(|r| unsafe { r.try_free_tail_to(p, end) }.then_some(())).is_some()
 }
 
 /// [`Region::try_alloc_pair`] in the current heap, lock-free, never calling out: `None`
-/// (nothing allocated) when it cannot be done from memory at hand or remote frees are pending
+/// (nothing allocated) when it cannot be done from memory at hand or the heap needs attention
 /// (the caller then takes [`alloc_with_child`]).
 #[inline]
 pub(crate) fn try_alloc_pair(size: usize, child: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
-    fast!(|r, remote| (!remote).then(|| r.try_alloc_pair(size, child)).flatten())
+    fast!(|r| r.try_alloc_pair(size, child))
 }
 
 /// [`free`] of an embedded block by a NapUtil `Free*` function: such a block is often the
@@ -1934,8 +1932,7 @@ pub(crate) fn try_alloc_pair(size: usize, child: usize) -> Option<(NonNull<u8>, 
 #[inline]
 pub(crate) unsafe fn free_embedded(p: *mut u8) -> bool {
     // SAFETY: forwarded caller guarantee; anything but a live block start is refused untouched.
-    if fast!(|r, s, _| (unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) } || s.try_free(p)).then_some(()))
-        .is_some()
+    if fast!(|r, s| (unsafe { r.try_free_leaf_plain(p) || r.try_pop_tail(p) } || s.try_free(p)).then_some(())).is_some()
     {
         return true;
     }
@@ -2048,7 +2045,7 @@ unsafe fn free_slow_rest(p: *mut u8, tree: bool) -> bool {
     }
     if let Some(h) = own_heap_of(p) {
         // SAFETY: the caller of `free` gave the block up; anything else is refused untouched.
-        if fenced(h, |r, s, _| (s.try_free(p) || unsafe { r.try_free_leaf_plain(p) }).then_some(())).is_some() {
+        if fenced(h, |r, s| (s.try_free(p) || unsafe { r.try_free_leaf_plain(p) }).then_some(())).is_some() {
             return true;
         }
         // SAFETY: forwarded caller guarantee; a bad pointer is refused without being touched.
@@ -2116,7 +2113,7 @@ pub fn size_of(p: *const u8) -> Option<usize> {
     let nn = NonNull::new(p as *mut u8)?;
     // A query waits for pending remote frees (the slow path drains them): a block another
     // thread freed is not reported live.
-    if let Some(r) = fast!(|r, s, remote| if remote { None } else { query(r, s, p) }) {
+    if let Some(r) = fast!(|r, s| query(r, s, p)) {
         return r;
     }
     size_of_slow(nn)
@@ -2135,7 +2132,7 @@ pub fn did_alloc(p: *const u8) -> i32 {
         return -1;
     };
     // As in `size_of`: pending remote frees are done first.
-    if let Some(r) = fast!(|r, s, remote| if remote { None } else { query(r, s, p).map(|q| q.is_some()) }) {
+    if let Some(r) = fast!(|r, s| query(r, s, p).map(|q| q.is_some())) {
         return r as i32;
     }
     did_alloc_slow(nn)

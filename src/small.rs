@@ -233,11 +233,10 @@ impl Small {
         unsafe { NonNull::new_unchecked(self.base.add(g << SHIFT)) }
     }
 
-    /// A block of `size <= SMALL_MAX` bytes: the head of its class's free list, else (unless
-    /// `remote`: frees of other threads are pending, and the slow path that drains them should
-    /// run before fresh memory is used) fresh granules below `limit`. Calls nothing.
+    /// A block of `size <= SMALL_MAX` bytes: the head of its class's free list, else fresh
+    /// granules below `limit`. Calls nothing.
     #[inline(always)]
-    pub(crate) fn try_alloc(&self, size: usize, remote: bool) -> Option<NonNull<u8>> {
+    pub(crate) fn try_alloc(&self, size: usize) -> Option<NonNull<u8>> {
         debug_assert!(size <= SMALL_MAX);
         let c = (size + GRANULE - 1) >> SHIFT;
         let head = &self.heads[c];
@@ -246,8 +245,6 @@ impl Small {
             // A listed block: `g < bump` (heads invariant).
             head.set(self.entry(g));
             self.set_entry(g, LIVE | size as u32);
-        } else if remote {
-            return None;
         } else {
             return self.try_bump(size, c);
         }
@@ -358,11 +355,11 @@ impl Small {
     /// A block of `size <= SMALL_MAX` bytes, committing pages (through the source: may call
     /// out) if needed.
     pub(crate) fn alloc(&mut self, size: usize, level: CriticalLevel) -> Result<NonNull<u8>, Error> {
-        if let Some(p) = self.try_alloc(size, false) {
+        if let Some(p) = self.try_alloc(size) {
             return Ok(p);
         }
         self.grow(size, level)?;
-        self.try_alloc(size, false).ok_or(Error::OutOfMemory)
+        self.try_alloc(size).ok_or(Error::OutOfMemory)
     }
 
     /// Change the size of the live block `p` in place if `size` takes as many granules.
@@ -501,7 +498,7 @@ mod tests {
     #[test]
     fn classes_sizes_and_bad_pointers() {
         let mut s = arena();
-        assert!(s.try_alloc(8, false).is_none(), "nothing committed yet");
+        assert!(s.try_alloc(8).is_none(), "nothing committed yet");
         let a = s.alloc(0, CriticalLevel::Task).unwrap();
         let b = s.alloc(0, CriticalLevel::Task).unwrap();
         assert_ne!(a, b, "zero-size blocks are unique");
@@ -643,7 +640,7 @@ mod tests {
     #[test]
     fn a_disabled_arena_serves_nothing() {
         let mut s = Small::disabled();
-        assert!(s.try_alloc(0, false).is_none());
+        assert!(s.try_alloc(0).is_none());
         assert!(s.alloc(0, CriticalLevel::Task).is_err());
         assert!(!s.try_free(ptr::null()));
         assert_eq!(s.kind(ptr::without_provenance(16)), Kind::Outside);

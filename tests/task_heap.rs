@@ -501,6 +501,90 @@ fn a_block_freed_by_its_owner_and_by_another_thread_is_freed_once() {
     assert!(bad_pointers() > bad0);
 }
 
+/// Two allocations of `n` bytes right after a double free, before anything that would do the
+/// pending frees (no stats, no query): they must be two blocks, and `p` (the doubly freed
+/// block) at most one of them.
+fn two_fresh_blocks(n: usize) -> (*mut u8, *mut u8) {
+    let (a, b) = (CoTaskMemAlloc(n).cast::<u8>(), CoTaskMemAlloc(n).cast::<u8>());
+    assert!(!a.is_null() && !b.is_null());
+    assert_ne!(a, b, "a live block handed out twice");
+    (a, b)
+}
+
+#[test]
+fn a_double_free_after_another_threads_free_is_refused_before_the_slot_is_reused() {
+    // The other thread frees first (its batch is delivered when it exits), then the owner frees
+    // the same block again and allocates at once: the owner must do the delivered free first
+    // and refuse its own, not free the block now and have the delivered free take the slot's
+    // next block later.
+    for n in [40, 200, 3000] {
+        let p = filled(n, 0x5A);
+        let bad0 = bad_pointers();
+        let a = addr(p.cast());
+        thread::spawn(move || {
+            // SAFETY: the first free of the block.
+            unsafe { CoTaskMemFree(a as *mut c_void) };
+        })
+        .join()
+        .unwrap();
+        // SAFETY: a double free: refused.
+        unsafe { CoTaskMemFree(p.cast()) };
+        let (x, y) = two_fresh_blocks(n);
+        // SAFETY: two live blocks of n bytes each.
+        unsafe {
+            x.write_bytes(1, n);
+            y.write_bytes(2, n);
+        }
+        assert!(all(x, n, 1) && all(y, n, 2));
+        assert_eq!(heap::did_alloc(x), 1);
+        assert_eq!(heap::did_alloc(y), 1);
+        assert!(bad_pointers() > bad0, "the double free of a {n}-byte block was not reported");
+        // SAFETY: each freed once.
+        unsafe {
+            CoTaskMemFree(x.cast());
+            CoTaskMemFree(y.cast());
+        }
+    }
+}
+
+#[test]
+fn a_double_free_by_another_thread_after_the_owners_free_does_not_take_the_slots_next_block() {
+    // The owner frees first; another thread frees the same block again and exits (its batch is
+    // delivered); the owner's next allocations must not be freed by that delivered free.
+    for n in [40, 200, 3000] {
+        let p = filled(n, 0x5A);
+        let bad0 = bad_pointers();
+        let a = addr(p.cast());
+        // SAFETY: the first free of the block.
+        unsafe { CoTaskMemFree(p.cast()) };
+        thread::spawn(move || {
+            // SAFETY: a double free: refused when the owner does it.
+            unsafe { CoTaskMemFree(a as *mut c_void) };
+        })
+        .join()
+        .unwrap();
+        let (x, y) = two_fresh_blocks(n);
+        // SAFETY: two live blocks of n bytes each.
+        unsafe {
+            x.write_bytes(1, n);
+            y.write_bytes(2, n);
+        }
+        // Whatever the delivered free did, it is done now: both blocks must still be live.
+        assert_eq!(heap::did_alloc(x), 1);
+        assert_eq!(heap::did_alloc(y), 1);
+        let (z, w) = two_fresh_blocks(n);
+        assert!(![x, y].contains(&z) && ![x, y].contains(&w), "a live block handed out again");
+        assert!(all(x, n, 1) && all(y, n, 2));
+        assert!(bad_pointers() > bad0, "the double free of a {n}-byte block was not reported");
+        // SAFETY: each freed once.
+        unsafe {
+            for q in [x, y, z, w] {
+                CoTaskMemFree(q.cast());
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Request scopes
 // ---------------------------------------------------------------------------------------------

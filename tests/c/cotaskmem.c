@@ -391,6 +391,49 @@ static void two_threads(void) {
     CHECK_EQ(after.bad_pointer_reports, before.bad_pointer_reports);
 }
 
+/* A double free across threads, in both orders: another thread frees first (and exits, which
+ * delivers its free) and the owner frees again, or the owner frees first and another thread
+ * frees again (and flushes). Either way the second free is refused and reported, and the
+ * owner's next two allocations (made before anything else could do the delivered free) are two
+ * different live blocks. */
+static void *free_block(void *p) {
+    CoTaskMemFree(p);
+    CHECK_HR(NapallocFlushRemoteFrees(), S_OK);
+    return NULL;
+}
+
+static void cross_thread_double_free(void) {
+    static const size_t sizes[] = {64, 500, 5000};
+    for (int order = 0; order < 2; ++order) {
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
+            size_t n = sizes[i];
+            NapallocStats before = stats();
+            void *p = filled(n, 0x3C);
+            pthread_t t;
+            if (order == 1)
+                CoTaskMemFree(p); /* the owner first */
+            CHECK_EQ(pthread_create(&t, NULL, free_block, p), 0);
+            CHECK_EQ(pthread_join(t, NULL), 0);
+            if (order == 0)
+                CoTaskMemFree(p); /* the owner second */
+            void *a = CoTaskMemAlloc(n), *b = CoTaskMemAlloc(n);
+            CHECK(a != NULL && b != NULL && a != b);
+            memset(a, 1, n);
+            memset(b, 2, n);
+            IMalloc *m = get_malloc();
+            CHECK_EQ(m->lpVtbl->DidAlloc(m, a), 1);
+            CHECK_EQ(m->lpVtbl->DidAlloc(m, b), 1);
+            m->lpVtbl->Release(m);
+            CHECK(all_bytes(a, n, 1) && all_bytes(b, n, 2));
+            NapallocStats mid = stats();
+            CHECK_EQ(mid.live_blocks, before.live_blocks + 2);
+            CHECK_EQ(mid.bad_pointer_reports, before.bad_pointer_reports + 1);
+            CoTaskMemFree(a);
+            CoTaskMemFree(b);
+        }
+    }
+}
+
 int main(void) {
     NapallocStats start = stats();
     alignment_and_zero_size();
@@ -401,6 +444,7 @@ int main(void) {
     own_entry_points();
     scopes();
     two_threads();
+    cross_thread_double_free();
     NapallocStats end = stats();
     CHECK_EQ(end.live_blocks, start.live_blocks);
     CHECK_EQ(end.live_bytes, start.live_bytes);

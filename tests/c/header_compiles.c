@@ -45,6 +45,7 @@ CHECK_PROTO(NapallocAllocCritical, void *(NAPALLOC_CALL *)(SIZE_T, EMemoryCritic
 CHECK_PROTO(NapallocSetBudget, HRESULT (NAPALLOC_CALL *)(SIZE_T, SIZE_T));
 CHECK_PROTO(NapallocGetStats, HRESULT (NAPALLOC_CALL *)(NapallocStats *));
 CHECK_PROTO(NapallocHeapMinimize, HRESULT (NAPALLOC_CALL *)(void));
+CHECK_PROTO(NapallocFlushRemoteFrees, HRESULT (NAPALLOC_CALL *)(void));
 CHECK_PROTO(NapallocScopeEnter, HRESULT (NAPALLOC_CALL *)(NapallocScope **));
 CHECK_PROTO(NapallocScopeLeave, HRESULT (NAPALLOC_CALL *)(NapallocScope *));
 
