@@ -2145,8 +2145,10 @@ fn did_alloc_slow(p: NonNull<u8>) -> i32 {
     with_heap_of(p.as_ptr(), |r, s| query_held(r, s, p.as_ptr()).flatten().is_some()).unwrap_or(false) as i32
 }
 
-/// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. Heaps nobody owns
-/// and that hold no block are reset and decommitted entirely.
+/// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. A region or small
+/// arena that holds no block (whoever owns its heap: a running thread's heap whose blocks were
+/// all freed too) is reset and decommitted entirely; a region that still holds blocks gives back
+/// what lies past its last one.
 pub fn heap_minimize() {
     flush_outbox();
     TRIMS.fetch_add(1, Ordering::Relaxed);
@@ -2155,7 +2157,10 @@ pub fn heap_minimize() {
         if let Some(held) = Held::acquire(h, own) {
             held.drain();
             let (r, s) = held.both();
-            if h.state.load(Ordering::Relaxed) != OWNED && r.live_blocks() == 0 {
+            // Nothing is live, and the owner (if any) is kept out by the lock (module doc) and
+            // holds no state of the region between its operations: forgetting the freed slots
+            // loses nothing, and lets the trim below reach every page.
+            if r.live_blocks() == 0 {
                 r.reset();
             }
             let _ = r.trim(0);

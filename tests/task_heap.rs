@@ -585,6 +585,34 @@ fn a_double_free_by_another_thread_after_the_owners_free_does_not_take_the_slots
     }
 }
 
+#[test]
+fn heap_minimize_gives_back_a_running_threads_memory_once_its_blocks_are_freed() {
+    // A thread of its own, so that no other test's blocks share its heap. Blocks of 5000 bytes
+    // live in the region, blocks of 1000 in the small arena; 16 MiB of each.
+    thread::spawn(|| {
+        for n in [5000usize, 1000] {
+            let blocks: Vec<*mut u8> = (0..(16 << 20) / n).map(|_| filled(n, 0x11)).collect();
+            let full = heap::thread_stats().committed_bytes;
+            assert!(full >= 16 << 20, "{n}: {full} bytes committed");
+            for &p in &blocks {
+                // SAFETY: each freed once.
+                unsafe { CoTaskMemFree(p.cast()) };
+            }
+            assert_eq!(heap::thread_stats().live_blocks, 0);
+            heap::heap_minimize();
+            let left = heap::thread_stats().committed_bytes;
+            assert!(left < 1 << 20, "{n}: {left} of {full} bytes still committed after HeapMinimize");
+            // The heap serves again, from fresh pages.
+            let p = filled(n, 0x22);
+            assert!(all(p, n, 0x22));
+            // SAFETY: freed once.
+            unsafe { CoTaskMemFree(p.cast()) };
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Request scopes
 // ---------------------------------------------------------------------------------------------
