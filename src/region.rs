@@ -916,6 +916,11 @@ impl Region {
                 }
             }
         }
+        // A parent that is no live block is refused before anything changes (materializing the
+        // tail would commit table pages for a call that fails).
+        if let Some(pp) = parent {
+            self.peek_size(pp.as_ptr())?;
+        }
         self.materialize();
         let p = match parent {
             None => NONE,

@@ -238,3 +238,29 @@ fn a_tail_pair_is_freed_by_its_root_and_end_and_only_while_both_are_unchanged() 
     assert!(!unsafe { z.try_free_tail_to(p.as_ptr(), z.tail_end()) });
     assert!(z.owns(p));
 }
+
+#[test]
+fn a_refused_alloc_child_changes_nothing() {
+    // A pending tail of a root and a child, then a child of a bad parent: refused, with the
+    // region's counters (memory committed for the side table included) as they were.
+    let r = Region::new().unwrap();
+    let foreign = Box::new([0u8; 64]);
+    // A freed block that stays dead: its slot's class (48 bytes) is not one the loop allocates,
+    // and a block after it keeps the free from rewinding the tail onto it.
+    let freed = r.alloc(l(48)).unwrap();
+    r.alloc(l(64)).unwrap();
+    // SAFETY: freed once; only its address is used afterwards.
+    unsafe { r.free(freed).unwrap() };
+    for i in 0..20_000 {
+        let p = r.alloc(l(32)).unwrap();
+        r.alloc_child(p, l(16)).unwrap();
+        let interior = NonNull::new(p.as_ptr().wrapping_add(16)).unwrap();
+        for bad in [NonNull::from(&foreign[0]), interior, freed] {
+            let before = r.stats();
+            assert!(r.alloc_child(bad, l(16)).is_err(), "iteration {i}: {bad:p} accepted as a parent");
+            let mut after = r.stats();
+            after.bad_pointers = before.bad_pointers;
+            assert_eq!(after, before, "iteration {i}: a refused alloc_child({bad:p}) changed the region");
+        }
+    }
+}
