@@ -45,7 +45,9 @@ pub struct Stats {
     pub committed: usize,
     /// Reserved address space: arena, side table and untracked arena.
     pub reserved: usize,
-    /// Bytes of the arena in use (live blocks, free slots, padding) at most ever.
+    /// Bytes of the arena in use (live blocks, free slots, padding) at most ever, as noted on
+    /// the region's slow paths, at resets and at `stats` calls: a peak reached by a pending
+    /// tail and undone on the fast paths in between (at most one 4 KiB tail window) is missed.
     pub high_water: usize,
     /// Committed bytes of the side table alone.
     pub table_committed: usize,
@@ -260,8 +262,10 @@ pub struct Region {
     /// Parent record of the tail root, read only if log entry 0 carries `NESTED` (set by the
     /// slow path for a tail root that is a child of a recorded block).
     root_prev: Cell<u32>,
-    /// Largest `top` seen at a slow-path event, a reset or a stats call (a pointer, so that
-    /// noting it is one compare with `top`).
+    /// Largest `top` seen at a slow-path event (after a block bumped there, before the arena
+    /// grows), a reset or a stats call (a pointer, so that noting it is one compare with
+    /// `top`). A pending tail that grows and is rewound in between on the fast paths is not
+    /// seen: the figure may miss up to one tail window (4 KiB) of the peak.
     high_water: Cell<*mut u8>,
     /// Only touched through `table()`, never across a call that could re-enter the region.
     table: UnsafeCell<Table>,
@@ -962,6 +966,9 @@ impl Region {
             }
             self.top.set(self.ptr_at(need));
         }
+        // The block can be freed, and the top rewound, on a fast path before any other
+        // slow-path event: note it now (a large block, or a new tail's first).
+        self.note_high_water();
         // SAFETY: inside the reservation: non-null.
         Ok(unsafe { NonNull::new_unchecked(ptr) })
     }
@@ -2287,6 +2294,22 @@ mod tests {
         assert_eq!(r.stats().live_blocks, 0);
         // (more than the 256 bytes reached above)
         assert_eq!(r.stats().high_water, 16 + 20 * 48);
+    }
+
+    #[test]
+    fn high_water_counts_a_large_block_freed_before_any_other_slow_path() {
+        // A block recorded at once, freed (the top rewound) before anything else notes the
+        // top: the peak still counts it.
+        let r = Region::new().unwrap();
+        let size = if cfg!(miri) { 64 << 10 } else { 8 << 20 };
+        for _ in 0..3 {
+            let p = r.alloc(Layout::from_size_align(size, 16).unwrap()).unwrap();
+            // SAFETY: freed once.
+            unsafe { r.free(p).unwrap() };
+        }
+        let s = r.stats();
+        assert_eq!(s.live_blocks, 0);
+        assert!(s.high_water >= size, "high water {} for a block of {size} bytes", s.high_water);
     }
 
     #[test]
