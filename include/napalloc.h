@@ -912,7 +912,10 @@ NAPALLOC_API HRESULT NAPALLOC_CALL NapallocSetBudget(SIZE_T softLimit, SIZE_T ha
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocGetStats(NapallocStats *out);
 
 /* Return unused committed memory to the operating system (or the host); the same as
- * IMalloc::HeapMinimize. */
+ * IMalloc::HeapMinimize. A heap whose blocks are all freed is decommitted entirely; in one that
+ * still holds blocks, every whole page that no live block overlaps is given back to the OS
+ * (resident memory drops; the pages stay committed and are reused without a new commit). Pages
+ * that came from a host are only decommitted, not given back piecemeal. */
 NAPALLOC_API HRESULT NAPALLOC_CALL NapallocHeapMinimize(void);
 
 /* Deliver the calling thread's pending frees of other threads' blocks now (see CoTaskMemFree):

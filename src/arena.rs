@@ -160,6 +160,26 @@ impl Span {
         Ok(have - keep)
     }
 
+    /// Let the OS take back the whole pages inside `[start, end)` (offsets; the range is rounded
+    /// inwards to pages and clipped to what is committed), whose contents are no longer needed.
+    /// Returns the bytes purged (0 for a host's pages, which cannot be purged).
+    ///
+    /// # Safety
+    /// Nothing refers to memory in `[start, end)`, and nothing relies on its contents.
+    pub(crate) unsafe fn purge(&self, start: usize, end: usize) -> usize {
+        let page = crate::os::page_size();
+        let Some(a) = crate::os::round_up(start, page) else { return 0 };
+        let b = end.min(self.committed.get()) & !(page - 1);
+        if a >= b {
+            return 0;
+        }
+        // SAFETY: [a, b) is page-aligned, committed, unreferenced (caller).
+        match unsafe { self.pages.purge(a, b - a) } {
+            Ok(true) => b - a,
+            _ => 0,
+        }
+    }
+
     /// Commit at `level` from now on; returns the previous level.
     pub(crate) fn set_level(&self, level: CriticalLevel) -> CriticalLevel {
         self.level.replace(level)

@@ -2147,8 +2147,10 @@ fn did_alloc_slow(p: NonNull<u8>) -> i32 {
 
 /// `IMalloc::HeapMinimize`: give unused committed memory back to the OS. A region or small
 /// arena that holds no block (whoever owns its heap: a running thread's heap whose blocks were
-/// all freed too) is reset and decommitted entirely; a region that still holds blocks gives back
-/// what lies past its last one.
+/// all freed too) is reset and decommitted entirely. One that still holds blocks decommits what
+/// lies past its last one, and lets the OS take back every other whole page that no live block
+/// overlaps (`Region::purge_free`, `Small::purge_free`: resident memory drops, the pages stay
+/// committed and are handed out again without a commit).
 pub fn heap_minimize() {
     flush_outbox();
     TRIMS.fetch_add(1, Ordering::Relaxed);
@@ -2164,7 +2166,10 @@ pub fn heap_minimize() {
                 r.reset();
             }
             let _ = r.trim(0);
-            s.trim_if_empty();
+            r.purge_free();
+            if !s.trim_if_empty() {
+                s.purge_free();
+            }
             drop(held);
         }
     }

@@ -1560,6 +1560,36 @@ impl Region {
         Ok(a? + b? + c?)
     }
 
+    /// Let the OS take back every whole page of the arena that no live block's slot overlaps
+    /// (dead slots waiting for reuse, padding, what lies past the top), while the live blocks
+    /// around them stay. The pages stay committed and dead slots stay on their free lists: no
+    /// metadata lives in the arena, so dropping those bytes loses nothing, and a reused slot
+    /// reads as zero (Windows: as zero or as its old bytes). Resident memory drops, committed
+    /// memory does not; for a host's pages nothing is done. The pending tail is materialized
+    /// first; then O(records). Returns the bytes purged.
+    pub fn purge_free(&mut self) -> usize {
+        self.materialize();
+        let (arena, t) = (&self.arena, self.table.get_mut());
+        // `gap`: the granule where the current stretch of unused arena starts.
+        let (mut purged, mut gap) = (0, 0);
+        for i in 0..t.count {
+            if t.is_dead(i) {
+                continue;
+            }
+            // SAFETY: `i < count`.
+            let g = unsafe { t.get(i) }.off as usize;
+            if g > gap {
+                // SAFETY: granules `[gap, g)` hold no live block (records are in address order):
+                // nothing refers into them and nothing reads their bytes.
+                purged += unsafe { arena.purge(gap * GRANULE, g * GRANULE) };
+            }
+            gap = gap.max(g + table::extent_granules(t.size(i)));
+        }
+        // SAFETY: as above, up to the committed end (nothing lives past the last record now
+        // that the tail is materialized).
+        purged + unsafe { arena.purge(gap * GRANULE, arena.committed()) }
+    }
+
     /// Bump-allocate without a record: the fastest path, for memory that is only ever released
     /// by [`reset`](Self::reset). Such blocks cannot be freed one by one, and `owns` is false
     /// for them.
@@ -2310,6 +2340,45 @@ mod tests {
         let s = r.stats();
         assert_eq!(s.live_blocks, 0);
         assert!(s.high_water >= size, "high water {} for a block of {size} bytes", s.high_water);
+    }
+
+    #[test]
+    fn purge_free_drops_the_pages_between_live_blocks_and_keeps_the_live_bytes() {
+        let mut r = Region::new().unwrap();
+        let n = 5000;
+        let blocks: Vec<NonNull<u8>> = (0..64)
+            .map(|i| {
+                let p = r.alloc(Layout::from_size_align(n, 16).unwrap()).unwrap();
+                // SAFETY: a fresh block of n bytes.
+                unsafe { p.as_ptr().write_bytes(i as u8, n) };
+                p
+            })
+            .collect();
+        for (i, &p) in blocks.iter().enumerate() {
+            if i % 8 != 0 {
+                // SAFETY: freed once.
+                unsafe { r.free(p).unwrap() };
+            }
+        }
+        let before = r.stats();
+        let purged = r.purge_free();
+        // 7 freed blocks of 5000 bytes between two live ones: at least 7 whole pages each.
+        assert!(purged >= 8 * 7 * 4096, "purged {purged} bytes");
+        assert_eq!(r.stats().committed, before.committed, "a purge decommits nothing");
+        for (i, &p) in blocks.iter().enumerate().filter(|(i, _)| i % 8 == 0) {
+            // SAFETY: a live block of n bytes.
+            let ok = (0..n).all(|k| unsafe { *p.as_ptr().add(k) } == i as u8);
+            assert!(ok, "live block {i} changed by the purge");
+        }
+        // Dead slots are handed out again and hold what is written into them.
+        for _ in 0..56 {
+            let p = r.alloc(Layout::from_size_align(n, 16).unwrap()).unwrap();
+            // SAFETY: a live block of n bytes.
+            unsafe {
+                p.as_ptr().write_bytes(0xEE, n);
+                assert_eq!(*p.as_ptr().add(n - 1), 0xEE);
+            }
+        }
     }
 
     #[test]

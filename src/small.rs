@@ -485,6 +485,35 @@ impl Small {
         self.hint.set(0);
         true
     }
+
+    /// Let the OS take back every whole page of data that no live block overlaps (free blocks,
+    /// and what lies past the last live block), while the blocks around them stay live. The
+    /// pages stay committed and listed blocks stay listed: nothing is stored in a free block,
+    /// so dropping its bytes loses nothing, and it is handed out again as it is. O(`bump`).
+    /// Returns the bytes purged (0 for a host's pages).
+    pub(crate) fn purge_free(&mut self) -> usize {
+        let Some(data) = &self.data else { return 0 };
+        let (bump, mut purged, mut gap) = (self.bump.get(), 0, 1);
+        let mut g = 1;
+        while g < bump {
+            let e = self.entry(g);
+            if e & LIVE == 0 {
+                g += 1;
+                continue;
+            }
+            // A live block (with or without a proxy): granules `[g, g + its granules)`.
+            let size = (e & !(LIVE | PROXY)) as usize;
+            if g > gap {
+                // SAFETY: granules `[gap, g)` hold no live block: free blocks or the interiors
+                // of none, nothing refers into them and nothing reads their bytes.
+                purged += unsafe { data.purge(gap * GRANULE, g * GRANULE) };
+            }
+            g += granules((size + GRANULE - 1) >> SHIFT);
+            gap = g;
+        }
+        // SAFETY: as above, up to everything committed (past `bump` nothing was handed out).
+        purged + unsafe { data.purge(gap * GRANULE, self.limit.get() * GRANULE) }
+    }
 }
 
 #[cfg(test)]
@@ -493,6 +522,43 @@ mod tests {
 
     fn arena() -> Small {
         Small::new(&Source::os()).unwrap()
+    }
+
+    #[test]
+    fn purge_free_drops_the_pages_between_live_blocks_and_keeps_the_live_bytes() {
+        let mut s = arena();
+        let n = 1000;
+        let blocks: Vec<NonNull<u8>> = (0..128)
+            .map(|i| {
+                let p = s.alloc(n, CriticalLevel::Task).unwrap();
+                // SAFETY: a fresh block of n bytes.
+                unsafe { p.as_ptr().write_bytes(i as u8, n) };
+                p
+            })
+            .collect();
+        for (i, &p) in blocks.iter().enumerate() {
+            if i % 16 != 0 {
+                assert!(s.try_free(p.as_ptr()));
+            }
+        }
+        let committed = s.memory().0;
+        let purged = s.purge_free();
+        // 15 freed blocks (about 15 KiB) between two live ones: at least 2 whole pages each.
+        assert!(purged >= 8 * 2 * 4096, "purged {purged} bytes");
+        assert_eq!(s.memory().0, committed, "a purge decommits nothing");
+        for (i, &p) in blocks.iter().enumerate().filter(|(i, _)| i % 16 == 0) {
+            // SAFETY: a live block of n bytes.
+            let ok = (0..n).all(|k| unsafe { *p.as_ptr().add(k) } == i as u8);
+            assert!(ok, "live block {i} changed by the purge");
+            assert_eq!(s.size_of(p.as_ptr()), Some(n));
+        }
+        // The free lists survive: the freed blocks come back, and hold what is written.
+        for _ in 0..120 {
+            let p = s.alloc(n, CriticalLevel::Task).unwrap();
+            assert!(blocks.contains(&p), "a listed block is reused before fresh memory");
+            // SAFETY: a live block of n bytes.
+            unsafe { p.as_ptr().write_bytes(0xEE, n) };
+        }
     }
 
     #[test]

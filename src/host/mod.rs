@@ -462,6 +462,20 @@ impl Pages {
         }
         Ok(())
     }
+
+    /// Let the OS take back the pages of a committed range whose contents are not needed (see
+    /// `os::Reservation::purge`); the range stays committed and charged. `Ok(false)` for pages of
+    /// a host, which has no such operation (nothing is done).
+    ///
+    /// # Safety
+    /// The range is page-aligned, inside the reservation, committed, and nothing refers into it.
+    pub(crate) unsafe fn purge(&self, offset: usize, len: usize) -> Result<bool, Error> {
+        match &self.backing {
+            // SAFETY: forwarded caller guarantee.
+            Backing::Os { res, .. } => unsafe { res.purge(offset, len) }.map(|()| true),
+            Backing::Host(_) => Ok(false),
+        }
+    }
 }
 
 impl Drop for Pages {

@@ -85,6 +85,18 @@ impl Reservation {
         unsafe { self.base.as_ptr().add(offset).write_bytes(0, len) };
         Ok(())
     }
+
+    /// "Return" a committed range's pages while it stays committed: its contents are zeroed, as
+    /// Linux's `MADV_DONTNEED` leaves them.
+    ///
+    /// # Safety
+    /// As for [`decommit`](Self::decommit).
+    pub unsafe fn purge(&self, offset: usize, len: usize) -> Result<(), Error> {
+        debug_check_range(self.len(), offset, len);
+        // SAFETY: the range is inside our allocation and unreferenced (caller's guarantee).
+        unsafe { self.base.as_ptr().add(offset).write_bytes(0, len) };
+        Ok(())
+    }
 }
 
 impl Drop for Reservation {

@@ -13,6 +13,11 @@
 //! * [`decommit(offset, len)`](Reservation::decommit) returns a page-aligned range to the OS at
 //!   once (resident memory drops). Its contents are gone: after the next commit it reads as zero.
 //!   It may not be touched until committed again.
+//! * [`purge(offset, len)`](Reservation::purge) tells the OS that a committed, page-aligned
+//!   range's contents are no longer needed: it may take the pages back (resident memory drops),
+//!   but the range stays committed and accessible, and reads as zero (Linux) or as zero or its
+//!   old contents (Windows `MEM_RESET`) until written. For free memory that is handed out again
+//!   without a commit.
 //! * Dropping the reservation releases all of it, committed or not.
 //!
 //! Backends, chosen by path as memmap2 does:

@@ -158,4 +158,19 @@ impl Reservation {
         // SAFETY: as above; lowering protection of an unreferenced range is sound.
         unsafe { protect(self.map.as_mut_ptr().add(offset), len, libc::PROT_NONE) }
     }
+
+    /// Let the OS take back the pages of a committed range whose contents are no longer needed
+    /// (resident memory drops); the range stays committed and accessible, and reads as zero.
+    ///
+    /// # Safety
+    /// As for [`decommit`](Self::decommit): the range is committed and nothing refers into it.
+    pub unsafe fn purge(&self, offset: usize, len: usize) -> Result<(), Error> {
+        debug_check_range(self.len(), offset, len);
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller guarantees the range is ours, committed and unreferenced; DONTNEED
+        // on a private anonymous read-write mapping drops the pages, which refault as zero.
+        unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) }.map_err(os_err)
+    }
 }

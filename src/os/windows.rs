@@ -12,7 +12,8 @@ use crate::Error;
 use core::ptr::NonNull;
 use windows_sys::Win32::Foundation::GetLastError;
 use windows_sys::Win32::System::Memory::{
-    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_NOACCESS, PAGE_READWRITE,
+    VirtualAlloc, VirtualFree, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE, MEM_RESET, PAGE_NOACCESS,
+    PAGE_READWRITE,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, GlobalMemoryStatusEx, MEMORYSTATUSEX, SYSTEM_INFO};
 
@@ -126,6 +127,27 @@ impl Reservation {
         }
         // SAFETY: the range is inside our reservation and unreferenced (caller's guarantee).
         if unsafe { VirtualFree(self.base.as_ptr().add(offset).cast(), len, MEM_DECOMMIT) } == 0 {
+            Err(last_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Let the OS take back the pages of a committed range whose contents are no longer needed
+    /// (`MEM_RESET`: they are not written to the paging file and may be reused at once); the
+    /// range stays committed and accessible, and reads as zero or as its old contents.
+    ///
+    /// # Safety
+    /// As for [`decommit`](Self::decommit): the range is committed and nothing refers into it.
+    pub unsafe fn purge(&self, offset: usize, len: usize) -> Result<(), Error> {
+        debug_check_range(self.len, offset, len);
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the range is inside our reservation, committed and unreferenced (caller's
+        // guarantee); MEM_RESET changes no protection and no commit.
+        let p = unsafe { VirtualAlloc(self.base.as_ptr().add(offset).cast(), len, MEM_RESET, PAGE_READWRITE) };
+        if p.is_null() {
             Err(last_error())
         } else {
             Ok(())
