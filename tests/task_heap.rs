@@ -502,13 +502,30 @@ fn a_block_freed_by_its_owner_and_by_another_thread_is_freed_once() {
 }
 
 /// Two allocations of `n` bytes right after a double free, before anything that would do the
-/// pending frees (no stats, no query): they must be two blocks, and `p` (the doubly freed
-/// block) at most one of them.
+/// pending frees (no stats, no query): they must be two blocks (the doubly freed block at most
+/// one of them), filled with 1 and 2.
 fn two_fresh_blocks(n: usize) -> (*mut u8, *mut u8) {
     let (a, b) = (CoTaskMemAlloc(n).cast::<u8>(), CoTaskMemAlloc(n).cast::<u8>());
     assert!(!a.is_null() && !b.is_null());
     assert_ne!(a, b, "a live block handed out twice");
+    // SAFETY: two live blocks of n bytes each.
+    unsafe {
+        a.write_bytes(1, n);
+        b.write_bytes(2, n);
+    }
     (a, b)
+}
+
+/// `CoTaskMemFree(p)` on a thread of its own, which exits (delivering the free) before this
+/// returns.
+fn free_on_another_thread(p: *mut u8) {
+    let a = addr(p.cast());
+    thread::spawn(move || {
+        // SAFETY: the caller's free of the block (the first or, as the test wants, a second).
+        unsafe { CoTaskMemFree(a as *mut c_void) };
+    })
+    .join()
+    .unwrap();
 }
 
 #[test]
@@ -520,21 +537,10 @@ fn a_double_free_after_another_threads_free_is_refused_before_the_slot_is_reused
     for n in [40, 200, 3000] {
         let p = filled(n, 0x5A);
         let bad0 = bad_pointers();
-        let a = addr(p.cast());
-        thread::spawn(move || {
-            // SAFETY: the first free of the block.
-            unsafe { CoTaskMemFree(a as *mut c_void) };
-        })
-        .join()
-        .unwrap();
+        free_on_another_thread(p);
         // SAFETY: a double free: refused.
         unsafe { CoTaskMemFree(p.cast()) };
         let (x, y) = two_fresh_blocks(n);
-        // SAFETY: two live blocks of n bytes each.
-        unsafe {
-            x.write_bytes(1, n);
-            y.write_bytes(2, n);
-        }
         assert!(all(x, n, 1) && all(y, n, 2));
         assert_eq!(heap::did_alloc(x), 1);
         assert_eq!(heap::did_alloc(y), 1);
@@ -554,21 +560,11 @@ fn a_double_free_by_another_thread_after_the_owners_free_does_not_take_the_slots
     for n in [40, 200, 3000] {
         let p = filled(n, 0x5A);
         let bad0 = bad_pointers();
-        let a = addr(p.cast());
         // SAFETY: the first free of the block.
         unsafe { CoTaskMemFree(p.cast()) };
-        thread::spawn(move || {
-            // SAFETY: a double free: refused when the owner does it.
-            unsafe { CoTaskMemFree(a as *mut c_void) };
-        })
-        .join()
-        .unwrap();
+        // A double free: refused when the owner does it.
+        free_on_another_thread(p);
         let (x, y) = two_fresh_blocks(n);
-        // SAFETY: two live blocks of n bytes each.
-        unsafe {
-            x.write_bytes(1, n);
-            y.write_bytes(2, n);
-        }
         // Whatever the delivered free did, it is done now: both blocks must still be live.
         assert_eq!(heap::did_alloc(x), 1);
         assert_eq!(heap::did_alloc(y), 1);
