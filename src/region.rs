@@ -2328,8 +2328,8 @@ mod tests {
 
     #[test]
     fn high_water_counts_a_large_block_freed_before_any_other_slow_path() {
-        // A block recorded at once, freed (the top rewound) before anything else notes the
-        // top: the peak still counts it.
+        // A large block (a new tail of its own), freed (the top rewound) before anything else
+        // notes the top: the peak still counts it.
         let r = Region::new().unwrap();
         let size = if cfg!(miri) { 64 << 10 } else { 8 << 20 };
         for _ in 0..3 {
