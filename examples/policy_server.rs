@@ -55,7 +55,8 @@ OPTIONS:
                         are committed, caches warm [default: 500]
     --burst-mib <N>     After the runs, drive napalloc's committed memory up to at least N MiB
                         with a burst of large batches, then idle past the trim delay and show
-                        committed memory before and after the trim [default: 0 = no burst]
+                        committed memory before and after the trim (exit status 1 if it is not
+                        back under the pool's retained size) [default: 0 = no burst]
     --trim-delay-ms <MS>
                         Idle time before the pool's trimmer gives memory back [default: the
                         pool's default, 1000]
@@ -1020,8 +1021,9 @@ fn print_row(name: &str, r: &RunResult) {
 
 /// The burst: every thread fills a region with large batches of requests it keeps, until the
 /// pool has committed at least `mib` MiB; then everything is returned and the pool idles past
-/// its trim delay.
-fn burst(args: &Args) {
+/// its trim delay. Returns whether the trimmer brought committed memory back under the pool's
+/// retained size.
+fn burst(args: &Args) -> bool {
     let per = ((args.burst_mib << 20) / args.threads).max(1 << 20);
     let pool = pool_for(args, (2 * per).max(1 << 30));
     let delay = pool.config().idle_trim_delay;
@@ -1084,6 +1086,7 @@ fn burst(args: &Args) {
     if args.stats {
         println!("\n{s}");
     }
+    under
 }
 
 fn main() {
@@ -1174,8 +1177,9 @@ fn main() {
             }
         }
     }
-    if args.burst_mib > 0 {
-        burst(&args);
+    if args.burst_mib > 0 && !burst(&args) {
+        eprintln!("policy_server: the idle trimmer did not bring committed memory back under the retained size");
+        std::process::exit(1);
     }
     if args.prometheus {
         println!("\n{}", PoolStats::global().to_prometheus("napalloc_pool"));
