@@ -425,15 +425,21 @@ impl Small {
     /// millisecond for a full 64 MiB arena, microseconds for a thread's usual few hundred KiB.
     pub(crate) fn live(&self) -> (usize, usize, usize) {
         let (mut blocks, mut bytes) = (0usize, 0usize);
-        for g in 1..self.bump.get() {
-            let e = self.entry(g);
-            // Free-list links and interior granules have no `LIVE` bit.
-            if e & LIVE != 0 {
-                blocks += 1;
-                bytes += (e & !(LIVE | PROXY)) as usize;
-            }
+        for (_, size) in self.live_blocks() {
+            blocks += 1;
+            bytes += size;
         }
         (blocks, bytes, self.proxies.len())
+    }
+
+    /// `(granule, size)` of every live block (with or without a proxy), in address order: a
+    /// walk of the map below `bump`.
+    fn live_blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        // Free-list links and interior granules have no `LIVE` bit.
+        (1..self.bump.get()).filter_map(|g| {
+            let e = self.entry(g);
+            (e & LIVE != 0).then_some((g, (e & !(LIVE | PROXY)) as usize))
+        })
     }
 
     /// Whether any block is live: the granule of `hint` first, then the map onwards from it,
@@ -493,23 +499,14 @@ impl Small {
     /// Returns the bytes purged (0 for a host's pages).
     pub(crate) fn purge_free(&mut self) -> usize {
         let Some(data) = &self.data else { return 0 };
-        let (bump, mut purged, mut gap) = (self.bump.get(), 0, 1);
-        let mut g = 1;
-        while g < bump {
-            let e = self.entry(g);
-            if e & LIVE == 0 {
-                g += 1;
-                continue;
-            }
-            // A live block (with or without a proxy): granules `[g, g + its granules)`.
-            let size = (e & !(LIVE | PROXY)) as usize;
+        let (mut purged, mut gap) = (0, 1);
+        for (g, size) in self.live_blocks() {
             if g > gap {
                 // SAFETY: granules `[gap, g)` hold no live block: free blocks or the interiors
                 // of none, nothing refers into them and nothing reads their bytes.
                 purged += unsafe { data.purge(gap * GRANULE, g * GRANULE) };
             }
-            g += granules((size + GRANULE - 1) >> SHIFT);
-            gap = g;
+            gap = g + granules((size + GRANULE - 1) >> SHIFT);
         }
         // SAFETY: as above, up to everything committed (past `bump` nothing was handed out).
         purged + unsafe { data.purge(gap * GRANULE, self.limit.get() * GRANULE) }
